@@ -1,0 +1,102 @@
+"""Model registry: every architecture is a named constructor built from config.
+
+Contract for a registered model class or factory::
+
+    Model(*, num_classes: int, input_shape: tuple[int, int, int], rngs: nnx.Rngs,
+          dtype=jnp.float32, norm_axis_name: str | None = None, **hyperparameters)
+
+    model(x_BxHxWxC) -> logits_BxK            # float32 logits
+    model(x, rngs=nnx.Rngs(dropout=key))     # stochastic layers draw from call-time rngs
+
+* ``input_shape`` is (H, W, C); inputs are NHWC floats in [0, 1] (or normalised).
+* ``dtype`` is the compute dtype (bfloat16 is allowed); parameters stay float32.
+* ``norm_axis_name``: mesh axis over which BatchNorm averages batch statistics inside
+  the data-parallel step (``'data'``); ``None`` outside it.
+* Train/eval behaviour follows NNX: ``model.train()`` / ``model.eval()`` flip the
+  ``deterministic`` and ``use_running_average`` attributes of submodules.
+* Constructors must raise ``ValueError`` with a clear message for impossible input sizes.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from flax import nnx
+
+__all__ = ["available_models", "build_model", "check_model_kwargs", "register"]
+
+_MODELS: dict[str, Callable[..., nnx.Module]] = {}
+
+# Arguments supplied by the trainer, never by the model's config entry.
+_RESERVED = {"num_classes", "input_shape", "rngs", "norm_axis_name"}
+
+
+def register(name: str) -> Callable:
+    """Class or function decorator adding a model constructor under ``name``."""
+
+    def deco(fn: Callable[..., nnx.Module]) -> Callable[..., nnx.Module]:
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} is already registered")
+        _MODELS[name] = fn
+        return fn
+
+    return deco
+
+
+def _ensure_imported() -> None:
+    # Importing the package registers every built-in family.
+    import dsb.models  # noqa: F401
+
+
+def available_models() -> list[str]:
+    _ensure_imported()
+    return sorted(_MODELS)
+
+
+def _lookup(name: str) -> Callable[..., nnx.Module]:
+    _ensure_imported()
+    try:
+        return _MODELS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown model {name!r}; registered models: {', '.join(sorted(_MODELS))}"
+        ) from None
+
+
+def check_model_kwargs(name: str, kwargs: dict[str, Any]) -> None:
+    """Fail before any compute if ``kwargs`` holds a key the constructor does not take."""
+    fn = _lookup(name)
+    sig = inspect.signature(fn)
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return
+    allowed = set(sig.parameters) - _RESERVED - {"self"}
+    for key in kwargs:
+        if key in _RESERVED:
+            raise ValueError(f"model.kwargs.{key} is set by the trainer and cannot be configured")
+        if key not in allowed:
+            raise ValueError(
+                f"model.kwargs.{key}: model {name!r} has no such option; "
+                f"valid options: {', '.join(sorted(allowed))}"
+            )
+
+
+def build_model(
+    name: str,
+    *,
+    num_classes: int,
+    input_shape: tuple[int, int, int],
+    rngs: nnx.Rngs,
+    norm_axis_name: str | None = None,
+    **kwargs: Any,
+) -> nnx.Module:
+    """Build the registered model ``name``."""
+    check_model_kwargs(name, kwargs)
+    return _lookup(name)(
+        num_classes=num_classes,
+        input_shape=tuple(input_shape),
+        rngs=rngs,
+        norm_axis_name=norm_axis_name,
+        **kwargs,
+    )
