@@ -1,0 +1,1 @@
+"""Datasets: TFDS sources, the offline sklearn-digits builder, batch iterators."""

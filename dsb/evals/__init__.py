@@ -1,0 +1,11 @@
+"""Checkpoint evaluators, registered by type name (see ``base``)."""
+
+from dsb.evals.base import (
+    EvalContext,
+    Snapshot,
+    available_evaluators,
+    build_evaluator,
+    register_evaluator,
+)
+
+__all__ = ["EvalContext", "Snapshot", "available_evaluators", "build_evaluator", "register_evaluator"]

@@ -1,0 +1,125 @@
+"""Evaluator framework: evaluators are config entries, built lazily, run at checkpoints.
+
+An evaluator is registered by type name and built from a config entry::
+
+    evals:
+      val:       {type: classification, split: test}
+      maxent:    {type: maxent_probes, sets: [ics, gaussian], num_samples: 2000}
+
+Every evaluator class takes ``(ctx: EvalContext, **options)`` and implements
+``run(snapshot: Snapshot) -> Iterable[tuple[str, float]]``. The trainer prefixes each
+yielded name with the entry's key (``val/loss``, ``maxent/ics/accuracy``).
+Expensive set-up (fitting statistics, sampling fixed evaluation sets) belongs in
+``__init__`` or a cached property, never in ``run``: ``run`` is called at every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+__all__ = [
+    "EvalContext",
+    "Evaluator",
+    "Snapshot",
+    "available_evaluators",
+    "build_evaluator",
+    "check_evaluator_options",
+    "register_evaluator",
+]
+
+
+@dataclasses.dataclass
+class EvalContext:
+    """What the trainer gives every evaluator when it is built.
+
+    ``load_split(name)`` returns the whole split as host arrays: ``{"image": [n, h, w, c]
+    float32 in [0, 1], "label": [n] int32}`` (LM datasets: ``{"tokens": [n, t] int32}``).
+    Results are cached, so evaluators may call it freely.
+    """
+
+    load_split: Callable[[str], dict[str, np.ndarray]]
+    train_split: str
+    num_classes: int
+    input_shape: tuple[int, ...]
+    run_dir: Path
+    seed: int
+    is_main_process: bool = True
+
+
+@dataclasses.dataclass
+class Snapshot:
+    """The model at one checkpoint, as evaluators see it.
+
+    ``predict(x)`` maps a host batch of inputs ``[n, ...]`` (any n) to float32 logits
+    ``[n, k]`` (LMs: ``[n, t, vocab]``) in eval mode, batched and sharded over the mesh.
+    ``params`` is the model's parameter ``nnx.State``; ``graphdef`` with ``params`` and
+    ``rest`` rebuilds the model with ``nnx.merge(graphdef, params, rest)``.
+    ``init_params`` are the parameters at step 0 (for the training-Jacobian hook).
+    """
+
+    step: int
+    predict: Callable[[np.ndarray], np.ndarray]
+    graphdef: Any
+    params: Any
+    rest: Any
+    init_params: Any = None
+
+
+class Evaluator(Protocol):
+    def run(self, snapshot: Snapshot) -> Iterable[tuple[str, float]]: ...
+
+
+_EVALUATORS: dict[str, type] = {}
+
+
+def register_evaluator(name: str) -> Callable[[type], type]:
+    def deco(cls: type) -> type:
+        if name in _EVALUATORS:
+            raise ValueError(f"evaluator type {name!r} is already registered")
+        _EVALUATORS[name] = cls
+        return cls
+
+    return deco
+
+
+def _ensure_imported() -> None:
+    import dsb.evals  # noqa: F401  (registers the built-in evaluator types)
+
+
+def available_evaluators() -> list[str]:
+    _ensure_imported()
+    return sorted(_EVALUATORS)
+
+
+def _lookup(type_name: str) -> type:
+    _ensure_imported()
+    if type_name not in _EVALUATORS:
+        raise ValueError(
+            f"unknown evaluator type {type_name!r}; registered: {', '.join(sorted(_EVALUATORS))}"
+        )
+    return _EVALUATORS[type_name]
+
+
+def check_evaluator_options(key: str, type_name: str, options: dict[str, Any]) -> None:
+    """Fail before any compute on an option the evaluator's constructor does not take."""
+    sig = inspect.signature(_lookup(type_name).__init__)
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return
+    allowed = set(sig.parameters) - {"self", "ctx"}
+    for name in options:
+        if name not in allowed:
+            raise ValueError(
+                f"evals.{key}.{name}: evaluator type {type_name!r} has no such option; "
+                f"valid options: {', '.join(sorted(allowed))}"
+            )
+
+
+def build_evaluator(ctx: EvalContext, key: str, type_name: str, options: dict[str, Any]):
+    check_evaluator_options(key, type_name, options)
+    return _lookup(type_name)(ctx, **options)
