@@ -1,0 +1,6 @@
+"""Language-model side of dsb: text corpora, tokenizers, token windows, n-gram statistics.
+
+Modules: ``corpus`` (where text comes from, incl. the embedded default corpus),
+``tokenizers`` (byte-level and BPE), ``data`` (flat token arrays and deterministic windows),
+``ngram`` (n-gram counts, entropy floors, sampler, KL), ``plots`` (training curves).
+"""

@@ -1,0 +1,202 @@
+"""Tokenized corpora as flat token arrays, and deterministic, resumable windows.
+
+A prepared corpus is a directory::
+
+    tokenizer.json   the tokenizer (``dsb.lm.tokenizers.load_tokenizer``)
+    train.npy        flat token array, uint16 if the vocab fits, else int32
+    val.npy          flat token array (the tail of the shuffled document stream)
+    meta.json        vocab size, token counts, the options and the source's provenance
+
+Arrays are opened as read-only memory maps, so corpora larger than RAM work.
+
+Windows: window ``i`` of a flat array is ``tokens[i * stride : i * stride + seq_len]``
+(``stride = seq_len`` by default: non-overlapping). A model sees the whole window; its
+logits at position ``t`` predict token ``t + 1``, so a window of ``seq_len`` tokens gives
+``seq_len - 1`` next-token targets. ``batch_indices(step, ...)`` is a pure function of
+``(seed, step)``: epoch ``e`` visits the windows in the permutation drawn from
+``(seed, e)``; a global batch of ``B`` windows is the slice ``[step * B, (step + 1) * B)``
+of the concatenated epochs, and process ``p`` of ``P`` takes the ``p``-th contiguous
+``B / P`` of it. Resuming at step ``s`` therefore needs nothing but ``s``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from dsb.lm.tokenizers import load_tokenizer, train_tokenizer
+
+__all__ = [
+    "TokenCorpus",
+    "Windows",
+    "batch_indices",
+    "encode_documents",
+    "load_tokens",
+    "prepare_corpus",
+    "save_tokens",
+    "token_dtype",
+]
+
+SEPARATOR = "\n\n"
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.int32)
+
+
+def save_tokens(path: str | Path, tokens: np.ndarray, vocab_size: int) -> None:
+    tokens = np.asarray(tokens)
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab_size):
+        raise ValueError(f"token ids outside [0, {vocab_size})")
+    np.save(path, tokens.astype(token_dtype(vocab_size)), allow_pickle=False)
+
+
+def load_tokens(path: str | Path) -> np.ndarray:
+    """A read-only memory map of a flat token array."""
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def encode_documents(documents: Sequence[str], tokenizer) -> np.ndarray:
+    """Concatenate ``doc + SEPARATOR`` for each document into one int32 token stream."""
+    texts = [doc + SEPARATOR for doc in documents]
+    if hasattr(tokenizer, "encode_batch"):
+        parts = tokenizer.encode_batch(texts)
+    else:
+        parts = [tokenizer.encode(t) for t in texts]
+    return np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenCorpus:
+    """A prepared corpus directory (see the module docstring)."""
+
+    path: Path
+
+    @property
+    def meta(self) -> dict:
+        return json.loads((self.path / "meta.json").read_text())
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.meta["vocab_size"])
+
+    @property
+    def tokenizer(self):
+        return load_tokenizer(self.path / "tokenizer.json")
+
+    def tokens(self, split: str) -> np.ndarray:
+        return load_tokens(self.path / f"{split}.npy")
+
+    def windows(self, split: str, seq_len: int, stride: int | None = None) -> Windows:
+        return Windows(self.tokens(split), seq_len, stride)
+
+
+def prepare_corpus(
+    out_dir: str | Path,
+    documents: Sequence[str],
+    *,
+    tokenizer: str = "byte",
+    vocab_size: int = 256,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    provenance: dict | None = None,
+) -> TokenCorpus:
+    """Tokenize ``documents`` into ``out_dir`` (reused as is when ``meta.json`` matches).
+
+    Documents are shuffled with ``seed`` before concatenation so the validation tail is not
+    one topic; the BPE is trained on the training documents only.
+    """
+    out = Path(out_dir)
+    options = {
+        "tokenizer": tokenizer,
+        "vocab_size": vocab_size if tokenizer == "bpe" else 256,
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "num_documents": len(documents),
+    }
+    meta_path = out / "meta.json"
+    if meta_path.exists() and json.loads(meta_path.read_text()).get("options") == options:
+        return TokenCorpus(out)
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1): {val_fraction}")
+    order = np.random.default_rng(seed).permutation(len(documents))
+    docs = [documents[i] for i in order]
+    chars = np.cumsum([len(d) + len(SEPARATOR) for d in docs])
+    n_train_docs = max(1, int(np.searchsorted(chars, (1 - val_fraction) * chars[-1])))
+    tok = train_tokenizer(tokenizer, docs[:n_train_docs], vocab_size)
+    stream = encode_documents(docs, tok)
+    n_val = max(1, round(val_fraction * len(stream)))
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save(out / "tokenizer.json")
+    save_tokens(out / "train.npy", stream[:-n_val], tok.vocab_size)
+    save_tokens(out / "val.npy", stream[-n_val:], tok.vocab_size)
+    meta = {
+        "vocab_size": int(tok.vocab_size),
+        "num_tokens": {"train": int(len(stream) - n_val), "val": int(n_val)},
+        "options": options,
+        "provenance": provenance or {},
+    }
+    meta_path.write_text(json.dumps(meta, indent=2))
+    return TokenCorpus(out)
+
+
+class Windows:
+    """Random-access windows of a flat token array: ``len``, ``[i]`` and ``[indices]``."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, stride: int | None = None):
+        self.tokens = tokens
+        self.seq_len = int(seq_len)
+        self.stride = int(stride or seq_len)
+        if self.seq_len < 2 or self.stride < 1:
+            raise ValueError(f"need seq_len >= 2 and stride >= 1: {seq_len}, {stride}")
+        if len(tokens) < self.seq_len:
+            raise ValueError(f"{len(tokens)} tokens are fewer than one window of {seq_len}")
+        self.num_windows = (len(tokens) - self.seq_len) // self.stride + 1
+
+    def __len__(self) -> int:
+        return self.num_windows
+
+    def __getitem__(self, index) -> np.ndarray:
+        """``int -> [seq_len]``, index array ``[n] -> [n, seq_len]``, int32."""
+        idx = np.asarray(index)
+        if np.any((idx < 0) | (idx >= self.num_windows)):
+            raise IndexError(f"window index out of range [0, {self.num_windows})")
+        starts = idx[..., None] * self.stride + np.arange(self.seq_len)
+        return np.asarray(self.tokens[starts.reshape(-1)], dtype=np.int32).reshape(starts.shape)
+
+    def all(self) -> np.ndarray:
+        """Every window, ``[num_windows, seq_len]`` int32 (the ``load_split`` form)."""
+        return self[np.arange(self.num_windows)]
+
+    def batch(self, step: int, *, global_batch_size: int, seed: int, **kw) -> np.ndarray:
+        """This process's share of global batch ``step``: ``[B / P, seq_len]`` int32."""
+        return self[batch_indices(step, self.num_windows, global_batch_size, seed, **kw)]
+
+
+def batch_indices(
+    step: int,
+    num_windows: int,
+    global_batch_size: int,
+    seed: int,
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> np.ndarray:
+    """Window indices of this process's slice of global batch ``step`` (see module doc)."""
+    if global_batch_size % process_count:
+        raise ValueError(f"global batch {global_batch_size} not divisible by {process_count}")
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    per = global_batch_size // process_count
+    flat = step * global_batch_size + process_index * per + np.arange(per, dtype=np.int64)
+    epochs, offsets = np.divmod(flat, num_windows)
+    out = np.empty(per, dtype=np.int64)
+    for epoch in np.unique(epochs):
+        perm = np.random.default_rng([seed, int(epoch)]).permutation(num_windows)
+        sel = epochs == epoch
+        out[sel] = perm[offsets[sel]]
+    return out
