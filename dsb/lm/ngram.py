@@ -1,0 +1,266 @@
+"""n-gram statistics of a token corpus: counts, conditionals, entropy floors, sampler, KL.
+
+Conventions (the reference bugs this module is written against):
+
+* **Normalisation axis.** A table of order ``n`` has one row per observed context (the
+  ``n - 1`` preceding tokens, oldest first) and one column per next token; probabilities are
+  ``counts / counts.sum(axis=1)``: every row sums to one over the vocabulary.
+* **Alignment.** A model's logits at position ``t`` predict token ``t + 1``, so the n-gram
+  distribution compared with them uses the context ``tokens[t - n + 2 .. t]`` (inclusive).
+* **Back-off.** Where fewer than ``n - 1`` tokens precede (the start of a sequence) or the
+  context never occurred in training, the next-order-down maximum-likelihood conditional
+  is used (no discounting), down to the unigram. The sampler and the KL use the same rule.
+* Tables are sparse (``scipy.sparse.csr_matrix``, float64 counts) with contexts packed into
+  int64 keys ``sum_i tok_i * V^(k-1-i)``, so ``V^n`` must stay below ``2^63``.
+
+Entropies are plug-in estimates in nats on the training corpus:
+``H_n = sum_ctx P(ctx) H(P(. | ctx))``, i.e. ``H(X_t)``, ``H(X_t | X_{t-1})``,
+``H(X_t | X_{t-2}, X_{t-1})`` for ``n = 1, 2, 3``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.special import xlogy
+
+__all__ = [
+    "NGRAM_NAMES",
+    "NgramModel",
+    "NgramTable",
+    "bootstrap_ci",
+    "cached_ngram_sets",
+    "kl_to_ngram",
+    "log_softmax",
+    "sequence_cross_entropy",
+]
+
+NGRAM_NAMES = {1: "unigram", 2: "bigram", 3: "trigram", 4: "4gram", 5: "5gram"}
+
+
+def _pack(ctx_NxK: np.ndarray, vocab_size: int) -> np.ndarray:
+    key = np.zeros(ctx_NxK.shape[0], dtype=np.int64)
+    for j in range(ctx_NxK.shape[1]):
+        key = key * vocab_size + ctx_NxK[:, j].astype(np.int64)
+    return key
+
+
+@dataclasses.dataclass
+class NgramTable:
+    """Counts of order ``n``: ``counts[r, v]`` = #(context ``context_keys[r]`` then ``v``)."""
+
+    order: int
+    vocab_size: int
+    context_keys: np.ndarray  # [C] int64, sorted
+    counts: sp.csr_matrix  # [C, V] float64
+
+    def __post_init__(self):
+        self.row_totals = np.asarray(self.counts.sum(axis=1)).ravel()
+        self.cumsum = np.cumsum(self.counts.data)  # exact: integer counts < 2^53
+        p = self.counts.data / np.repeat(self.row_totals, np.diff(self.counts.indptr))
+        h = -xlogy(p, p)
+        self.row_entropy = np.add.reduceat(h, self.counts.indptr[:-1]) if h.size else h
+
+    @property
+    def probs(self) -> sp.csr_matrix:
+        """Row-normalised conditional ``P(next | context)`` ``[C, V]``."""
+        return sp.csr_matrix(sp.diags(1.0 / self.row_totals) @ self.counts)
+
+    @property
+    def entropy(self) -> float:
+        """``H(X_t | context)`` = sum over contexts of P(context) H(row), nats."""
+        return float(self.row_totals @ self.row_entropy / self.row_totals.sum())
+
+    def rows(self, ctx_NxK: np.ndarray) -> np.ndarray:
+        """Row index of each context (``order - 1`` tokens), ``-1`` if never seen."""
+        if self.order == 1:
+            return np.zeros(len(ctx_NxK), dtype=np.int64)
+        keys = _pack(ctx_NxK, self.vocab_size)
+        pos = np.searchsorted(self.context_keys, keys)
+        pos_c = np.minimum(pos, len(self.context_keys) - 1)
+        return np.where(self.context_keys[pos_c] == keys, pos_c, -1)
+
+    def sample_rows(self, rows_N: np.ndarray, u_N: np.ndarray) -> np.ndarray:
+        """Inverse-CDF draw of the next token from each (valid) row, ``u`` uniform [0, 1)."""
+        lo, hi = self.counts.indptr[rows_N], self.counts.indptr[rows_N + 1]
+        base = np.where(lo > 0, self.cumsum[np.maximum(lo - 1, 0)], 0.0)
+        target = base + u_N * (self.cumsum[hi - 1] - base)
+        j = np.clip(np.searchsorted(self.cumsum, target, side="right"), lo, hi - 1)
+        return self.counts.indices[j]
+
+
+class NgramModel:
+    """Maximum-likelihood n-gram tables of orders ``1..max_order`` with back-off."""
+
+    def __init__(self, tables: list[NgramTable]):
+        self.tables = {t.order: t for t in tables}
+        self.max_order = max(self.tables)
+        self.vocab_size = tables[0].vocab_size
+
+    @classmethod
+    def fit(cls, tokens: np.ndarray, vocab_size: int, max_order: int = 3) -> NgramModel:
+        """Count n-grams of ``tokens``: flat ``[N]`` or rows ``[n, t]`` (no n-gram crosses
+        a row boundary: windows are treated as independent sequences)."""
+        tokens = np.asarray(tokens)
+        rows = tokens[None] if tokens.ndim == 1 else tokens
+        if rows.ndim != 2:
+            raise ValueError(f"tokens must be [N] or [n, t], got shape {tokens.shape}")
+        if float(vocab_size) ** max_order >= 2.0**63:
+            raise ValueError(f"vocab {vocab_size}^{max_order} does not fit packed int64 keys")
+        if rows.size and (rows.min() < 0 or rows.max() >= vocab_size):
+            raise ValueError(f"token ids outside [0, {vocab_size})")
+        rows = rows.astype(np.int64)
+        tables = []
+        for n in range(1, max_order + 1):
+            if rows.shape[1] < n:
+                raise ValueError(f"sequences of length {rows.shape[1]} have no {n}-grams")
+            grams = np.lib.stride_tricks.sliding_window_view(rows, n, axis=1).reshape(-1, n)
+            joint, counts = np.unique(_pack(grams, vocab_size), return_counts=True)
+            ctx, nxt = np.divmod(joint, vocab_size)
+            keys, starts = np.unique(ctx, return_index=True)
+            indptr = np.append(starts, len(joint))
+            mat = sp.csr_matrix(
+                (counts.astype(np.float64), nxt, indptr), shape=(len(keys), vocab_size)
+            )
+            tables.append(NgramTable(n, vocab_size, keys, mat))
+        return cls(tables)
+
+    def entropy(self, order: int) -> float:
+        return self.tables[order].entropy
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for n in sorted(self.tables):
+            t = self.tables[n]
+            for a in (t.context_keys, t.counts.indptr, t.counts.indices, t.counts.data):
+                h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()[:16]
+
+    def lookup(self, ctx_NxK: np.ndarray, order: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(order_used [N], row [N])`` for contexts of ``order - 1`` tokens, backing off
+        to the longest seen suffix of each context."""
+        ctx_NxK = np.asarray(ctx_NxK).reshape(len(ctx_NxK), order - 1)
+        used = np.full(len(ctx_NxK), order)
+        rows = self.tables[order].rows(ctx_NxK)
+        for lower in range(order - 1, 0, -1):
+            miss = rows < 0
+            if not miss.any():
+                break
+            suffix = ctx_NxK[miss][:, ctx_NxK.shape[1] - (lower - 1) :]
+            rows[miss] = self.tables[lower].rows(suffix)
+            used[miss] = lower
+        return used, rows
+
+    def conditional(self, ctx_NxK: np.ndarray, order: int) -> np.ndarray:
+        """Dense ``P(next | context)`` ``[N, V]`` float64 with back-off (rows sum to 1)."""
+        used, rows = self.lookup(ctx_NxK, order)
+        out = np.zeros((len(rows), self.vocab_size))
+        for n in np.unique(used):
+            sel = used == n
+            out[sel] = self.tables[n].probs[rows[sel]].toarray()
+        return out
+
+    def sample(
+        self, num_sequences: int, length: int, order: int, seed: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """n-gram sequences and their per-position entropy floors.
+
+        Token 0 ~ unigram; token ``t`` ~ ``P_k(. | tokens[t-k+1 .. t-1])`` with
+        ``k = min(order, t + 1)`` (back-off at the start and on unseen contexts).
+
+        Returns ``tokens [n, length]`` int32 and ``floor [n, length - 1]``: the entropy of the
+        distribution token ``t + 1`` was drawn from, i.e. the best achievable expected
+        cross-entropy of a prediction at position ``t``.
+        """
+        if order not in self.tables:
+            raise ValueError(f"order {order} not fitted (max_order={self.max_order})")
+        rng = np.random.default_rng([seed, order])
+        tokens = np.zeros((num_sequences, length), dtype=np.int64)
+        floor = np.zeros((num_sequences, max(length - 1, 0)))
+        for t in range(length):
+            k = min(order, t + 1)
+            used, rows = self.lookup(tokens[:, t - k + 1 : t], k)
+            u = rng.random(num_sequences)
+            for n in np.unique(used):
+                sel = used == n
+                table = self.tables[n]
+                tokens[sel, t] = table.sample_rows(rows[sel], u[sel])
+                if t > 0:
+                    floor[sel, t - 1] = table.row_entropy[rows[sel]]
+        return tokens.astype(np.int32), floor
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = np.asarray(logits, dtype=np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def sequence_cross_entropy(logits_NxTxV: np.ndarray, tokens_NxT: np.ndarray) -> np.ndarray:
+    """Next-token cross-entropy ``[n, t - 1]``: logits at ``t`` scored on token ``t + 1``."""
+    logp = log_softmax(logits_NxTxV[:, :-1])
+    target = np.asarray(tokens_NxT)[:, 1:, None].astype(np.int64)
+    return -np.take_along_axis(logp, target, axis=-1)[..., 0]
+
+
+def kl_to_ngram(
+    model: NgramModel, tokens_NxT: np.ndarray, logits_NxTxV: np.ndarray, order: int
+) -> np.ndarray:
+    """``KL(P_ngram(. | ctx_t) || p_model(. | tokens[:t+1]))`` per position, ``[n, t]`` nats.
+
+    ``ctx_t = tokens[t - order + 2 .. t]``: the ``order - 1`` tokens ending at position ``t``
+    (fewer at the start, with back-off), matching the model logits at position ``t``.
+    """
+    tokens = np.asarray(tokens_NxT).astype(np.int64)
+    logq = log_softmax(logits_NxTxV)
+    n, t_len = tokens.shape
+    kl = np.zeros((n, t_len))
+    for t in range(t_len):
+        k = min(order - 1, t + 1)
+        p = model.conditional(tokens[:, t + 1 - k : t + 1], k + 1)
+        kl[:, t] = (xlogy(p, p) - p * logq[:, t]).sum(axis=-1)
+    return kl
+
+
+def bootstrap_ci(
+    values_N: np.ndarray, num_resamples: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean over sequences (resampled with replacement)."""
+    values_N = np.asarray(values_N, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(values_N), size=(num_resamples, len(values_N)))
+    means = values_N[idx].mean(axis=1)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(means, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
+def cached_ngram_sets(
+    model: NgramModel,
+    orders: list[int],
+    num_sequences: int,
+    length: int,
+    seed: int,
+    cache_path: str | Path | None = None,
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """``{order: (tokens [n, length], floor [n, length - 1])}``, sampled once and cached in
+    ``cache_path`` (.npz) keyed by the n-gram fingerprint and the sampling options."""
+    key = f"{model.fingerprint()}-{sorted(orders)}-{num_sequences}-{length}-{seed}"
+    path = Path(cache_path) if cache_path is not None else None
+    if path is not None and path.exists():
+        with np.load(path, allow_pickle=False) as f:
+            if str(f["key"]) == key:
+                return {n: (f[f"tokens_{n}"], f[f"floor_{n}"]) for n in orders}
+    sets = {n: model.sample(num_sequences, length, n, seed) for n in orders}
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {f"tokens_{n}": s[0] for n, s in sets.items()}
+        arrays.update({f"floor_{n}": s[1] for n, s in sets.items()})
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, key=np.array(key), **arrays)
+        tmp.replace(path)
+    return sets
