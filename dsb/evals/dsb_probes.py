@@ -1,0 +1,141 @@
+"""DSB probes: loss and accuracy on fixed max-ent and OT-edited evaluation sets.
+
+Config entry (the trainer prefixes names with the entry key)::
+
+    evals:
+      dsb: {type: dsb_probes, maxent_sets: [ics, box1, gaussian], ot_sets: [cqn, gaussian],
+            num_samples: 2000, seed: 0}
+
+At build time the class statistics are fitted on the train split and every set is built
+(or loaded from the cache); the achieved moment errors go to
+``<run_dir>/dsb_probes_moments.json`` (main process only). At each checkpoint it yields
+``maxent/<set>/{loss,accuracy}`` and ``ot/<set>/{loss,target_accuracy,source_loss,
+source_accuracy}``: cross-entropy and exact accuracy over the whole set, against the
+generating class (max-ent) or the target class t and the source class s (OT).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from dsb.evals.base import EvalContext, Snapshot, register_evaluator
+from dsb.stats.evalsets import EvalSet, build_maxent_set, build_ot_set
+from dsb.stats.moments import fit_class_stats
+
+__all__ = ["DsbProbes", "cross_entropy_and_accuracy"]
+
+MOMENTS_FILE = "dsb_probes_moments.json"
+
+
+def cross_entropy_and_accuracy(logits_NxK: np.ndarray, y_N: np.ndarray) -> tuple[float, float]:
+    """Mean cross-entropy (float64 log-softmax) and exact accuracy."""
+    z = np.asarray(logits_NxK, np.float64)
+    z = z - z.max(1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+    y = np.asarray(y_N)
+    loss = -np.mean(logp[np.arange(len(y)), y])
+    acc = np.mean(np.argmax(z, 1) == y)
+    return float(loss), float(acc)
+
+
+@register_evaluator("dsb_probes")
+class DsbProbes:
+    """Evaluator over fixed max-ent and OT-edited sets.
+
+    Options:
+      maxent_sets: names in ``dsb.stats.maxent.SAMPLERS`` (ics, box1, gaussian, box2, box3).
+      ot_sets: names in ``dsb.stats.ot.OT_EDITS`` (cqn, mean_shift, gaussian).
+      num_samples: size of each max-ent set and (at most) of each OT set.
+      seed: fixes every sample, label, OT target and source subset.
+      shrinkage: ``None`` or ``[a, b]``: Sigma_hat = a S + b (tr S / d) I for the
+        Gaussian / particle samplers and the Gaussian OT map.
+      clip: clamp Gaussian samples and Gaussian OT edits to [0, 1] (reported either way).
+      source_split: split whose images the OT sets edit.
+      cache_dir: where the sets are cached (default ``<run_dir>/dsb_probe_sets``; ``None``
+        string "none" disables the cache).
+      particle_steps: Adam steps of the box2 / box3 particle samplers.
+      fit_batch_size: batch size of the streaming statistics fit.
+    """
+
+    def __init__(
+        self,
+        ctx: EvalContext,
+        maxent_sets: Sequence[str] = ("ics", "box1", "gaussian", "box2"),
+        ot_sets: Sequence[str] = ("cqn", "mean_shift", "gaussian"),
+        num_samples: int = 2000,
+        seed: int = 0,
+        shrinkage: Sequence[float] | None = None,
+        clip: bool = False,
+        source_split: str = "test",
+        cache_dir: str | None = None,
+        particle_steps: int = 1000,
+        fit_batch_size: int = 4096,
+    ):
+        self.input_shape = tuple(ctx.input_shape)
+        train = ctx.load_split(ctx.train_split)
+        x_tr = np.asarray(train["image"]).reshape(len(train["label"]), -1)
+        y_tr = np.asarray(train["label"])
+        batches = (
+            (x_tr[i : i + fit_batch_size], y_tr[i : i + fit_batch_size])
+            for i in range(0, len(y_tr), fit_batch_size)
+        )
+        sh = None if shrinkage is None else tuple(float(v) for v in shrinkage)
+        self.stats = fit_class_stats(batches, ctx.num_classes, shrinkage=sh)
+        if cache_dir is None:
+            cache = ctx.run_dir / "dsb_probe_sets"
+        elif str(cache_dir).lower() == "none":
+            cache = None
+        else:
+            cache = cache_dir
+        self.maxent: list[EvalSet] = []
+        for kind in maxent_sets:
+            opts = {}
+            if kind == "gaussian":
+                opts["clip"] = bool(clip)
+            if kind in ("box2", "box3"):
+                opts["steps"] = int(particle_steps)
+            self.maxent.append(
+                build_maxent_set(self.stats, kind, num_samples, seed, cache_dir=cache, **opts)
+            )
+        self.ot: list[EvalSet] = []
+        if ot_sets:
+            src = ctx.load_split(source_split)
+            n_src = len(src["label"])
+            pick = np.sort(np.random.default_rng(seed).permutation(n_src)[:num_samples])
+            x_src = np.asarray(src["image"]).reshape(n_src, -1)[pick]
+            y_src = np.asarray(src["label"])[pick]
+            for kind in ot_sets:
+                opts = {"clip": bool(clip)} if kind == "gaussian" else {}
+                self.ot.append(
+                    build_ot_set(self.stats, kind, x_src, y_src, seed, cache_dir=cache, **opts)
+                )
+        if ctx.is_main_process:
+            ctx.run_dir.mkdir(parents=True, exist_ok=True)
+            out = {
+                "stats_hash": self.stats.content_hash,
+                "shrinkage": self.stats.shrinkage,
+                "maxent": {s.name: s.report | {"cached": s.from_cache} for s in self.maxent},
+                "ot": {s.name: s.report | {"cached": s.from_cache} for s in self.ot},
+            }
+            (ctx.run_dir / MOMENTS_FILE).write_text(json.dumps(out, indent=1, default=float))
+
+    def _logits(self, snapshot: Snapshot, es: EvalSet) -> np.ndarray:
+        x = es.x_NxD.reshape((len(es.y_N), *self.input_shape))
+        return np.asarray(snapshot.predict(x))
+
+    def run(self, snapshot: Snapshot) -> Iterable[tuple[str, float]]:
+        for es in self.maxent:
+            loss, acc = cross_entropy_and_accuracy(self._logits(snapshot, es), es.y_N)
+            yield f"maxent/{es.name}/loss", loss
+            yield f"maxent/{es.name}/accuracy", acc
+        for es in self.ot:
+            logits = self._logits(snapshot, es)
+            loss, acc = cross_entropy_and_accuracy(logits, es.y_N)
+            s_loss, s_acc = cross_entropy_and_accuracy(logits, es.src_N)
+            yield f"ot/{es.name}/loss", loss
+            yield f"ot/{es.name}/target_accuracy", acc
+            yield f"ot/{es.name}/source_loss", s_loss
+            yield f"ot/{es.name}/source_accuracy", s_acc

@@ -1,0 +1,264 @@
+"""Class-conditional statistics of flat image data, fitted in one streaming pass in float64.
+
+Everything downstream (max-ent samplers, OT edits, erasers) reads a frozen ``ClassStats``:
+priors, means, covariances (ML normalisation, 1/n), per-pixel marginal tables and third
+moments along random projections. Inputs are images flattened to ``[n, d]`` in [0, 1].
+
+The marginal tables are histograms with ``num_bins`` equal bins on [0, 1] that also keep
+the mean value of the data in each bin. For 8-bit images (values k/255) and the digits set
+(values k/16) every bin holds at most one distinct value with 256 bins, so the table *is*
+the empirical marginal, exactly, while costing O(K d B) memory however large the data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+from collections.abc import Iterable
+
+import numpy as np
+
+__all__ = [
+    "ClassStats",
+    "StatsAccumulator",
+    "fit_class_stats",
+    "marginal_cdf",
+    "marginal_quantile",
+    "projected_third_moments",
+]
+
+_HASH_VERSION = "classstats-v1"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ClassStats:
+    """Class-conditional moments of a labelled data set (all float64).
+
+    Attributes:
+      counts_K: [K] examples per class.
+      priors_K: [K] class frequencies pi_y.
+      mean_KxD: [K, d] class means mu_y.
+      cov_KxDxD: [K, d, d] raw ML class covariances S_y (no shrinkage applied).
+      shrinkage: ``None`` or ``(a, b)``: the covariance the samplers and maps use is
+        ``Sigma_hat = a * S + b * (tr S / d) * I`` (see ``covariance``).
+      bin_values_KxDxB: [K, d, B] mean data value inside each histogram bin (bin centre
+        where the bin is empty); ``None`` when fitted with ``num_bins=0``.
+      bin_cdf_KxDxB: [K, d, B] cumulative class-conditional probability up to each bin.
+      proj_DxR: [d, R] unit random directions (fixed seed) for third moments.
+      proj_skew_KxR: [K, R] central third moment of ``w'x`` per class and direction.
+    """
+
+    counts_K: np.ndarray
+    priors_K: np.ndarray
+    mean_KxD: np.ndarray
+    cov_KxDxD: np.ndarray
+    shrinkage: tuple[float, float] | None = None
+    bin_values_KxDxB: np.ndarray | None = None
+    bin_cdf_KxDxB: np.ndarray | None = None
+    proj_DxR: np.ndarray | None = None
+    proj_skew_KxR: np.ndarray | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.mean_KxD.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.mean_KxD.shape[1])
+
+    def covariance(self, k: int) -> np.ndarray:
+        """``[d, d]`` covariance of class ``k`` with the recorded shrinkage applied."""
+        s = self.cov_KxDxD[k]
+        if self.shrinkage is None:
+            return s
+        a, b = self.shrinkage
+        d = s.shape[0]
+        return a * s + (b * np.trace(s) / d) * np.eye(d)
+
+    def with_shrinkage(self, shrinkage: tuple[float, float] | None) -> ClassStats:
+        """The same statistics with another shrinkage recorded (arrays are shared)."""
+        sh = None if shrinkage is None else (float(shrinkage[0]), float(shrinkage[1]))
+        return dataclasses.replace(self, shrinkage=sh)
+
+    @functools.cached_property
+    def content_hash(self) -> str:
+        """Stable sha256 of every array and option; keys the on-disk eval-set cache."""
+        h = hashlib.sha256(_HASH_VERSION.encode())
+        h.update(json.dumps({"shrinkage": self.shrinkage}).encode())
+        for name in (
+            "counts_K",
+            "priors_K",
+            "mean_KxD",
+            "cov_KxDxD",
+            "bin_values_KxDxB",
+            "bin_cdf_KxDxB",
+            "proj_DxR",
+            "proj_skew_KxR",
+        ):
+            arr = getattr(self, name)
+            h.update(name.encode())
+            if arr is None:
+                h.update(b"none")
+                continue
+            arr = np.ascontiguousarray(arr)
+            h.update(f"{arr.dtype.str}{arr.shape}".encode())
+            h.update(memoryview(arr).cast("B"))
+        return h.hexdigest()
+
+
+class StatsAccumulator:
+    """One pass over ``(x [n, d], y [n])`` batches; ``finalize()`` gives ``ClassStats``.
+
+    Means and covariances use Chan et al.'s pairwise merge of (count, mean, centred
+    scatter), which stays accurate in float64 where raw outer-product sums would cancel.
+    Third moments along projections are kept as raw power sums of ``z = w'x`` (z is O(1)
+    per unit direction), converted to central moments at the end.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        dim: int,
+        *,
+        num_bins: int = 256,
+        num_projections: int = 256,
+        projection_seed: int = 0,
+    ):
+        self.k, self.d, self.num_bins = num_classes, dim, num_bins
+        self.n_K = np.zeros(num_classes, np.int64)
+        self.mean_KxD = np.zeros((num_classes, dim))
+        self.m2_KxDxD = np.zeros((num_classes, dim, dim))
+        if num_bins:
+            self.bin_count_KxDB = np.zeros((num_classes, dim * num_bins), np.int64)
+            self.bin_sum_KxDB = np.zeros((num_classes, dim * num_bins))
+        self.proj_DxR = None
+        if num_projections:
+            w = np.random.default_rng(projection_seed).standard_normal((dim, num_projections))
+            self.proj_DxR = w / np.linalg.norm(w, axis=0, keepdims=True)
+            self.zpow_Kx3xR = np.zeros((num_classes, 3, num_projections))
+
+    def update(self, x_NxD: np.ndarray, y_N: np.ndarray) -> None:
+        x_NxD = np.asarray(x_NxD, np.float64).reshape(len(y_N), -1)
+        y_N = np.asarray(y_N)
+        if x_NxD.shape[1] != self.d:
+            raise ValueError(f"expected dimension {self.d}, got {x_NxD.shape[1]}")
+        for c in np.unique(y_N):
+            xc = x_NxD[y_N == c]
+            nb = len(xc)
+            mb = xc.mean(0)
+            cen = xc - mb
+            m2b = cen.T @ cen
+            na = self.n_K[c]
+            n = na + nb
+            delta = mb - self.mean_KxD[c]
+            self.m2_KxDxD[c] += m2b + np.outer(delta, delta) * (na * nb / n)
+            self.mean_KxD[c] += delta * (nb / n)
+            self.n_K[c] = n
+            if self.num_bins:
+                b = np.clip(np.floor(xc * self.num_bins), 0, self.num_bins - 1).astype(np.int64)
+                flat = (b + np.arange(self.d) * self.num_bins).ravel()
+                size = self.d * self.num_bins
+                self.bin_count_KxDB[c] += np.bincount(flat, minlength=size)
+                self.bin_sum_KxDB[c] += np.bincount(flat, weights=xc.ravel(), minlength=size)
+            if self.proj_DxR is not None:
+                z = xc @ self.proj_DxR
+                self.zpow_Kx3xR[c] += np.stack([z.sum(0), (z**2).sum(0), (z**3).sum(0)])
+
+    def finalize(self, shrinkage: tuple[float, float] | None = None) -> ClassStats:
+        if np.any(self.n_K == 0):
+            raise ValueError(f"classes without examples: {np.flatnonzero(self.n_K == 0)}")
+        n_K = self.n_K.astype(np.float64)
+        values = cdf = None
+        if self.num_bins:
+            k, d, nb = self.k, self.d, self.num_bins
+            counts = self.bin_count_KxDB.reshape(k, d, nb)
+            centres = (np.arange(nb) + 0.5) / nb
+            values = np.where(
+                counts > 0, self.bin_sum_KxDB.reshape(k, d, nb) / np.maximum(counts, 1), centres
+            )
+            cdf = np.cumsum(counts, axis=-1) / n_K[:, None, None]
+            cdf[..., -1] = 1.0
+        skew = None
+        if self.proj_DxR is not None:
+            e1, e2, e3 = np.moveaxis(self.zpow_Kx3xR / n_K[:, None, None], 1, 0)
+            skew = e3 - 3 * e1 * e2 + 2 * e1**3
+        stats = ClassStats(
+            counts_K=self.n_K.copy(),
+            priors_K=n_K / n_K.sum(),
+            mean_KxD=self.mean_KxD.copy(),
+            cov_KxDxD=self.m2_KxDxD / n_K[:, None, None],
+            bin_values_KxDxB=values,
+            bin_cdf_KxDxB=cdf,
+            proj_DxR=self.proj_DxR,
+            proj_skew_KxR=skew,
+        )
+        return stats.with_shrinkage(shrinkage)
+
+
+def fit_class_stats(
+    batches: Iterable[tuple[np.ndarray, np.ndarray]],
+    num_classes: int,
+    *,
+    shrinkage: tuple[float, float] | None = None,
+    num_bins: int = 256,
+    num_projections: int = 256,
+    projection_seed: int = 0,
+) -> ClassStats:
+    """Fit ``ClassStats`` from an iterable of ``(x [b, ...], y [b])`` batches in one pass.
+
+    Images of any shape are flattened to ``[b, d]``. ``shrinkage=(a, b)`` is recorded and
+    applied by ``ClassStats.covariance``; raw covariances are kept.
+    """
+    acc = None
+    for x, y in batches:
+        x = np.asarray(x).reshape(len(y), -1)
+        if acc is None:
+            acc = StatsAccumulator(
+                num_classes,
+                x.shape[1],
+                num_bins=num_bins,
+                num_projections=num_projections,
+                projection_seed=projection_seed,
+            )
+        acc.update(x, y)
+    if acc is None:
+        raise ValueError("no batches")
+    return acc.finalize(shrinkage)
+
+
+def _flat_search(cdf_DxB: np.ndarray, u_NxD: np.ndarray) -> np.ndarray:
+    """Per column j, the first bin with ``cdf > u`` (one global searchsorted)."""
+    d, nb = cdf_DxB.shape
+    offs = 2.0 * np.arange(d)
+    flat = (cdf_DxB + offs[:, None]).ravel()
+    idx = np.searchsorted(flat, u_NxD + offs, side="right") - np.arange(d) * nb
+    return np.clip(idx, 0, nb - 1)
+
+
+def marginal_quantile(stats: ClassStats, k: int, u_NxD: np.ndarray) -> np.ndarray:
+    """Inverse marginal CDF of class ``k`` per coordinate: ``[n, d]`` uniforms to values."""
+    if stats.bin_cdf_KxDxB is None:
+        raise ValueError("these ClassStats were fitted without marginal tables (num_bins=0)")
+    idx = _flat_search(stats.bin_cdf_KxDxB[k], np.asarray(u_NxD, np.float64))
+    return np.take_along_axis(stats.bin_values_KxDxB[k].T, idx, axis=0)
+
+
+def marginal_cdf(stats: ClassStats, k: int, x_NxD: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(F(x-), F(x))`` of class ``k`` per coordinate, ``[n, d]`` each (bins are atoms)."""
+    if stats.bin_cdf_KxDxB is None:
+        raise ValueError("these ClassStats were fitted without marginal tables (num_bins=0)")
+    nb = stats.bin_cdf_KxDxB.shape[-1]
+    b = np.clip(np.floor(np.asarray(x_NxD, np.float64) * nb), 0, nb - 1).astype(np.int64)
+    cdf_BxD = stats.bin_cdf_KxDxB[k].T
+    hi = np.take_along_axis(cdf_BxD, b, axis=0)
+    lo = np.where(b > 0, np.take_along_axis(cdf_BxD, np.maximum(b - 1, 0), axis=0), 0.0)
+    return lo, hi
+
+
+def projected_third_moments(x_NxD: np.ndarray, proj_DxR: np.ndarray) -> np.ndarray:
+    """``[R]`` central third moments of ``w_r'x`` over the rows of ``x`` (float64)."""
+    z = np.asarray(x_NxD, np.float64) @ proj_DxR
+    z = z - z.mean(0)
+    return (z**3).mean(0)
