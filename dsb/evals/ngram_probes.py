@@ -1,0 +1,170 @@
+"""n-gram simplicity-bias probes for language models (SCIENCE.md, "Language models").
+
+Built once per run: fits unigram..n-gram tables on the training tokens
+(``ctx.load_split(ctx.train_split)["tokens"]``, windows ``[n, t]``; no n-gram crosses a
+window boundary) and samples one fixed evaluation set per order with a fixed seed (cached in
+``<run_dir>/ngram_probes/sets.npz``). At each checkpoint it yields, for ``name`` in
+``unigram, bigram, trigram`` (orders 1, 2, 3 by default):
+
+* ``{name}/loss``: mean next-token cross-entropy on the ``name`` set (model logits at
+  position ``t`` scored on token ``t + 1``), with ``{name}/loss_lo``, ``{name}/loss_hi``:
+  a percentile bootstrap CI over sequences;
+* ``{name}/loss_t{p}``: the mean cross-entropy at a few positions ``p`` (0, 1, 3, 7, ...,
+  and ``t - 2``); every position goes to ``<run_dir>/ngram_probes/step_XXXXXXXX.json``;
+* ``{name}/floor``: the Bayes floor of that fixed set (the mean entropy of the
+  distributions its tokens were drawn from), and ``entropy/{name}``: the plug-in conditional
+  entropy of the training corpus (``H(X_t)``, ``H(X_t|X_{t-1})``, ``H(X_t|X_{t-2},X_{t-1})``);
+* ``kl/{name}`` (with ``_lo``, ``_hi``): ``KL(P_n(. | ctx_t) || p_model(. | x_{<=t}))``
+  averaged over every position ``t`` of the real validation text, ``ctx_t`` the ``n - 1``
+  tokens ending at ``t`` (back-off where shorter or unseen; see ``dsb.lm.ngram``);
+* ``text/loss`` (with ``_lo``, ``_hi``): cross-entropy on the validation text.
+
+All in nats. The trainer prefixes each name with the entry key (``ngram/bigram/loss``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from dsb.evals.base import EvalContext, Snapshot, register_evaluator
+from dsb.lm.ngram import (
+    NGRAM_NAMES,
+    NgramModel,
+    bootstrap_ci,
+    cached_ngram_sets,
+    kl_to_ngram,
+    log_softmax,
+    sequence_cross_entropy,
+)
+
+__all__ = ["NgramProbes", "summary_positions"]
+
+
+def summary_positions(num_predictions: int) -> list[int]:
+    """0, 1, 3, 7, ... below ``num_predictions`` plus the last position."""
+    pos = [0] + [2**k - 1 for k in range(1, 32) if 2**k - 1 < num_predictions]
+    return sorted(set(pos) | {num_predictions - 1})
+
+
+@register_evaluator("ngram_probes")
+class NgramProbes:
+    """n-gram probe sets and KL to n-gram models (see the module docstring).
+
+    Options:
+      orders: n-gram orders to probe (1 = unigram, ...).
+      num_sequences: sequences per n-gram set.
+      seq_len: tokens per sequence; default ``ctx.input_shape[0]`` (the model context).
+      val_split: split of real text for the KLs and ``text/loss``; ``None`` skips them.
+      max_val_sequences: at most this many validation windows (the first ones).
+      batch_size: sequences per ``snapshot.predict`` call (bounds host memory, t * V each).
+      seed: sampling seed of the fixed sets (independent of the training seed on purpose,
+        so runs with different seeds are probed on the same sets).
+      num_bootstrap, confidence: bootstrap CI over sequences.
+      cache: keep the sampled sets in ``<run_dir>/ngram_probes/sets.npz``.
+      write_positions: write per-position curves to ``<run_dir>/ngram_probes/``.
+    """
+
+    def __init__(
+        self,
+        ctx: EvalContext,
+        *,
+        orders: Sequence[int] = (1, 2, 3),
+        num_sequences: int = 256,
+        seq_len: int | None = None,
+        val_split: str | None = "val",
+        max_val_sequences: int = 256,
+        batch_size: int = 32,
+        seed: int = 0,
+        num_bootstrap: int = 1000,
+        confidence: float = 0.95,
+        cache: bool = True,
+        write_positions: bool = True,
+    ):
+        self.ctx = ctx
+        self.orders = sorted({int(n) for n in orders})
+        if not self.orders or self.orders[0] < 1:
+            raise ValueError(f"ngram_probes: orders must be positive integers: {orders}")
+        self.seq_len = int(seq_len or ctx.input_shape[0])
+        if self.seq_len < 2:
+            raise ValueError(f"ngram_probes: seq_len must be >= 2, got {self.seq_len}")
+        self.batch_size = int(batch_size)
+        self.num_bootstrap, self.confidence = int(num_bootstrap), float(confidence)
+        self.write_positions = write_positions
+        self.out_dir = Path(ctx.run_dir) / "ngram_probes"
+
+        train = np.asarray(ctx.load_split(ctx.train_split)["tokens"])
+        self.model = NgramModel.fit(train, vocab_size=ctx.num_classes, max_order=self.orders[-1])
+        cache_path = self.out_dir / "sets.npz" if cache else None
+        self.sets = cached_ngram_sets(
+            self.model, self.orders, int(num_sequences), self.seq_len, int(seed), cache_path
+        )
+        self.val = None
+        if val_split is not None:
+            self.val = np.asarray(ctx.load_split(val_split)["tokens"])[: int(max_val_sequences)]
+
+    def _logits(self, snapshot: Snapshot, tokens: np.ndarray) -> Iterable[tuple[slice, np.ndarray]]:
+        for i in range(0, len(tokens), self.batch_size):
+            sl = slice(i, i + self.batch_size)
+            logits = np.asarray(snapshot.predict(tokens[sl]), dtype=np.float32)
+            if logits.shape != (*tokens[sl].shape, self.ctx.num_classes):
+                raise ValueError(f"ngram_probes: predict returned shape {logits.shape}")
+            yield sl, logits
+
+    def _ci(self, per_sequence: np.ndarray) -> tuple[float, float]:
+        return bootstrap_ci(per_sequence, self.num_bootstrap, self.confidence, seed=0)
+
+    def run(self, snapshot: Snapshot) -> Iterable[tuple[str, float]]:
+        curves: dict[str, list[float]] = {}
+        for n in self.orders:
+            name = NGRAM_NAMES.get(n, f"{n}gram")
+            tokens, floor = self.sets[n]
+            # each set gets its own forward pass: logits are never shared between sets
+            ce = np.concatenate(
+                [
+                    sequence_cross_entropy(lg, tokens[sl])
+                    for sl, lg in self._logits(snapshot, tokens)
+                ]
+            )
+            per_seq = ce.mean(axis=1)
+            lo, hi = self._ci(per_seq)
+            yield f"{name}/loss", float(per_seq.mean())
+            yield f"{name}/loss_lo", lo
+            yield f"{name}/loss_hi", hi
+            yield f"{name}/floor", float(floor.mean())
+            yield f"entropy/{name}", self.model.entropy(n)
+            by_pos = ce.mean(axis=0)
+            for p in summary_positions(len(by_pos)):
+                yield f"{name}/loss_t{p}", float(by_pos[p])
+            curves[f"{name}/loss"] = by_pos.tolist()
+            curves[f"{name}/floor"] = floor.mean(axis=0).tolist()
+
+        if self.val is not None and len(self.val):
+            kls = {n: [] for n in self.orders}
+            text_ce = []
+            for sl, logits in self._logits(snapshot, self.val):
+                logq = log_softmax(logits)
+                text_ce.append(sequence_cross_entropy(logq, self.val[sl]))
+                for n in self.orders:
+                    kls[n].append(kl_to_ngram(self.model, self.val[sl], logq, n))
+            text_ce = np.concatenate(text_ce)
+            lo, hi = self._ci(text_ce.mean(axis=1))
+            yield "text/loss", float(text_ce.mean())
+            yield "text/loss_lo", lo
+            yield "text/loss_hi", hi
+            for n in self.orders:
+                name = NGRAM_NAMES.get(n, f"{n}gram")
+                kl = np.concatenate(kls[n])
+                lo, hi = self._ci(kl.mean(axis=1))
+                yield f"kl/{name}", float(kl.mean())
+                yield f"kl/{name}_lo", lo
+                yield f"kl/{name}_hi", hi
+                curves[f"kl/{name}"] = kl.mean(axis=0).tolist()
+
+        if self.write_positions and self.ctx.is_main_process:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            path = self.out_dir / f"step_{int(snapshot.step):08d}.json"
+            path.write_text(json.dumps({"step": int(snapshot.step), **curves}))
