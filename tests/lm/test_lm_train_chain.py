@@ -1,0 +1,70 @@
+"""A small transformer trained on a known Markov chain approaches the chain's entropy rate,
+and the ngram_probes evaluator sees it sit on the bigram floor."""
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from test_lm_ngram import _stationary, sample_chain
+
+from dsb.evals.base import EvalContext, Snapshot
+from dsb.evals.ngram_probes import NgramProbes
+from dsb.lm.data import Windows
+from dsb.models.transformer import Transformer
+
+
+@pytest.mark.slow
+def test_transformer_learns_markov_chain_entropy_rate(tmp_path):
+    v, t = 6, 32
+    p = np.random.default_rng(0).dirichlet(np.full(v, 0.5), size=v)
+    pi = _stationary(p)
+    rate = float(-(pi[:, None] * p * np.log(np.where(p > 0, p, 1))).sum())
+    h1 = float(-(pi * np.log(pi)).sum())
+    train = Windows(sample_chain(p, 200_000, seed=1), seq_len=t)
+    val = Windows(sample_chain(p, 256 * t, seed=2), seq_len=t).all()
+
+    model = Transformer(
+        num_classes=v, input_shape=(t,), rngs=nnx.Rngs(0), num_layers=1, d_model=32, num_heads=2
+    )
+    graphdef, params = nnx.split(model)
+    tx = optax.adam(3e-3)
+    opt_state = tx.init(params)
+
+    def loss_fn(params, x):
+        logits = nnx.merge(graphdef, params)(x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], x[:, 1:]).mean()
+
+    @jax.jit
+    def step(params, opt_state, x):
+        loss, grads = jax.value_and_grad(loss_fn)(params, x)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    start = time.time()
+    for s in range(500):
+        x = jnp.asarray(train.batch(s, global_batch_size=64, seed=0))
+        params, opt_state, _ = step(params, opt_state, x)
+    predict = jax.jit(lambda x: nnx.merge(graphdef, params)(x))
+    val_loss = float(jax.jit(loss_fn)(params, jnp.asarray(val)))
+    print(
+        f"trained in {time.time() - start:.1f}s: val {val_loss:.4f}, rate {rate:.4f}, H1 {h1:.4f}"
+    )
+    assert val_loss < rate + 0.03 and val_loss < h1 - 0.2
+
+    ctx = EvalContext(
+        load_split=lambda s: {"tokens": train.all() if s == "train" else val},
+        train_split="train",
+        num_classes=v,
+        input_shape=(t,),
+        run_dir=tmp_path,
+        seed=0,
+    )
+    probes = NgramProbes(ctx, num_sequences=128, max_val_sequences=64, num_bootstrap=200)
+    snap = Snapshot(500, lambda x: np.asarray(predict(jnp.asarray(x))), graphdef, params, None)
+    m = dict(probes.run(snap))
+    assert m["bigram/loss"] == pytest.approx(m["bigram/floor"], abs=0.05)
+    assert m["kl/bigram"] < 0.03 < m["kl/unigram"]
