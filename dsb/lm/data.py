@@ -37,6 +37,7 @@ __all__ = [
     "encode_documents",
     "load_tokens",
     "prepare_corpus",
+    "prepare_text_corpus",
     "save_tokens",
     "token_dtype",
 ]
@@ -142,6 +143,37 @@ def prepare_corpus(
     }
     meta_path.write_text(json.dumps(meta, indent=2))
     return TokenCorpus(out)
+
+
+def prepare_text_corpus(
+    out_dir: str | Path,
+    source: str = "default",
+    *,
+    tokenizer: str = "byte",
+    vocab_size: int = 256,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    **source_options,
+) -> TokenCorpus:
+    """``prepare_corpus`` on ``dsb.lm.corpus.load_documents(source, **source_options)``,
+    recording where the text came from. ``source="default"`` is the embedded corpus."""
+    from dsb.lm import corpus
+
+    documents = corpus.load_documents(source, **source_options)
+    provenance = (
+        corpus.default_corpus_info()
+        if source == "default"
+        else {"source": source, **{k: str(v) for k, v in source_options.items()}}
+    )
+    return prepare_corpus(
+        out_dir,
+        documents,
+        tokenizer=tokenizer,
+        vocab_size=vocab_size,
+        val_fraction=val_fraction,
+        seed=seed,
+        provenance=provenance,
+    )
 
 
 class Windows:

@@ -21,6 +21,7 @@ Entropies are plug-in estimates in nats on the training corpus:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from pathlib import Path
 
@@ -65,9 +66,9 @@ class NgramTable:
         h = -xlogy(p, p)
         self.row_entropy = np.add.reduceat(h, self.counts.indptr[:-1]) if h.size else h
 
-    @property
+    @functools.cached_property
     def probs(self) -> sp.csr_matrix:
-        """Row-normalised conditional ``P(next | context)`` ``[C, V]``."""
+        """Row-normalised conditional ``P(next | context)`` ``[C, V]`` (computed once)."""
         return sp.csr_matrix(sp.diags(1.0 / self.row_totals) @ self.counts)
 
     @property

@@ -124,3 +124,14 @@ def test_tfds_text_source_with_mock_data():
     with tfds.testing.mock_data(num_examples=5, as_data_source_fn=fake_source):
         docs = corpus.load_documents("tfds", name="imdb_reviews", split="train", max_documents=3)
     assert docs == ["review 0 of train", "review 1 of train", "review 2 of train"]
+
+
+def test_prepare_default_corpus_with_bpe(tmp_path):
+    from dsb.lm.data import prepare_text_corpus
+
+    c = prepare_text_corpus(tmp_path, "default", tokenizer="bpe", vocab_size=512)
+    assert c.vocab_size == 512 and c.meta["provenance"]["name"] == "cpython-pydoc-topics"
+    w = c.windows("val", 64)
+    batch = w.all()
+    assert batch.shape == (len(w), 64) and batch.max() < 512
+    assert c.meta["num_tokens"]["train"] > 5 * c.meta["num_tokens"]["val"]
