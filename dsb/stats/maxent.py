@@ -183,7 +183,9 @@ def _optimise_particles(
     z0_NxD, mean_D, cov_DxD, proj_DxR, skew_R, entropy_weight, lr, steps, use_skew
 ):
     n = z0_NxD.shape[0]
-    mean_scale = jnp.sum(mean_D**2) + 1e-12
+    # Mean errors in units of the spread (tr Sigma), not of |mu|: a shift is judged
+    # against the noise it hides in, which weights the mean as much as the covariance.
+    mean_scale = jnp.trace(cov_DxD) + 1e-12
     cov_scale = jnp.sum(cov_DxD**2) + 1e-12
     skew_scale = jnp.sum(skew_R**2) + 1e-12
 

@@ -1,0 +1,152 @@
+"""Max-ent samplers: Conrad solver against quadrature, moment errors on known laws."""
+
+import numpy as np
+import pytest
+from scipy import integrate
+
+from dsb.data.digits import digits_arrays
+from dsb.stats import maxent
+from dsb.stats.moments import ClassStats, fit_class_stats
+
+MUS = [
+    1e-4,
+    1e-3,
+    0.01,
+    0.1,
+    0.3,
+    0.49,
+    0.5 - 1e-6,
+    0.5,
+    0.5 + 1e-6,
+    0.51,
+    0.7,
+    0.9,
+    0.99,
+    1 - 1e-3,
+    1 - 1e-4,
+]
+
+
+def _quad_mean(b: float) -> float:
+    """Mean of b e^{-bx}/(1-e^{-b}) on [0, 1] by adaptive quadrature (b != 0)."""
+    if b < 0:
+        return 1.0 - _quad_mean(-b)
+    scale = min(1.0, 1.0 / b)
+    pts = [p for p in (scale, 5 * scale, 20 * scale) if p < 1]
+
+    def dens(x):
+        return b * np.exp(-b * x) / -np.expm1(-b)
+
+    z = integrate.quad(dens, 0, 1, points=pts or None, limit=200, epsabs=0, epsrel=1e-12)[0]
+    m = integrate.quad(
+        lambda x: x * dens(x), 0, 1, points=pts or None, limit=200, epsabs=0, epsrel=1e-12
+    )[0]
+    return m / z
+
+
+@pytest.mark.parametrize("mu", MUS)
+def test_conrad_rate_matches_quadrature(mu):
+    b = float(maxent.conrad_rate(np.array([mu]))[0])
+    if mu == 0.5:
+        assert b == 0.0
+        return
+    assert abs(_quad_mean(b) - mu) <= 1e-9 * max(mu, 1e-3)
+    assert np.sign(b) == np.sign(0.5 - mu)
+
+
+def test_conrad_mean_smooth_across_series_switch():
+    b = np.array([1e-2 * (1 - 1e-9), 1e-2 * (1 + 1e-9)])
+    m = maxent.conrad_mean(b)
+    # No jump at the switch: the difference is the slope mu'(0) = -1/12 times the step.
+    assert abs((m[0] - m[1]) - (b[1] - b[0]) / 12) < 1e-13
+    np.testing.assert_allclose(
+        maxent.conrad_mean(np.array([3.0, -3.0])),
+        [1 / 3 - 1 / np.expm1(3.0), 1 - 1 / 3 + 1 / np.expm1(3.0)],
+    )
+
+
+def test_conrad_sample_mean_by_stratified_u():
+    mus = np.array(MUS)
+    b = maxent.conrad_rate(mus)
+    u = (np.arange(200_000) + 0.5) / 200_000
+    x = maxent.conrad_sample(b[None, :], u[:, None])
+    assert np.all((x >= 0) & (x <= 1))
+    np.testing.assert_allclose(x.mean(0), mus, rtol=1e-4, atol=1e-9)
+    # Point masses at the bounds.
+    np.testing.assert_array_equal(
+        maxent.conrad_sample(maxent.conrad_rate(np.array([0.0, 1.0])), np.array([0.3, 0.3])),
+        [0.0, 1.0],
+    )
+
+
+@pytest.fixture(scope="module")
+def digit_stats():
+    x, y = digits_arrays()["train"]
+    return fit_class_stats([(x.reshape(len(x), -1), y)], 10)
+
+
+def test_box1_and_ics_first_order_on_digits(digit_stats):
+    for name in ("box1", "ics"):
+        s = maxent.SAMPLERS[name](digit_stats, 20_000, seed=0)
+        assert s.x_NxD.shape == (20_000, 64) and s.x_NxD.dtype == np.float32
+        assert np.all((s.x_NxD >= 0) & (s.x_NxD <= 1))
+        assert s.report.mean_rel_err < 0.015, (name, s.report.mean_rel_err)
+        # Labels follow the priors.
+        np.testing.assert_allclose(
+            np.bincount(s.y_N, minlength=10) / 20_000, digit_stats.priors_K, atol=0.01
+        )
+    ics = maxent.sample_ics(digit_stats, 2000, seed=1)
+    assert set(np.unique(np.round(ics.x_NxD * 16, 4))) <= set(range(17))  # data values only
+
+
+def _gaussian_stats(rng, k=2, d=5):
+    means = rng.uniform(0.35, 0.65, (k, d))
+    covs = []
+    for _ in range(k):
+        a = rng.standard_normal((d, d)) * 0.03
+        covs.append(a @ a.T + 0.002 * np.eye(d))
+    covs = np.stack(covs)
+    return ClassStats(np.array([500] * k), np.full(k, 1 / k), means, covs)
+
+
+def test_gaussian_sampler_moments():
+    st = _gaussian_stats(np.random.default_rng(0))
+    s = maxent.sample_gaussian(st, 40_000, seed=0)
+    assert s.report.mean_rel_err < 0.005 and s.report.cov_rel_err < 0.03
+    assert s.report.extra["clip"] is False
+    c = maxent.sample_gaussian(st, 1000, seed=0, clip=True)
+    assert c.report.extra["clip"] is True and np.all((c.x_NxD >= 0) & (c.x_NxD <= 1))
+
+
+def _skewed_box_data(rng, n=6000, d=4):
+    """Correlated, skewed data in the box: Beta marginals mixed linearly, two classes."""
+    y = rng.integers(0, 2, n)
+    z = np.where(y[:, None] == 0, rng.beta(2, 6, (n, d)), rng.beta(5, 2, (n, d)))
+    mix = np.eye(d) * 0.6 + 0.4 / d
+    return z @ mix.T, y
+
+
+def test_particle_samplers_match_moments_in_the_box():
+    x, y = _skewed_box_data(np.random.default_rng(0))
+    st = fit_class_stats([(x, y)], 2, num_projections=64)
+    g = maxent.sample_gaussian(st, 1200, seed=0, clip=True)
+    b2 = maxent.sample_box2(st, 1200, seed=0, steps=400)
+    b3 = maxent.sample_box3(st, 1200, seed=0, steps=400)
+    for s in (b2, b3):
+        assert np.all((s.x_NxD >= 0) & (s.x_NxD <= 1))
+        assert s.report.mean_rel_err < 2e-3, s.report
+        assert s.report.cov_rel_err < 2e-2, s.report
+    # Third order: held-out projected co-skewness matched, far better than second order.
+    assert b3.report.coskew_rel_err < 0.1, b3.report
+    assert b3.report.coskew_rel_err < 0.5 * b2.report.coskew_rel_err
+    assert b3.report.coskew_rel_err < 0.5 * g.report.coskew_rel_err
+
+
+def test_fixed_seed_determinism(digit_stats):
+    for name in ("ics", "box1", "gaussian"):
+        a = maxent.SAMPLERS[name](digit_stats, 500, seed=3)
+        b = maxent.SAMPLERS[name](digit_stats, 500, seed=3)
+        c = maxent.SAMPLERS[name](digit_stats, 500, seed=4)
+        np.testing.assert_array_equal(a.x_NxD, b.x_NxD)
+        np.testing.assert_array_equal(a.y_N, b.y_N)
+        assert not np.array_equal(a.x_NxD, c.x_NxD)
