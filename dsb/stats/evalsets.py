@@ -49,6 +49,11 @@ def eval_set_key(stats: ClassStats, kind: str, config: dict, extra: bytes = b"")
     return h.hexdigest()
 
 
+def _jsonable(d: dict) -> dict:
+    # The same plain-JSON form whether built now or loaded from the cache.
+    return json.loads(json.dumps(d, default=float))
+
+
 def _load(path: Path, name: str, key: str) -> EvalSet | None:
     if not path.exists():
         return None
@@ -76,10 +81,10 @@ def _save(path: Path, es: EvalSet) -> None:
     os.replace(tmp, path)
 
 
-def _cached(cache_dir, kind, key, build) -> EvalSet:
-    path = None if cache_dir is None else Path(cache_dir) / f"{kind}-{key[:20]}.npz"
+def _cached(cache_dir, prefix, name, key, build) -> EvalSet:
+    path = None if cache_dir is None else Path(cache_dir) / f"{prefix}-{key[:20]}.npz"
     if path is not None:
-        hit = _load(path, kind, key)
+        hit = _load(path, name, key)
         if hit is not None:
             return hit
     es = build()
@@ -105,10 +110,10 @@ def build_maxent_set(
 
     def build():
         s = SAMPLERS[kind](stats, num_samples, seed, **options)
-        rep = s.report.to_dict() | {"config": config}
+        rep = _jsonable(s.report.to_dict() | {"config": config})
         return EvalSet(kind, s.x_NxD, s.y_N, None, rep, key)
 
-    return _cached(cache_dir, f"maxent-{kind}", key, build)
+    return _cached(cache_dir, f"maxent-{kind}", kind, key, build)
 
 
 def build_ot_set(
@@ -139,7 +144,7 @@ def build_ot_set(
         if kind == "cqn":
             kw.setdefault("seed", seed + 1)
         e = OT_EDITS[kind](stats, x, src, tgt, **kw)
-        rep = e.report.to_dict() | {"config": config}
+        rep = _jsonable(e.report.to_dict() | {"config": config})
         return EvalSet(kind, e.x_NxD, e.y_N, e.src_N, rep, key)
 
-    return _cached(cache_dir, f"ot-{kind}", key, build)
+    return _cached(cache_dir, f"ot-{kind}", kind, key, build)

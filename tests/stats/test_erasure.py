@@ -3,10 +3,18 @@
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_limits
 
 from dsb.data.digits import digits_arrays
 from dsb.stats import erasure
 from dsb.stats.moments import ClassStats, fit_class_stats
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_blas_thread():
+    # Small matrices on a shared 2-core box: threaded OpenBLAS spins and runs ~100x slower.
+    with threadpool_limits(1):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from scipy import integrate
+from threadpoolctl import threadpool_limits
 
 from dsb.data.digits import digits_arrays
 from dsb.stats import maxent
@@ -25,6 +26,13 @@ MUS = [
     1 - 1e-3,
     1 - 1e-4,
 ]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_blas_thread():
+    # Small matrices on a shared 2-core box: threaded OpenBLAS spins and runs ~100x slower.
+    with threadpool_limits(1):
+        yield
 
 
 def _quad_mean(b: float) -> float:

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 from dsb.data.digits import digits_arrays
 from dsb.stats.moments import (
@@ -9,6 +10,13 @@ from dsb.stats.moments import (
     marginal_quantile,
     projected_third_moments,
 )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_blas_thread():
+    # Small matrices on a shared 2-core box: threaded OpenBLAS spins and runs ~100x slower.
+    with threadpool_limits(1):
+        yield
 
 
 @pytest.fixture(scope="module")

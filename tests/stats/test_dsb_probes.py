@@ -1,0 +1,113 @@
+"""The dsb_probes evaluator end to end on digits, with a fixed linear 'model'."""
+
+import functools
+import json
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_limits
+
+import dsb.evals.dsb_probes as probes
+from dsb.data.digits import digits_arrays
+from dsb.evals.base import EvalContext, Snapshot
+from dsb.stats.plots import plot_probe_curves
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_blas_thread():
+    # Small matrices on a shared 2-core box: threaded OpenBLAS spins and runs ~100x slower.
+    with threadpool_limits(1):
+        yield
+
+
+def _ctx(tmp_path):
+    d = digits_arrays()
+
+    def load_split(name):
+        x, y = d[name]
+        return {"image": x, "label": y.astype(np.int32)}
+
+    return EvalContext(load_split, "train", 10, (8, 8, 1), tmp_path / "run", seed=0)
+
+
+@functools.cache
+def _snapshot(step=0):
+    x, y = digits_arrays()["train"]
+    clf = LogisticRegression(max_iter=500).fit(x.reshape(len(x), -1), y)
+
+    def predict(xb):
+        return clf.decision_function(np.asarray(xb).reshape(len(xb), -1)).astype(np.float32)
+
+    return Snapshot(step=step, predict=predict, graphdef=None, params=None, rest=None)
+
+
+def test_evaluator_names_values_and_moment_file(tmp_path):
+    opts = dict(
+        maxent_sets=["ics", "box1", "gaussian"],
+        ot_sets=["cqn", "mean_shift", "gaussian"],
+        num_samples=400,
+        seed=0,
+        shrinkage=[1.0, 0.01],
+        clip=True,
+    )
+    ev = probes.DsbProbes(_ctx(tmp_path), **opts)
+    out = dict(ev.run(_snapshot()))
+    for s in ("ics", "box1", "gaussian"):
+        assert 0.0 <= out[f"maxent/{s}/accuracy"] <= 1.0 and out[f"maxent/{s}/loss"] > 0
+    for s in ("cqn", "mean_shift", "gaussian"):
+        for m in ("loss", "target_accuracy", "source_loss", "source_accuracy"):
+            assert f"ot/{s}/{m}" in out
+    assert len(out) == 3 * 2 + 3 * 4
+    # A trained linear model reads first-order ICS samples better than chance.
+    assert out["maxent/ics/accuracy"] > 0.3
+    # And the whole set is counted: accuracy is a multiple of 1/n.
+    assert abs(out["maxent/ics/accuracy"] * 400 - round(out["maxent/ics/accuracy"] * 400)) < 1e-9
+    moments = json.loads((tmp_path / "run" / probes.MOMENTS_FILE).read_text())
+    assert set(moments["maxent"]) == {"ics", "box1", "gaussian"}
+    assert moments["shrinkage"] == [1.0, 0.01]
+    assert moments["ot"]["mean_shift"]["mean_rel_err"] < 1e-5
+    # Rebuilding loads the same sets from the cache.
+    ev2 = probes.DsbProbes(_ctx(tmp_path), **opts)
+    assert all(s.from_cache for s in ev2.maxent + ev2.ot)
+    assert dict(ev2.run(_snapshot())) == out
+
+
+def test_cross_entropy_and_accuracy():
+    logits = np.log(np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]]))
+    loss, acc = probes.cross_entropy_and_accuracy(logits, np.array([0, 0]))
+    np.testing.assert_allclose(loss, -(np.log(0.7) + np.log(0.1)) / 2)
+    assert acc == 0.5
+
+
+def test_plot_probe_curves(tmp_path):
+    recs = []
+    for i, step in enumerate([0, 1, 2, 4, 8, 16]):
+        recs.append(
+            {
+                "step": step,
+                "dsb/maxent/ics/accuracy": 0.1 + 0.05 * i,
+                "dsb/maxent/ics/loss": 2.3 - 0.1 * i,
+                "maxent/box1/accuracy": 0.2,
+                "maxent/box1/loss": 2.0,
+                "ot/cqn/target_accuracy": 0.3,
+                "ot/cqn/source_accuracy": 0.5,
+                "ot/cqn/loss": 2.0,
+                "val/loss": 1.0,
+            }
+        )
+    for kind in ("maxent", "ot"):
+        out = tmp_path / f"{kind}.png"
+        fig = plot_probe_curves(recs, out, kind=kind, num_classes=10)
+        assert out.stat().st_size > 1000
+        ax_acc, ax_loss = fig.axes
+        assert ax_loss.get_xscale() == "log"
+        labels = [line.get_label() for line in ax_acc.get_lines()]
+        if kind == "maxent":
+            assert {"ics", "box1", "chance"} <= set(labels)
+            xs = ax_acc.get_lines()[0].get_xdata()
+            assert xs[0] == 0.5  # step 0 drawn at a visible position
+        else:
+            assert {"cqn (target)", "cqn (source)"} <= set(labels)
+        ys = [line.get_ydata()[0] for line in ax_loss.get_lines() if line.get_label() == "ln K"]
+        np.testing.assert_allclose(ys, [np.log(10)])
