@@ -1,0 +1,206 @@
+"""Typed configuration schemas.
+
+Hydra composes YAML from ``conf/`` on top of these dataclasses (registered in the
+ConfigStore as ``dsb_schema``), so a wrong key or a wrong value type fails at composition,
+before any compute, with the full key in the message. ``to_config`` turns the composed
+``DictConfig`` into these plain dataclasses and runs the semantic checks that types alone
+cannot express; JAX code only ever sees the result.
+
+Keys carry units: ``*_steps`` count optimizer updates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = [
+    "AugmentConfig",
+    "CheckpointConfig",
+    "Config",
+    "DataConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "ParallelConfig",
+    "TrainConfig",
+    "register_schemas",
+    "to_config",
+    "validate",
+]
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mlp"
+    # Constructor hyperparameters of the registered model, checked against its signature.
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    # Compute dtype; parameters are always float32.
+    dtype: str = "float32"
+
+
+@dataclass
+class AugmentConfig:
+    # Random crop after zero-padding by this many pixels per side (0 = off).
+    crop_padding: int = 0
+    horizontal_flip: bool = False
+
+
+@dataclass
+class DataConfig:
+    # A name registered in dsb.data.registry (digits, mnist, fashion_mnist, cifar10, ...).
+    name: str = "digits"
+    # TFDS data directory; None means TFDS's default (~/tensorflow_datasets or $TFDS_DATA_DIR).
+    data_dir: str | None = None
+    train_split: str = "train"
+    eval_split: str = "test"
+    # Global batch size, summed over every device and host.
+    batch_size: int = 128
+    # Seed of the shuffling order (independent of the model seed).
+    shuffle_seed: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # adamw | sgd
+    learning_rate: float = 1e-3
+    schedule: str = "constant"  # constant | cosine | warmup_cosine
+    warmup_steps: int = 0
+    # Cosine schedules decay to learning_rate * final_lr_fraction.
+    final_lr_fraction: float = 0.0
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    momentum: float = 0.0
+    nesterov: bool = False
+    # Clip the global gradient norm to this value; null disables clipping.
+    grad_clip_norm: float | None = None
+
+
+@dataclass
+class ParallelConfig:
+    # Call jax.distributed.initialize() before touching devices (multi-host runs;
+    # on SLURM it discovers the coordinator from the environment).
+    distributed: bool = False
+    # Use only the first N devices (None = every device of every host).
+    num_devices: int | None = None
+
+
+@dataclass
+class CheckpointConfig:
+    # Save at steps 0, 1, 2, 4, ..., 2^k and at the last step.
+    log_spaced: bool = True
+    # Also save every N steps (None = off); only the latest `keep_interval` of these are kept.
+    every_steps: int | None = None
+    keep_interval: int = 2
+    async_save: bool = True
+
+
+@dataclass
+class TrainConfig:
+    total_steps: int = 4096
+    # Print/write training metrics every N steps.
+    log_every_steps: int = 64
+    progress_bar: bool = True
+    # Evaluation batch size (global); evaluation sets of any size are padded to it.
+    eval_batch_size: int = 1024
+
+
+@dataclass
+class Config:
+    name: str = "default"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    ckpt: CheckpointConfig = field(default_factory=CheckpointConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    # Evaluators run at every checkpoint: {key: {type: <registered type>, **options}}.
+    evals: dict[str, Any] = field(default_factory=dict)
+    # Write PNG figures at the end of the run.
+    figures: bool = True
+
+
+def register_schemas() -> None:
+    ConfigStore.instance().store(name="dsb_schema", node=Config)
+
+
+_CHOICES = {
+    "optim.name": ("adamw", "sgd"),
+    "optim.schedule": ("constant", "cosine", "warmup_cosine"),
+    "model.dtype": ("float32", "bfloat16", "float16"),
+}
+
+
+def validate(cfg: Config) -> None:
+    """Semantic checks beyond types; raise ValueError naming the offending key."""
+    from dsb.data.registry import get_dataset_spec
+    from dsb.evals.base import check_evaluator_options
+    from dsb.models.registry import check_model_kwargs
+
+    for key, allowed in _CHOICES.items():
+        section, attr = key.split(".")
+        value = getattr(getattr(cfg, section), attr)
+        if value not in allowed:
+            raise ValueError(f"{key}={value!r}: must be one of {', '.join(allowed)}")
+    positive = {
+        "train.total_steps": cfg.train.total_steps,
+        "train.log_every_steps": cfg.train.log_every_steps,
+        "train.eval_batch_size": cfg.train.eval_batch_size,
+        "data.batch_size": cfg.data.batch_size,
+        "optim.learning_rate": cfg.optim.learning_rate,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ValueError(f"{key}={value}: must be positive")
+    if (
+        cfg.optim.schedule == "warmup_cosine"
+        and not 0 < cfg.optim.warmup_steps < cfg.train.total_steps
+    ):
+        raise ValueError(
+            f"optim.warmup_steps={cfg.optim.warmup_steps}: warmup_cosine needs "
+            f"0 < warmup_steps < train.total_steps={cfg.train.total_steps}"
+        )
+    if cfg.optim.grad_clip_norm is not None and cfg.optim.grad_clip_norm <= 0:
+        raise ValueError(
+            f"optim.grad_clip_norm={cfg.optim.grad_clip_norm}: must be positive or null"
+        )
+    if cfg.ckpt.every_steps is not None and cfg.ckpt.every_steps <= 0:
+        raise ValueError(f"ckpt.every_steps={cfg.ckpt.every_steps}: must be positive or null")
+    if cfg.data.augment.crop_padding < 0:
+        raise ValueError(f"data.augment.crop_padding={cfg.data.augment.crop_padding}: must be >= 0")
+    get_dataset_spec(cfg.data.name)  # raises on unknown names
+    check_model_kwargs(cfg.model.name, cfg.model.kwargs)
+    for key, entry in cfg.evals.items():
+        if not isinstance(entry, dict) or "type" not in entry:
+            raise ValueError(f"evals.{key}: must be a mapping with a 'type' key")
+        options = {k: v for k, v in entry.items() if k != "type"}
+        check_evaluator_options(key, entry["type"], options)
+
+
+def to_config(cfg: DictConfig | Config) -> Config:
+    """Composed Hydra config -> validated ``Config`` dataclass with plain Python values."""
+    if isinstance(cfg, DictConfig):
+        obj = OmegaConf.to_object(cfg)
+        # Containers typed Any come back as DictConfig/ListConfig under some Hydra versions.
+        obj = dataclasses.replace(
+            obj,
+            evals={k: _plain(v) for k, v in obj.evals.items()},
+            model=dataclasses.replace(obj.model, kwargs=_plain(obj.model.kwargs)),
+        )
+    else:
+        obj = cfg
+    validate(obj)
+    return obj
+
+
+def _plain(value: Any) -> Any:
+    if OmegaConf.is_config(value):
+        return OmegaConf.to_container(value, resolve=True)
+    return value

@@ -1,0 +1,74 @@
+"""Command-line entry: ``python -m dsb.main [experiment=NAME] [key=value ...]`` (or ``dsb-train``).
+
+A thin Hydra app: compose ``conf/``, validate it against ``dsb.config``, train, and print
+where everything was written. ``-m`` runs sweeps. Rerunning with the same
+``hydra.run.dir=<run dir>`` resumes from that directory's newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from dsb.config import register_schemas, to_config
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+log = logging.getLogger("dsb")
+
+
+def _report(result) -> str:
+    d = result.run_dir
+    steps = sorted(int(p.name) for p in (d / "checkpoints").iterdir() if p.name.isdigit())
+    lines = [
+        f"run directory : {d}",
+        f"metrics       : {d / 'metrics.jsonl'}",
+        f"tensorboard   : {d / 'tensorboard'}",
+        f"checkpoints   : {d / 'checkpoints'} (steps {', '.join(map(str, steps))})",
+        f"config        : {d / 'config.yaml'}",
+    ]
+    lines += [f"figure        : {f}" for f in result.figures]
+    finals = {
+        k: v
+        for k, v in result.last_metrics.items()
+        if k.endswith(("accuracy", "loss")) and "/" in k
+    }
+    if finals:
+        lines.append(
+            f"final (step {result.final_step}): "
+            + ", ".join(f"{k}={v:.4f}" for k, v in sorted(finals.items()))
+        )
+    if result.resumed_from is not None:
+        lines.append(f"(resumed from checkpoint {result.resumed_from})")
+    return "\n".join(lines)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def _hydra_main(dcfg: DictConfig) -> float | None:
+    import jax
+
+    from dsb.train import train
+
+    cfg = to_config(dcfg)  # validates everything before any compute
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    result = train(cfg, run_dir)
+    if jax.process_index() == 0:
+        print(_report(result), flush=True)
+    # Returned for sweepers that optimise an objective.
+    return result.last_metrics.get("val/loss")
+
+
+def main() -> None:
+    register_schemas()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("absl", "orbax", "jax._src", "tensorflow_datasets"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Figures of a run's metrics across checkpoints."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from dsb.metrics import read_metrics
+
+__all__ = ["plot_curves", "plot_run", "setup_step_axis"]
+
+
+def setup_step_axis(ax, steps) -> None:
+    """x = step on a log2 scale; step 0 (the initialisation) sits at the linear part."""
+    ax.set_xscale("symlog", base=2, linthresh=1, linscale=0.5)
+    ax.set_xlim(left=0, right=max(max(steps, default=1), 1) * 1.1)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3, which="major")
+
+
+def plot_curves(
+    records: list[dict],
+    groups: list[str],
+    out_png: str | Path,
+    num_classes: int | None = None,
+    title: str = "",
+) -> Path:
+    """Rows accuracy and loss, one line per metric group (``<group>/accuracy`` and
+    ``<group>/loss``), dashed chance lines at 1/K and ln K."""
+    fig, axes = plt.subplots(2, 1, figsize=(7, 6.5), sharex=True)
+    all_steps = [r["step"] for r in records]
+    for row, (ax, metric) in enumerate(zip(axes, ("accuracy", "loss"))):
+        for group in groups:
+            pts = [
+                (r["step"], r[f"{group}/{metric}"])
+                for r in records
+                if isinstance(r.get(f"{group}/{metric}"), float)
+            ]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, marker="o", ms=3, label=group)
+        if num_classes:
+            chance = 1 / num_classes if metric == "accuracy" else math.log(num_classes)
+            ax.axhline(
+                chance,
+                ls="--",
+                color="gray",
+                lw=1,
+                label=f"chance ({chance:.3g})" if row == 0 else None,
+            )
+        ax.set_ylabel(metric)
+        setup_step_axis(ax, all_steps)
+        if row == 0:
+            ax.set_ylim(0, 1.02)
+    axes[0].legend(fontsize=8, loc="best")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=130)
+    plt.close(fig)
+    return out_png
+
+
+def plot_run(run_dir: str | Path, num_classes: int | None = None) -> list[Path]:
+    """All standard figures of a run directory, written to ``<run_dir>/figures/``."""
+    run_dir = Path(run_dir)
+    records = read_metrics(run_dir)
+    if not records:
+        return []
+    keys = {k for r in records for k in r}
+    eval_groups = sorted(
+        {
+            k.rsplit("/", 1)[0]
+            for k in keys
+            if k.endswith("/accuracy") and not k.startswith("train/")
+        }
+    )
+    top_level = [g for g in eval_groups if "/" not in g]
+    figures = [
+        plot_curves(
+            records,
+            ["train", *top_level],
+            run_dir / "figures" / "curves.png",
+            num_classes,
+            title=f"{run_dir.name}: training and evaluation",
+        )
+    ]
+    return figures
