@@ -37,7 +37,7 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder):
     """UCI ML hand-written digits (1,797 8x8 images), offline from scikit-learn."""
 
     VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {  # noqa: RUF012  (TFDS reads this class attribute)"1.0.0": "Reference 1600/197 split, pixels / 16, float32 NHWC."}
+    RELEASE_NOTES = {"1.0.0": "Reference 1600/197 split, pixels / 16, float32 NHWC."}  # noqa: RUF012
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
