@@ -1,0 +1,78 @@
+"""The training Jacobian ``J = d theta_T / d theta_0`` of a whole training run.
+
+* ``training``: the run as a pure function (nested ``lax.scan`` over fixed minibatches).
+* ``dense``: forward/reverse-mode dense J in memory-bounded chunks, robust float64 SVD.
+* ``matrix_free``: J v / J^T u, randomized SVD, Golub-Kahan, SLQ on ``D = J - I``.
+* ``analysis``: regions, bulk, alignment, projections, overlaps, KL probes, restricted
+  training.
+"""
+
+from dsb.jacobian.analysis import (
+    alignment,
+    bulk_counts,
+    closest_to_one,
+    max_kl,
+    ood_inputs,
+    perturbation_sweep,
+    random_subspace_overlap,
+    restricted_training,
+    spectrum_regions,
+    subspace_overlap,
+    update_projection,
+)
+from dsb.jacobian.dense import (
+    SVDResult,
+    auto_chunk_size,
+    jacobian_forward,
+    jacobian_reverse,
+    load_spectrum,
+    robust_svd,
+    save_spectrum,
+)
+from dsb.jacobian.matrix_free import (
+    JacobianOperator,
+    SLQResult,
+    golub_kahan_svd,
+    randomized_svd,
+    slq_spectrum,
+)
+from dsb.jacobian.training import (
+    TrainingRun,
+    cross_entropy_loss,
+    fixed_minibatches,
+    make_training_run,
+    nnx_apply,
+    reference_optimizer,
+)
+
+__all__ = [
+    "JacobianOperator",
+    "SLQResult",
+    "SVDResult",
+    "TrainingRun",
+    "alignment",
+    "auto_chunk_size",
+    "bulk_counts",
+    "closest_to_one",
+    "cross_entropy_loss",
+    "fixed_minibatches",
+    "golub_kahan_svd",
+    "jacobian_forward",
+    "jacobian_reverse",
+    "load_spectrum",
+    "make_training_run",
+    "max_kl",
+    "nnx_apply",
+    "ood_inputs",
+    "perturbation_sweep",
+    "random_subspace_overlap",
+    "randomized_svd",
+    "reference_optimizer",
+    "restricted_training",
+    "robust_svd",
+    "save_spectrum",
+    "slq_spectrum",
+    "spectrum_regions",
+    "subspace_overlap",
+    "update_projection",
+]

@@ -1,0 +1,177 @@
+"""A training run as a pure function ``theta_0 [P] -> theta_T [P]``.
+
+The run is a nested ``lax.scan`` (epochs x minibatches) over a fixed, deterministic
+sequence of minibatches, so ``jax.jvp`` / ``jax.vjp`` / ``jax.linearize`` of it is the
+training Jacobian ``J = d theta_T / d theta_0``. Parameters travel flat ([P]) across the
+boundary and as a pytree inside, through ``jax.flatten_util.ravel_pytree``.
+
+Any NNX model without mutable batch statistics works: ``nnx_apply`` splits it into
+``graphdef, params, rest`` and returns a pure ``apply(params, x)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+from jax.flatten_util import ravel_pytree
+
+__all__ = [
+    "TrainingRun",
+    "cross_entropy_loss",
+    "fixed_minibatches",
+    "make_training_run",
+    "nnx_apply",
+    "reference_optimizer",
+]
+
+Batch = dict[str, jax.Array]
+
+
+def nnx_apply(model) -> tuple[Callable[[Any, jax.Array], jax.Array], Any]:
+    """Split an NNX model into a pure ``apply(params, x) -> logits`` and its params.
+
+    Everything that is not an ``nnx.Param`` (RNG state, constants) is frozen into the
+    closure. Models with BatchNorm running statistics are refused: their training step is
+    not a function of the parameters alone.
+    """
+    from flax import nnx
+
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    if jax.tree_util.tree_leaves(nnx.state(model, nnx.BatchStat)):
+        raise ValueError("nnx_apply: models with BatchStat variables are not supported")
+
+    def apply(p, x):
+        return nnx.merge(graphdef, p, rest)(x)
+
+    return apply, params
+
+
+def cross_entropy_loss(apply: Callable) -> Callable[[Any, Batch], jax.Array]:
+    """``loss(params, {"image": x, "label": y})``: mean softmax cross-entropy."""
+
+    def loss(params, batch):
+        logits = apply(params, batch["image"])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+
+    return loss
+
+
+def reference_optimizer(
+    num_steps: int = 625, peak_lr: float = 0.1, momentum: float = 0.9
+) -> optax.GradientTransformation:
+    """SGD with momentum 0.9, lr cosine-decayed from ``peak_lr`` to 0 over ``num_steps``."""
+    return optax.sgd(optax.cosine_decay_schedule(peak_lr, num_steps), momentum=momentum)
+
+
+def fixed_minibatches(
+    x: np.ndarray, y: np.ndarray, batch_size: int, *, drop_last: bool = True
+) -> Batch:
+    """Cut ``x [n, ...]``, ``y [n]`` in order into ``{"image": [nb, b, ...], "label": [nb, b]}``.
+
+    The reference setup: 1600 digits, batch 64 -> 25 minibatches, same order every epoch.
+    """
+    n = (len(x) // batch_size) * batch_size if drop_last else len(x)
+    if n % batch_size:
+        raise ValueError(f"{len(x)} examples do not split into batches of {batch_size}")
+    nb = n // batch_size
+    return {
+        "image": jnp.asarray(x[:n]).reshape(nb, batch_size, *x.shape[1:]),
+        "label": jnp.asarray(y[:n]).reshape(nb, batch_size),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingRun:
+    """A deterministic training run, as pure functions of the flat initial parameters.
+
+    ``__call__(theta0 [P]) -> theta_T [P]``; ``trajectory(theta0)`` also returns the
+    per-step losses ``[T]``. ``num_steps`` may stop mid-epoch (the checkpoint hook).
+    ``remat`` wraps the step in ``jax.checkpoint`` so reverse mode stores only the
+    carries, not every activation, of the ``T`` steps.
+    """
+
+    loss_fn: Callable[[Any, Batch], jax.Array]
+    optimizer: optax.GradientTransformation
+    batches: Batch
+    num_steps: int
+    unravel: Callable[[jax.Array], Any]
+    num_params: int
+    remat: bool = False
+
+    @property
+    def num_batches(self) -> int:
+        return int(jax.tree_util.tree_leaves(self.batches)[0].shape[0])
+
+    def _step(self, carry, batch):
+        params, opt_state = carry
+        loss, grads = jax.value_and_grad(self.loss_fn)(params, batch)
+        updates, opt_state = self.optimizer.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), loss
+
+    def trajectory(self, theta0: jax.Array, batches: Batch | None = None):
+        """``(theta_T [P], losses [T])``; ``batches`` overrides the stored ones (controls)."""
+        batches = self.batches if batches is None else batches
+        params = self.unravel(theta0)
+        batches = jax.tree_util.tree_map(
+            lambda b: b.astype(theta0.dtype) if jnp.issubdtype(b.dtype, jnp.floating) else b,
+            batches,
+        )
+        step = jax.checkpoint(self._step) if self.remat else self._step
+        nb = self.num_batches
+        num_epochs, rest = divmod(self.num_steps, nb)
+        carry = (params, self.optimizer.init(params))
+
+        def epoch(c, _):
+            return lax.scan(step, c, batches)
+
+        carry, losses = lax.scan(epoch, carry, None, length=num_epochs)
+        losses = losses.reshape(-1)
+        if rest:
+            partial = jax.tree_util.tree_map(lambda b: b[:rest], batches)
+            carry, more = lax.scan(step, carry, partial)
+            losses = jnp.concatenate([losses, more])
+        flat, _ = ravel_pytree(carry[0])
+        return flat, losses
+
+    def __call__(self, theta0: jax.Array) -> jax.Array:
+        return self.trajectory(theta0)[0]
+
+    def with_steps(self, num_steps: int) -> TrainingRun:
+        return dataclasses.replace(self, num_steps=num_steps)
+
+
+def make_training_run(
+    loss_fn: Callable[[Any, Batch], jax.Array],
+    params: Any,
+    optimizer: optax.GradientTransformation,
+    batches: Batch,
+    *,
+    num_epochs: int | None = None,
+    num_steps: int | None = None,
+    remat: bool = False,
+    dtype: Any = jnp.float32,
+) -> tuple[TrainingRun, jax.Array]:
+    """Build the pure run and return it with the flat initial parameters ``theta0 [P]``.
+
+    Give ``num_epochs`` (each a pass over all ``batches`` in order) or ``num_steps``.
+    ``dtype`` is the dtype of the whole run (parameters, optimizer state, inputs); float64
+    needs ``jax.config.update("jax_enable_x64", True)`` first.
+    """
+    dtype = jnp.dtype(dtype)
+    if dtype == jnp.float64 and not jax.config.jax_enable_x64:
+        raise ValueError("float64 training needs jax.config.update('jax_enable_x64', True)")
+    params = jax.tree_util.tree_map(lambda p: jnp.asarray(p, dtype), params)
+    theta0, unravel = ravel_pytree(params)
+    nb = int(jax.tree_util.tree_leaves(batches)[0].shape[0])
+    if (num_epochs is None) == (num_steps is None):
+        raise ValueError("give exactly one of num_epochs and num_steps")
+    steps = num_epochs * nb if num_steps is None else num_steps
+    run = TrainingRun(loss_fn, optimizer, batches, steps, unravel, theta0.size, remat)
+    return run, theta0
