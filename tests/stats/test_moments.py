@@ -83,3 +83,16 @@ def test_content_hash_stable(digits):
     # Chan merges differ from one-shot in the last bits; the hash is of exact bytes, so
     # equal data fed the same way is what gives equal hashes.
     assert isinstance(b.content_hash, str) and len(b.content_hash) == 64
+
+
+def test_accumulator_is_spent_after_finalize(digits):
+    from dsb.stats.moments import StatsAccumulator
+
+    x, y = digits
+    acc = StatsAccumulator(10, 64)
+    acc.update(x, y)
+    acc.finalize()
+    with pytest.raises(RuntimeError):
+        acc.update(x, y)
+    with pytest.raises(RuntimeError):
+        acc.finalize()
