@@ -87,7 +87,7 @@ def fixed_minibatches(
     }
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: jax.jit(run) works
 class TrainingRun:
     """A deterministic training run, as pure functions of the flat initial parameters.
 

@@ -1,0 +1,124 @@
+"""Checkpoint hook: the training Jacobian d theta_t / d theta_0 at every checkpoint.
+
+Config entry (options are explicit until the probe is wired to the trainer's config)::
+
+    evals:
+      jac: {type: training_jacobian, learning_rate: 0.1, momentum: 0.9,
+            total_steps: 625, batch_size: 64}
+
+At a checkpoint at step t the probe replays the first t steps of the recipe as a pure
+function of theta_0 (``dsb.jacobian.TrainingRun``) from ``snapshot.init_params``:
+fixed minibatches of ``batch_size`` taken *in order* from the train split (the
+training-Jacobian reference recipe; it is not the trainer's shuffled sampler), SGD with
+``momentum`` and a cosine schedule from ``learning_rate`` to 0 over ``total_steps``.
+``replay_rel_error`` compares the replayed theta_t with the checkpoint's parameters: a
+large value means the options do not describe how the run was trained.
+
+Small models (P <= ``max_dense_params``): dense forward-mode J and its float64 SVD;
+yields ``sigma_1``, ``sigma_min``, ``count_abs_s_minus_1_below_<thr>`` and the mean
+``u.v`` over the ``num_bulk`` directions closest to 1, and saves the singular values to
+``run_dir/jacobian/step_<t>.npz``. Larger models: Golub-Kahan ``sigma_1`` and SLQ counts
+of the singular values of ``D = J - I`` below each threshold (``slq_count_D_below_<thr>``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+
+from dsb.evals.base import EvalContext, Snapshot, register_evaluator
+
+__all__ = ["TrainingJacobianProbe"]
+
+
+@register_evaluator("training_jacobian")
+class TrainingJacobianProbe:
+    def __init__(
+        self,
+        ctx: EvalContext,
+        *,
+        learning_rate: float = 0.1,
+        momentum: float = 0.9,
+        total_steps: int = 625,
+        batch_size: int = 64,
+        thresholds: Sequence[float] = (0.1, 1e-2, 1e-3),
+        num_bulk: int = 1000,
+        max_dense_params: int = 8000,
+        num_top: int = 5,
+        slq_matvecs: int = 40,
+        slq_probes: int = 4,
+        save_spectrum: bool = True,
+    ):
+        self.ctx = ctx
+        self.optimizer = optax.sgd(
+            optax.cosine_decay_schedule(learning_rate, total_steps), momentum=momentum or None
+        )
+        self.batch_size = batch_size
+        self.thresholds = tuple(float(t) for t in thresholds)
+        self.num_bulk = num_bulk
+        self.max_dense_params = max_dense_params
+        self.num_top = num_top
+        self.slq_matvecs = slq_matvecs
+        self.slq_probes = slq_probes
+        self.save_spectrum = save_spectrum
+        self._batches = None
+
+    @property
+    def batches(self):
+        if self._batches is None:
+            from dsb.jacobian import fixed_minibatches
+
+            split = self.ctx.load_split(self.ctx.train_split)
+            self._batches = fixed_minibatches(split["image"], split["label"], self.batch_size)
+        return self._batches
+
+    def run(self, snapshot: Snapshot) -> Iterable[tuple[str, float]]:
+        from dsb import jacobian as jac
+
+        if snapshot.init_params is None:
+            raise ValueError("training_jacobian needs snapshot.init_params (the step-0 params)")
+        graphdef, rest = snapshot.graphdef, snapshot.rest
+
+        def apply(p, x):
+            return nnx.merge(graphdef, p, rest)(x)
+
+        run, theta0 = jac.make_training_run(
+            jac.cross_entropy_loss(apply),
+            snapshot.init_params,
+            self.optimizer,
+            self.batches,
+            num_steps=int(snapshot.step),
+        )
+        p = theta0.size
+        theta_t = jax.jit(run)(theta0)
+        want = jax.flatten_util.ravel_pytree(snapshot.params)[0]
+        err = np.linalg.norm(np.asarray(theta_t - want)) / max(np.linalg.norm(want), 1e-30)
+        yield "replay_rel_error", float(err)
+        yield "num_params", float(p)
+
+        if p <= self.max_dense_params:
+            svd = jac.robust_svd(jac.jacobian_forward(run, theta0))
+            s = svd.s
+            yield "sigma_1", float(s[0])
+            yield "sigma_min", float(s[-1])
+            for t, c in jac.bulk_counts(s, self.thresholds).items():
+                yield f"count_abs_s_minus_1_below_{t:g}", float(c)
+            bulk = jac.closest_to_one(s, min(self.num_bulk, p))
+            yield "mean_u_dot_v_bulk", float(jac.alignment(svd.U, svd.Vt, bulk).mean())
+            if self.save_spectrum and self.ctx.is_main_process:
+                out = self.ctx.run_dir / "jacobian" / f"step_{snapshot.step}.npz"
+                jac.save_spectrum(out, svd, step=snapshot.step)
+            return
+
+        op = jac.JacobianOperator(run, theta0)
+        _, top, _ = jac.golub_kahan_svd(op, self.num_top)
+        yield "sigma_1", float(top[0])
+        slq = jac.slq_spectrum(
+            op.with_shift(1.0), num_matvecs=self.slq_matvecs, num_probes=self.slq_probes
+        )
+        for t in self.thresholds:
+            yield f"slq_count_D_below_{t:g}", slq.count_below(t)[0]
