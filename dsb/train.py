@@ -162,14 +162,21 @@ def make_train_step(
         x = augment_batch(x, jax.random.fold_in(step_key, 1), ids, aug)
         dropout_key = jax.random.fold_in(jax.random.fold_in(step_key, 2), jax.lax.axis_index(axis))
 
-        def loss_fn(params):
-            model = nnx.merge(graphdef_train, params, state["rest"])
+        def loss_fn(params, rest):
+            model = nnx.merge(graphdef_train, params, rest, copy=True)
             logits = model(x, rngs=nnx.Rngs(dropout=dropout_key)).astype(jnp.float32)
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
             _, _, rest = nnx.split(model, nnx.Param, ...)
             return loss, (logits, rest)
 
-        (loss, (logits, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        # Differentiate per-device copies of the replicated parameters: the gradient is
+        # then this device's local gradient (as under pmap), averaged explicitly below.
+        # Differentiating the replicated (mesh-invariant) value itself would make JAX
+        # psum the cotangents on its own.
+        local_params = jax.lax.pcast(state["params"], axis, to="varying")
+        (loss, (logits, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            local_params, state["rest"]
+        )
         grads = jax.lax.pmean(grads, axis)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
@@ -317,6 +324,8 @@ def train(cfg: Config, run_dir: str | Path) -> TrainResult:
     if restored is not None:
         start, state, meta = restored
         resumed_from = start
+        for later in [s for s in checkpointer.all_steps() if s > start]:
+            checkpointer.manager.delete(later)  # unreadable ones: retrained and saved anew
         if (
             meta["data"]["next_step"] != start
             or meta["data"]["shuffle_seed"] != cfg.data.shuffle_seed

@@ -68,7 +68,8 @@ def _lookup(name: str) -> Callable[..., nnx.Module]:
 def check_model_kwargs(name: str, kwargs: dict[str, Any]) -> None:
     """Fail before any compute if ``kwargs`` holds a key the constructor does not take."""
     fn = _lookup(name)
-    sig = inspect.signature(fn)
+    # Classes: read __init__ (NNX's metaclass hides the signature of the class itself).
+    sig = inspect.signature(fn.__init__ if inspect.isclass(fn) else fn)
     if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
         return
     allowed = set(sig.parameters) - _RESERVED - {"self"}
