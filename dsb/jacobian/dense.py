@@ -105,7 +105,8 @@ def _chunked(
         fn = jax.shard_map(
             per_device, mesh=mesh, in_specs=(PS(), PS("chunks")), out_specs=PS("chunks")
         )
-        out = jax.jit(fn)(theta0, ids)
+        # Gather the device-sharded stack through the host (the SVD runs there anyway).
+        out = jnp.asarray(np.asarray(jax.jit(fn)(theta0, ids)))
     return out.reshape(n_chunks * chunk, p)[:p]
 
 

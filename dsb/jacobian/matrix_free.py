@@ -199,8 +199,10 @@ def slq_spectrum(
     """Stochastic Lanczos quadrature of ``A^T A`` with Rademacher probes.
 
     Each probe costs ``num_matvecs`` products ``A^T A v`` (a JVP and a VJP through
-    training); the probes run together, vmapped. Full reorthogonalisation (matfree) keeps the Ritz values honest, which
-    matters for the large cluster at 0 that the bulk makes in ``D^T D``.
+    training); the probes run together, vmapped. Full reorthogonalisation (matfree)
+    keeps the Ritz values honest, which matters for the large cluster at 0 that the bulk
+    makes in ``D^T D``. Counts below small thresholds are only as sharp as the Ritz
+    values near 0 are converged: read them with ``SLQResult.count_bounds``.
     """
     from matfree import decomp
 
