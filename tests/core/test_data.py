@@ -12,7 +12,7 @@ def test_digits_arrays_reference_split():
     from sklearn.model_selection import train_test_split
 
     d = digits_arrays()
-    x_tr, y_tr = d["train"]
+    x_tr, _ = d["train"]
     x_te, y_te = d["test"]
     assert x_tr.shape == (1600, 8, 8, 1) and x_te.shape == (197, 8, 8, 1)
     assert x_tr.dtype == np.float32 and 0.0 <= x_tr.min() and x_tr.max() == 1.0
@@ -54,7 +54,7 @@ def test_standard_tfds_datasets_with_mock_data(name, shape, tmp_path):
 
 
 def test_unprepared_dataset_error_tells_how_to_prepare(tmp_path):
-    with pytest.raises(DatasetNotPreparedError, match="dsb.data.prepare cifar10"):
+    with pytest.raises(DatasetNotPreparedError, match=r"dsb\.data\.prepare cifar10"):
         load_split("cifar10", "train", str(tmp_path))
 
 

@@ -22,9 +22,11 @@ for model in ("mlp", "resnet"):
         # rounding level (Adam divides by sqrt(v) and amplifies it on near-zero gradients).
         cfg = tiny_config("train.total_steps=6", "figures=false", f"parallel.num_devices={n}",
                           "optim=sgd", "optim.learning_rate=0.05", *extra)
-        res = train(cfg, f"{sys.argv[1] if len(sys.argv) > 1 else '/tmp'}/dp_{model}_{n}_{jax.process_index()}")
-        finals[n] = [np.asarray(x) for x in jax.tree.leaves((res.state["params"], res.state["rest"]))]
-    diffs = [float(np.max(np.abs(a - b)) / (np.max(np.abs(a)) + 1e-12)) for a, b in zip(finals[1], finals[4])]
+        res = train(cfg, f"{ROOT_DIR}/dp_{model}_{n}")
+        leaves = jax.tree.leaves((res.state["params"], res.state["rest"]))
+        finals[n] = [np.asarray(x) for x in leaves]
+    diffs = [float(np.max(np.abs(a - b)) / (np.max(np.abs(a)) + 1e-12))
+             for a, b in zip(finals[1], finals[4])]
     moved = max(float(np.max(np.abs(a))) for a in finals[1])
     out[model] = {"max_rel_diff": max(diffs), "n_leaves": len(diffs), "max_abs_param": moved}
 print("RESULT", json.dumps(out))
@@ -33,7 +35,7 @@ print("RESULT", json.dumps(out))
 
 @pytest.mark.multidevice
 def test_four_devices_match_one_device(tmp_path):
-    code = SCRIPT.replace("sys.argv[1] if len(sys.argv) > 1 else '/tmp'", repr(str(tmp_path)))
+    code = SCRIPT.replace("ROOT_DIR", str(tmp_path))
     proc = run_python(code, devices=4, env={"TFDS_DATA_DIR": str(tmp_path / "tfds")})
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))
