@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from dsb.lm.markov import sample_markov_chain as sample_chain
+from dsb.lm.markov import stationary as _stationary
 from dsb.lm.ngram import (
     NgramModel,
     bootstrap_ci,
@@ -22,23 +24,6 @@ P = np.array(
         [0.60, 0.05, 0.05, 0.30],
     ]
 )
-
-
-def _stationary(p):
-    w, v = np.linalg.eig(p.T)
-    pi = np.real(v[:, np.argmin(np.abs(w - 1))])
-    return pi / pi.sum()
-
-
-def sample_chain(p, length, seed, start=None):
-    rng = np.random.default_rng(seed)
-    cdf = np.cumsum(p, axis=1)
-    x = np.empty(length, dtype=np.int64)
-    x[0] = rng.choice(len(p), p=_stationary(p)) if start is None else start
-    u = rng.random(length)
-    for t in range(1, length):
-        x[t] = min(np.searchsorted(cdf[x[t - 1]], u[t], side="right"), len(p) - 1)
-    return x
 
 
 @pytest.fixture(scope="module")
@@ -201,3 +186,15 @@ def test_bootstrap_ci_matches_normal_theory():
     half = 1.96 * v.std() / np.sqrt(len(v))
     assert lo < v.mean() < hi
     assert (hi - lo) / 2 == pytest.approx(half, rel=0.1)
+
+
+def test_markov_helpers_closed_forms():
+    from dsb.lm.markov import entropy_rate, random_transition_matrix, stationary
+
+    pi = stationary(P)
+    np.testing.assert_allclose(pi @ P, pi, atol=1e-12)
+    two = np.array([[0.0, 1.0], [0.5, 0.5]])  # pi = (1/3, 2/3), rate = 2/3 log 2
+    np.testing.assert_allclose(stationary(two), [1 / 3, 2 / 3])
+    assert entropy_rate(two) == pytest.approx(2 / 3 * np.log(2))
+    q = random_transition_matrix(5, 0.5, seed=0)
+    np.testing.assert_allclose(q.sum(axis=1), 1.0)

@@ -4,16 +4,26 @@ import json
 
 import numpy as np
 import pytest
-from test_lm_ngram import P, sample_chain
 
 from dsb.evals.base import EvalContext, Snapshot
 from dsb.evals.ngram_probes import NgramProbes, summary_positions
+from dsb.lm.markov import sample_markov_chain
 from dsb.lm.ngram import NgramModel
+
+# the asymmetric 4-state chain of test_lm_ngram
+P = np.array(
+    [
+        [0.05, 0.70, 0.15, 0.10],
+        [0.40, 0.10, 0.10, 0.40],
+        [0.30, 0.30, 0.30, 0.10],
+        [0.60, 0.05, 0.05, 0.30],
+    ]
+)
 
 
 def _ctx(tmp_path, t=16):
-    train = sample_chain(P, 40_000, seed=0)
-    val = sample_chain(P, 64 * t, seed=1)
+    train = sample_markov_chain(P, 40_000, seed=0)
+    val = sample_markov_chain(P, 64 * t, seed=1)
     splits = {"train": {"tokens": train.reshape(-1, t)}, "val": {"tokens": val.reshape(-1, t)}}
     return EvalContext(
         load_split=lambda s: splits[s],

@@ -9,23 +9,23 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from test_lm_ngram import _stationary, sample_chain
 
 from dsb.evals.base import EvalContext, Snapshot
 from dsb.evals.ngram_probes import NgramProbes
 from dsb.lm.data import Windows
+from dsb.lm.markov import entropy_rate, random_transition_matrix, sample_markov_chain, stationary
 from dsb.models.transformer import Transformer
 
 
 @pytest.mark.slow
 def test_transformer_learns_markov_chain_entropy_rate(tmp_path):
     v, t = 6, 32
-    p = np.random.default_rng(0).dirichlet(np.full(v, 0.5), size=v)
-    pi = _stationary(p)
-    rate = float(-(pi[:, None] * p * np.log(np.where(p > 0, p, 1))).sum())
+    p = random_transition_matrix(v, concentration=0.5, seed=0)
+    pi = stationary(p)
+    rate = entropy_rate(p)
     h1 = float(-(pi * np.log(pi)).sum())
-    train = Windows(sample_chain(p, 200_000, seed=1), seq_len=t)
-    val = Windows(sample_chain(p, 256 * t, seed=2), seq_len=t).all()
+    train = Windows(sample_markov_chain(p, 200_000, seed=1), seq_len=t)
+    val = Windows(sample_markov_chain(p, 256 * t, seed=2), seq_len=t).all()
 
     model = Transformer(
         num_classes=v, input_shape=(t,), rngs=nnx.Rngs(0), num_layers=1, d_model=32, num_heads=2
