@@ -149,7 +149,7 @@ class NgramProbes:
                 logq = log_softmax(logits)
                 text_ce.append(sequence_cross_entropy(logq, self.val[sl]))
                 for n in self.orders:
-                    kls[n].append(kl_to_ngram(self.model, self.val[sl], logq, n))
+                    kls[n].append(kl_to_ngram(self.model, self.val[sl], logq, n, normalized=True))
             text_ce = np.concatenate(text_ce)
             lo, hi = self._ci(text_ce.mean(axis=1))
             yield "text/loss", float(text_ce.mean())

@@ -209,22 +209,53 @@ def sequence_cross_entropy(logits_NxTxV: np.ndarray, tokens_NxT: np.ndarray) -> 
 
 
 def kl_to_ngram(
-    model: NgramModel, tokens_NxT: np.ndarray, logits_NxTxV: np.ndarray, order: int
+    model: NgramModel,
+    tokens_NxT: np.ndarray,
+    logits_NxTxV: np.ndarray,
+    order: int,
+    *,
+    normalized: bool = False,
 ) -> np.ndarray:
     """``KL(P_ngram(. | ctx_t) || p_model(. | tokens[:t+1]))`` per position, ``[n, t]`` nats.
 
     ``ctx_t = tokens[t - order + 2 .. t]``: the ``order - 1`` tokens ending at position ``t``
     (fewer at the start, with back-off), matching the model logits at position ``t``.
+    ``KL = -H(P_ngram row) - sum_v P_ngram(v) log q(v)``, the sum over the row's support
+    only (sparse). ``normalized=True``: ``logits`` already are log-probabilities.
     """
     tokens = np.asarray(tokens_NxT).astype(np.int64)
-    logq = log_softmax(logits_NxTxV)
-    n, t_len = tokens.shape
-    kl = np.zeros((n, t_len))
-    for t in range(t_len):
-        k = min(order - 1, t + 1)
-        p = model.conditional(tokens[:, t + 1 - k : t + 1], k + 1)
-        kl[:, t] = (xlogy(p, p) - p * logq[:, t]).sum(axis=-1)
-    return kl
+    logq = np.asarray(logits_NxTxV, np.float64) if normalized else log_softmax(logits_NxTxV)
+    n, t_len, vocab = logq.shape
+    logq_MxV = logq.reshape(n * t_len, vocab)
+    kl = np.zeros(n * t_len)
+    for t0 in range(min(order - 1, t_len)):
+        # positions t with a context of k = min(order - 1, t + 1) tokens; all t >= order - 2
+        # have the full context and are handled together (t0 = order - 2)
+        k = min(order - 1, t0 + 1)
+        ts = np.arange(t0, t_len) if k == order - 1 else np.array([t0])
+        ctx = np.stack([tokens[:, ts + 1 - k + j] for j in range(k)], axis=-1).reshape(-1, k)
+        pos = (np.arange(n)[:, None] * t_len + ts[None, :]).reshape(-1)
+        used, rows = model.lookup(ctx, k + 1)
+        for m in np.unique(used):
+            sel = np.flatnonzero(used == m)
+            table = model.tables[m]
+            probs = table.probs
+            if m == 1:
+                cross = logq_MxV[pos[sel]] @ probs.toarray()[0]
+            else:
+                start = probs.indptr[rows[sel]]
+                lens = probs.indptr[rows[sel] + 1] - start
+                seg = np.repeat(np.arange(len(sel)), lens)
+                j = np.repeat(start - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())
+                vals = probs.data[j] * logq_MxV[pos[sel][seg], probs.indices[j]]
+                cross = np.bincount(seg, weights=vals, minlength=len(sel))
+            kl[pos[sel]] = -table.row_entropy[rows[sel]] - cross
+        if k == order - 1:
+            break
+    if order == 1:
+        p1 = model.tables[1]
+        kl = -p1.row_entropy[0] - logq_MxV @ p1.probs.toarray()[0]
+    return np.maximum(kl, 0.0).reshape(n, t_len)
 
 
 def bootstrap_ci(
