@@ -198,3 +198,20 @@ def test_markov_helpers_closed_forms():
     assert entropy_rate(two) == pytest.approx(2 / 3 * np.log(2))
     q = random_transition_matrix(5, 0.5, seed=0)
     np.testing.assert_allclose(q.sum(axis=1), 1.0)
+
+
+def test_sparse_kl_equals_dense_reference_with_back_off():
+    rng = np.random.default_rng(0)
+    model = NgramModel.fit(rng.integers(0, 7, size=(30, 12)), vocab_size=7, max_order=3)
+    val = rng.integers(0, 7, size=(5, 9))  # many trigram contexts are unseen: back-off
+    logits = rng.normal(size=(5, 9, 7)) * 2
+    logq = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    for order in (1, 2, 3):
+        dense = np.zeros((5, 9))
+        for t in range(9):
+            k = min(order - 1, t + 1)
+            p = model.conditional(val[:, t + 1 - k : t + 1], k + 1)
+            dense[:, t] = (p * (np.log(np.where(p > 0, p, 1)) - logq[:, t])).sum(-1)
+        np.testing.assert_allclose(kl_to_ngram(model, val, logits, order), dense, atol=1e-12)
+    used, _ = model.lookup(np.stack([val[:, :-1].ravel(), val[:, 1:].ravel()], 1), 3)
+    assert (used < 3).any() and (used == 3).any()
