@@ -202,9 +202,9 @@ def test_markov_helpers_closed_forms():
 
 def test_sparse_kl_equals_dense_reference_with_back_off():
     rng = np.random.default_rng(0)
-    model = NgramModel.fit(rng.integers(0, 7, size=(30, 12)), vocab_size=7, max_order=3)
-    val = rng.integers(0, 7, size=(5, 9))  # many trigram contexts are unseen: back-off
-    logits = rng.normal(size=(5, 9, 7)) * 2
+    model = NgramModel.fit(rng.integers(0, 12, size=(10, 12)), vocab_size=12, max_order=3)
+    val = rng.integers(0, 12, size=(5, 9))  # many trigram contexts are unseen: back-off
+    logits = rng.normal(size=(5, 9, 12)) * 2
     logq = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     for order in (1, 2, 3):
         dense = np.zeros((5, 9))
