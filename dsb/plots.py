@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 
 from dsb.metrics import read_metrics
 
-__all__ = ["plot_curves", "plot_run", "setup_step_axis"]
+__all__ = ["plot_curves", "plot_probe_figures", "plot_run", "setup_step_axis"]
 
 
 def setup_step_axis(ax, steps) -> None:
@@ -92,4 +92,41 @@ def plot_run(run_dir: str | Path, num_classes: int | None = None) -> list[Path]:
             title=f"{run_dir.name}: training and evaluation",
         )
     ]
+    figures += plot_probe_figures(run_dir, num_classes=num_classes, records=records)
     return figures
+
+
+def _num_classes(run_dir: Path) -> int:
+    from omegaconf import OmegaConf
+
+    from dsb.data.registry import get_dataset_spec
+
+    return get_dataset_spec(OmegaConf.load(run_dir / "config.yaml").data.name).num_classes
+
+
+def plot_probe_figures(
+    run_dir: str | Path,
+    out_dir: str | Path | None = None,
+    num_classes: int | None = None,
+    records: list[dict] | None = None,
+) -> list[Path]:
+    """ "max-ent sets across time" and "OT-edited sets across time", for each kind of DSB
+    probe the run logged, into ``out_dir`` (default ``<run_dir>/figures``)."""
+    from dsb.stats.plots import plot_probe_curves
+
+    run_dir = Path(run_dir)
+    records = read_metrics(run_dir) if records is None else records
+    keys = {k for r in records for k in r}
+    num_classes = num_classes or _num_classes(run_dir)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "figures"
+    out = []
+    titles = {"maxent": "max-ent sets across time", "ot": "OT-edited sets across time"}
+    for kind, title in titles.items():
+        if any(f"{kind}/" in k for k in keys):
+            path = out_dir / f"{kind}_across_time.png"
+            fig = plot_probe_curves(
+                records, path, kind=kind, num_classes=num_classes, title=f"{run_dir.name}: {title}"
+            )
+            plt.close(fig)
+            out.append(path)
+    return out

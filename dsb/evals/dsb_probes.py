@@ -22,23 +22,13 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from dsb.evals.base import EvalContext, Snapshot, register_evaluator
+from dsb.evals.classification import cross_entropy_and_accuracy
 from dsb.stats.evalsets import EvalSet, build_maxent_set, build_ot_set
 from dsb.stats.moments import fit_class_stats
 
-__all__ = ["DsbProbes", "cross_entropy_and_accuracy"]
+__all__ = ["DsbProbes"]
 
 MOMENTS_FILE = "dsb_probes_moments.json"
-
-
-def cross_entropy_and_accuracy(logits_NxK: np.ndarray, y_N: np.ndarray) -> tuple[float, float]:
-    """Mean cross-entropy (float64 log-softmax) and exact accuracy."""
-    z = np.asarray(logits_NxK, np.float64)
-    z = z - z.max(1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
-    y = np.asarray(y_N)
-    loss = -np.mean(logp[np.arange(len(y)), y])
-    acc = np.mean(np.argmax(z, 1) == y)
-    return float(loss), float(acc)
 
 
 @register_evaluator("dsb_probes")
