@@ -266,3 +266,18 @@ def test_full_small_variants_forward(name, kw):
     model.eval()
     logits = nnx.jit(lambda m, x: m(x))(model, _batch((32, 32, 3), n=2)[0])
     assert logits.shape == (2, 10) and bool(jnp.all(jnp.isfinite(logits)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", SIZES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize(
+    "name", ["convnext_v2_atto", "swin_v2_d40", "regnet_y_400mf", "vit_tiny", "resnet18"]
+)
+def test_named_variants_defaults_every_size(name, shape):
+    # With default options every named small-image variant accepts all four sizes.
+    model = nnx.eval_shape(
+        lambda: build_model(name, num_classes=10, input_shape=shape, rngs=nnx.Rngs(0))
+    )
+    model.eval()
+    x_spec = jax.ShapeDtypeStruct((2, *shape), jnp.float32)
+    assert nnx.eval_shape(lambda m, x: m(x), model, x_spec).shape == (2, 10)
