@@ -26,6 +26,7 @@ __all__ = [
     "ModelConfig",
     "OptimConfig",
     "ParallelConfig",
+    "TextConfig",
     "TrainConfig",
     "register_schemas",
     "to_config",
@@ -50,6 +51,24 @@ class AugmentConfig:
 
 
 @dataclass
+class TextConfig:
+    """Options of text datasets (``data.name=text``); ignored by image datasets."""
+
+    # "default" (the embedded corpus), "files" (``paths``), or "tfds:<name>".
+    source: str = "default"
+    paths: list[str] = field(default_factory=list)
+    tokenizer: str = "byte"  # byte | bpe
+    # Vocabulary size of a BPE tokenizer trained on the corpus (byte-level: always 256).
+    vocab_size: int = 1024
+    # Tokens per training window (the model's context); a window gives context_length - 1
+    # next-token targets.
+    context_length: int = 128
+    val_fraction: float = 0.1
+    # Where the tokenized corpus is cached (None: ~/.cache/dsb/corpora/<hash of options>).
+    corpus_dir: str | None = None
+
+
+@dataclass
 class DataConfig:
     # A name registered in dsb.data.registry (digits, mnist, fashion_mnist, cifar10, ...).
     name: str = "digits"
@@ -62,6 +81,7 @@ class DataConfig:
     # Seed of the shuffling order (independent of the model seed).
     shuffle_seed: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    text: TextConfig = field(default_factory=TextConfig)
 
 
 @dataclass
@@ -135,6 +155,7 @@ _CHOICES = {
     "optim.name": ("adamw", "sgd"),
     "optim.schedule": ("constant", "cosine", "warmup_cosine"),
     "model.dtype": ("float32", "bfloat16", "float16"),
+    "data.text.tokenizer": ("byte", "bpe"),
 }
 
 
@@ -145,8 +166,11 @@ def validate(cfg: Config) -> None:
     from dsb.models.registry import check_model_kwargs
 
     for key, allowed in _CHOICES.items():
-        section, attr = key.split(".")
-        value = getattr(getattr(cfg, section), attr)
+        *path, attr = key.split(".")
+        node = cfg
+        for part in path:
+            node = getattr(node, part)
+        value = getattr(node, attr)
         if value not in allowed:
             raise ValueError(f"{key}={value!r}: must be one of {', '.join(allowed)}")
     positive = {
@@ -175,7 +199,16 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"ckpt.every_steps={cfg.ckpt.every_steps}: must be positive or null")
     if cfg.data.augment.crop_padding < 0:
         raise ValueError(f"data.augment.crop_padding={cfg.data.augment.crop_padding}: must be >= 0")
-    get_dataset_spec(cfg.data.name)  # raises on unknown names
+    spec = get_dataset_spec(cfg.data.name)  # raises on unknown names
+    if spec.kind == "text":
+        if cfg.data.text.context_length < 2:
+            raise ValueError(
+                f"data.text.context_length={cfg.data.text.context_length}: must be >= 2"
+            )
+        if cfg.data.text.source == "files" and not cfg.data.text.paths:
+            raise ValueError("data.text.paths: source 'files' needs at least one path")
+        if cfg.data.augment.crop_padding or cfg.data.augment.horizontal_flip:
+            raise ValueError("data.augment: image augmentation does not apply to text data")
     check_model_kwargs(cfg.model.name, cfg.model.kwargs)
     for key, entry in cfg.evals.items():
         if not isinstance(entry, dict) or "type" not in entry:

@@ -92,7 +92,14 @@ def plot_run(run_dir: str | Path, num_classes: int | None = None) -> list[Path]:
             title=f"{run_dir.name}: training and evaluation",
         )
     ]
-    figures += plot_probe_figures(run_dir, num_classes=num_classes, records=records)
+    if any(k.startswith("ngram/") for k in keys):
+        from dsb.lm.plots import plot_ngram_probes
+
+        path = run_dir / "figures" / "ngram_probes.png"
+        plt.close(plot_ngram_probes(records, path))
+        figures.append(path)
+    else:
+        figures += plot_probe_figures(run_dir, num_classes=num_classes, records=records)
     return figures
 
 

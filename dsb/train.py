@@ -72,8 +72,24 @@ class Model:
         )
 
 
-def _input_shape(cfg: Config) -> tuple[int, ...]:
-    return get_dataset_spec(cfg.data.name).input_shape
+def dataset_info(cfg: Config) -> tuple[str, int, tuple[int, ...]]:
+    """``(kind, num_classes, input_shape)`` of the configured data; for text, the vocab
+    size and ``(context_length,)`` (the corpus is tokenized on first use)."""
+    spec = get_dataset_spec(cfg.data.name)
+    if spec.kind == "text":
+        from dsb.data.text import vocab_size
+
+        return "text", vocab_size(cfg.data.text), (cfg.data.text.context_length,)
+    return spec.kind, spec.num_classes, spec.input_shape
+
+
+def make_loader(cfg: Config) -> Callable[[str], dict[str, np.ndarray]]:
+    """``split -> host arrays`` of the configured dataset (cached)."""
+    if get_dataset_spec(cfg.data.name).kind == "text":
+        from dsb.data.text import load_text_split
+
+        return functools.cache(functools.partial(load_text_split, cfg.data.text))
+    return functools.partial(_load, cfg.data.name, cfg.data.data_dir)
 
 
 def init_model(
@@ -81,13 +97,13 @@ def init_model(
 ) -> Model:
     """Build the configured model: abstractly for its structure, then materialised by a
     jitted initialiser directly into ``sharding`` (no host round trip)."""
-    spec = get_dataset_spec(cfg.data.name)
+    _, num_classes, input_shape = dataset_info(cfg)
 
     def construct(key):
         return build_model(
             cfg.model.name,
-            num_classes=spec.num_classes,
-            input_shape=spec.input_shape,
+            num_classes=num_classes,
+            input_shape=input_shape,
             rngs=nnx.Rngs(params=key),
             norm_axis_name=norm_axis_name,
             dtype=jnp.dtype(cfg.model.dtype),
@@ -155,11 +171,14 @@ def make_train_step(
     aug = aug or AugmentConfig()
 
     def per_device(state, batch):
-        x, y = batch["image"], batch["label"]
-        local_b = y.shape[0]
         step_key = jax.random.fold_in(state["rng"], state["step"])
-        ids = jax.lax.axis_index(axis) * local_b + jnp.arange(local_b)
-        x = augment_batch(x, jax.random.fold_in(step_key, 1), ids, aug)
+        if "tokens" in batch:  # language model: logits at t predict token t + 1
+            x, y = batch["tokens"][:, :-1], batch["tokens"][:, 1:]
+        else:
+            x, y = batch["image"], batch["label"]
+            local_b = y.shape[0]
+            ids = jax.lax.axis_index(axis) * local_b + jnp.arange(local_b)
+            x = augment_batch(x, jax.random.fold_in(step_key, 1), ids, aug)
         dropout_key = jax.random.fold_in(jax.random.fold_in(step_key, 2), jax.lax.axis_index(axis))
 
         def loss_fn(params, rest):
@@ -284,8 +303,8 @@ def train(cfg: Config, run_dir: str | Path) -> TrainResult:
         "mesh: %d devices (%s), %d processes", ndev, jax.devices()[0].platform, jax.process_count()
     )
 
-    load = functools.partial(_load, cfg.data.name, cfg.data.data_dir)
-    spec = get_dataset_spec(cfg.data.name)
+    load = make_loader(cfg)
+    _, num_classes, input_shape = dataset_info(cfg)
     sampler = BatchSampler(
         load(cfg.data.train_split),
         cfg.data.batch_size,
@@ -339,8 +358,8 @@ def train(cfg: Config, run_dir: str | Path) -> TrainResult:
     ctx = EvalContext(
         load_split=load,
         train_split=cfg.data.train_split,
-        num_classes=spec.num_classes,
-        input_shape=spec.input_shape,
+        num_classes=num_classes,
+        input_shape=input_shape,
         run_dir=run_dir,
         seed=cfg.seed,
         is_main_process=is_main,
@@ -449,7 +468,7 @@ def train(cfg: Config, run_dir: str | Path) -> TrainResult:
     if cfg.figures and is_main:
         from dsb.plots import plot_run
 
-        figures = plot_run(run_dir, num_classes=spec.num_classes)
+        figures = plot_run(run_dir, num_classes=num_classes)
     if is_main:
         (run_dir / "summary.json").write_text(json.dumps({"final_step": total, **last}, indent=2))
     return TrainResult(run_dir, total, resumed_from, last, state, figures)

@@ -39,7 +39,8 @@ TINY = [
 def tiny_config(*overrides: str):
     from dsb.config import to_config
 
-    model = [] if any(o.startswith("model=") for o in overrides) else ["model.kwargs.widths=[32]"]
+    custom = any(o.startswith(("model=", "experiment=")) for o in overrides)
+    model = [] if custom else ["model.kwargs.widths=[32]"]
     return to_config(compose([*TINY, *model, *overrides]))
 
 

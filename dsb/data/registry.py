@@ -20,6 +20,9 @@ class DatasetSpec:
     pixel_scale: float = 255.0
     # Built offline on first use (no download); other datasets must be prepared beforehand.
     builds_offline: bool = False
+    # "image": (image, label) classification; "text": token windows for language models,
+    # built from ``data.text`` (num_classes and input_shape then come from the corpus).
+    kind: str = "image"
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -28,6 +31,7 @@ DATASETS: dict[str, DatasetSpec] = {
     "fashion_mnist": DatasetSpec("fashion_mnist", 10, (28, 28, 1)),
     "cifar10": DatasetSpec("cifar10", 10, (32, 32, 3)),
     "svhn_cropped": DatasetSpec("svhn_cropped", 10, (32, 32, 3)),
+    "text": DatasetSpec("", 0, (0, 0, 0), kind="text", builds_offline=True),
 }
 
 

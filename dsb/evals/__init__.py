@@ -1,6 +1,6 @@
 """Checkpoint evaluators, registered by type name (see ``base``)."""
 
-from dsb.evals import classification, dsb_probes  # noqa: F401  (register their types)
+from dsb.evals import classification, dsb_probes, ngram_probes  # noqa: F401  (register types)
 from dsb.evals.base import (
     EvalContext,
     Snapshot,
