@@ -12,6 +12,7 @@ from conftest import tiny_config
 from dsb.train import train
 assert jax.device_count() == 4, jax.devices()
 out = {}
+root = "ROOT_DIR"
 for model in ("mlp", "resnet"):
     extra = ["model=mlp", "model.kwargs.widths=[64]"] if model == "mlp" else [
         "model=resnet18", "model.kwargs.width=4", "data.augment.crop_padding=1",
@@ -22,7 +23,7 @@ for model in ("mlp", "resnet"):
         # rounding level (Adam divides by sqrt(v) and amplifies it on near-zero gradients).
         cfg = tiny_config("train.total_steps=6", "figures=false", f"parallel.num_devices={n}",
                           "optim=sgd", "optim.learning_rate=0.05", *extra)
-        res = train(cfg, f"{ROOT_DIR}/dp_{model}_{n}")
+        res = train(cfg, f"{root}/dp_{model}_{n}")
         leaves = jax.tree.leaves((res.state["params"], res.state["rest"]))
         finals[n] = [np.asarray(x) for x in leaves]
     diffs = [float(np.max(np.abs(a - b)) / (np.max(np.abs(a)) + 1e-12))
