@@ -81,6 +81,12 @@ class DataConfig:
     # Seed of the shuffling order (independent of the model seed).
     shuffle_seed: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Train-time concept erasure of the training split (evaluation splits stay real):
+    # null, "leace" (class means made equal) or "qleace" (means and covariances equal).
+    erasure: str | None = None
+    # Covariance shrinkage (a, b): a S + b (tr S / d) I, for QLEACE on singular image
+    # covariances (e.g. [0.9, 0.1]); null uses the raw covariances.
+    erasure_shrinkage: list[float] | None = None
     text: TextConfig = field(default_factory=TextConfig)
 
 
@@ -199,6 +205,10 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"ckpt.every_steps={cfg.ckpt.every_steps}: must be positive or null")
     if cfg.data.augment.crop_padding < 0:
         raise ValueError(f"data.augment.crop_padding={cfg.data.augment.crop_padding}: must be >= 0")
+    if cfg.data.erasure not in (None, "leace", "qleace"):
+        raise ValueError(f"data.erasure={cfg.data.erasure!r}: must be null, leace or qleace")
+    if cfg.data.erasure_shrinkage is not None and len(cfg.data.erasure_shrinkage) != 2:
+        raise ValueError("data.erasure_shrinkage: must be null or [a, b]")
     spec = get_dataset_spec(cfg.data.name)  # raises on unknown names
     if spec.kind == "text":
         if cfg.data.text.context_length < 2:
@@ -207,6 +217,8 @@ def validate(cfg: Config) -> None:
             )
         if cfg.data.text.source == "files" and not cfg.data.text.paths:
             raise ValueError("data.text.paths: source 'files' needs at least one path")
+        if cfg.data.erasure:
+            raise ValueError("data.erasure: concept erasure applies to image datasets only")
         if cfg.data.augment.crop_padding or cfg.data.augment.horizontal_flip:
             raise ValueError("data.augment: image augmentation does not apply to text data")
     check_model_kwargs(cfg.model.name, cfg.model.kwargs)

@@ -305,8 +305,19 @@ def train(cfg: Config, run_dir: str | Path) -> TrainResult:
 
     load = make_loader(cfg)
     _, num_classes, input_shape = dataset_info(cfg)
+    train_data = load(cfg.data.train_split)
+    if cfg.data.erasure:
+        from dsb.data.transforms import erase_split
+
+        train_data = erase_split(
+            train_data,
+            cfg.data.erasure,
+            num_classes,
+            cfg.data.erasure_shrinkage,
+            report_path=run_dir / "erasure.json" if is_main else None,
+        )
     sampler = BatchSampler(
-        load(cfg.data.train_split),
+        train_data,
         cfg.data.batch_size,
         seed=cfg.data.shuffle_seed,
         process_index=jax.process_index(),
