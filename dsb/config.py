@@ -168,7 +168,7 @@ _CHOICES = {
 def validate(cfg: Config) -> None:
     """Semantic checks beyond types; raise ValueError naming the offending key."""
     from dsb.data.registry import get_dataset_spec
-    from dsb.evals.base import check_evaluator_options
+    from dsb.evals.base import check_evaluator_options, split_entry
     from dsb.models.registry import check_model_kwargs
 
     for key, allowed in _CHOICES.items():
@@ -223,10 +223,8 @@ def validate(cfg: Config) -> None:
             raise ValueError("data.augment: image augmentation does not apply to text data")
     check_model_kwargs(cfg.model.name, cfg.model.kwargs)
     for key, entry in cfg.evals.items():
-        if not isinstance(entry, dict) or "type" not in entry:
-            raise ValueError(f"evals.{key}: must be a mapping with a 'type' key")
-        options = {k: v for k, v in entry.items() if k != "type"}
-        check_evaluator_options(key, entry["type"], options)
+        type_name, _, options = split_entry(key, entry)
+        check_evaluator_options(key, type_name, options)
 
 
 def to_config(cfg: DictConfig | Config) -> Config:

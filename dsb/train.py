@@ -32,7 +32,7 @@ from dsb.config import AugmentConfig, Config, to_config
 from dsb.data.loader import BatchSampler, Prefetcher
 from dsb.data.registry import get_dataset_spec
 from dsb.data.sources import load_split
-from dsb.evals.base import EvalContext, Snapshot, build_evaluator
+from dsb.evals.base import EvalContext, Snapshot, build_evaluator, runs_at, split_entry
 from dsb.metrics import MetricsWriter, NonFiniteLossError
 from dsb.models.registry import build_model
 from dsb.optim import make_optimizer, make_schedule
@@ -394,12 +394,10 @@ def train(cfg: Config, run_dir: str | Path) -> TrainResult:
                 },
             )
         if evaluators is None:  # built lazily: set-up cost is paid once, on first use
-            evaluators = {
-                key: build_evaluator(
-                    ctx, key, entry["type"], {k: v for k, v in entry.items() if k != "type"}
-                )
-                for key, entry in cfg.evals.items()
-            }
+            evaluators = {}
+            for key, entry in cfg.evals.items():
+                type_name, when, options = split_entry(key, entry)
+                evaluators[key] = (when, build_evaluator(ctx, key, type_name, options))
         snap = Snapshot(
             step=step,
             predict=functools.partial(predict, state["params"], state["rest"]),
@@ -409,7 +407,9 @@ def train(cfg: Config, run_dir: str | Path) -> TrainResult:
             init_params=init_params,
         )
         values = {}
-        for key, ev in evaluators.items():
+        for key, (when, ev) in evaluators.items():
+            if not runs_at(when, step, total):
+                continue
             t0 = time.perf_counter()
             for name, value in ev.run(snap):
                 values[f"{key}/{name}"] = float(value)

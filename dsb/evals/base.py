@@ -31,7 +31,36 @@ __all__ = [
     "build_evaluator",
     "check_evaluator_options",
     "register_evaluator",
+    "runs_at",
+    "split_entry",
 ]
+
+# Keys of an evals entry that the trainer reads; every other key is an evaluator option.
+#   type: the registered evaluator type.
+#   when: at which checkpoints it runs: "all" (default), "last", or a list of steps.
+TRAINER_KEYS = ("type", "when")
+
+
+def split_entry(key: str, entry: Any) -> tuple[str, Any, dict[str, Any]]:
+    """``evals.<key>`` -> ``(type, when, options)``, with clear errors."""
+    if not isinstance(entry, dict) or "type" not in entry:
+        raise ValueError(f"evals.{key}: must be a mapping with a 'type' key")
+    when = entry.get("when", "all")
+    if not (
+        when in ("all", "last")
+        or (isinstance(when, list) and all(isinstance(s, int) for s in when))
+    ):
+        raise ValueError(f"evals.{key}.when={when!r}: must be 'all', 'last' or a list of steps")
+    return entry["type"], when, {k: v for k, v in entry.items() if k not in TRAINER_KEYS}
+
+
+def runs_at(when: Any, step: int, total_steps: int) -> bool:
+    """Whether an evaluator with this ``when`` runs at checkpoint ``step``."""
+    if when == "all":
+        return True
+    if when == "last":
+        return step == total_steps
+    return step in when
 
 
 @dataclasses.dataclass

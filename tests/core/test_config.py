@@ -64,6 +64,7 @@ def test_wrong_type_names_the_key():
         ("+evals.val.bogus=1", "evals.val.bogus"),
         ("evals.val.type=nosuch", "nosuch"),
         ("optim.warmup_steps=100000", "optim.warmup_steps"),
+        ("+evals.val.when=sometimes", "evals.val.when"),
     ],
 )
 def test_semantic_errors_name_the_key(override, needle):

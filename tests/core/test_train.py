@@ -40,6 +40,18 @@ def test_end_to_end_smoke(tmp_path, tfds_dir):
     assert [r["step"] for r in read_metrics(run)] == [r["step"] for r in records]
 
 
+def test_evaluator_when_option(tmp_path, tfds_dir):
+    cfg = tiny_config(
+        "+evals.last={type: classification, split: train, when: last}",
+        "+evals.some={type: classification, split: test, when: [2, 16]}",
+    )
+    train(cfg, tmp_path / "run")
+    records = read_metrics(tmp_path / "run")
+    assert [r["step"] for r in records if "last/accuracy" in r] == [16]
+    assert [r["step"] for r in records if "some/accuracy" in r] == [2, 16]
+    assert [r["step"] for r in records if "val/accuracy" in r] == [0, 1, 2, 4, 8, 16]
+
+
 def test_nan_loss_stops_with_the_step(tmp_path, tfds_dir):
     cfg = tiny_config(
         "optim.name=sgd",
