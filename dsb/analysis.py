@@ -1,0 +1,98 @@
+"""Notebook helpers: re-run a run's evaluators on its restored checkpoints, on any machine.
+
+    from dsb.analysis import reevaluate
+    df = reevaluate("runs/digits_default/<date>", steps=[0, 256, 16384])
+
+``restored_snapshot`` turns a ``dsb.train.RestoredRun`` into the ``Snapshot`` evaluators
+take (its ``predict`` calls the restored model, batched, on the local default device);
+``eval_context`` rebuilds the ``EvalContext`` the trainer gave them. With the default
+``out_dir`` (the run directory) the evaluators reuse the probe sets the run cached, so the
+numbers are those the run logged.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from flax import nnx
+
+from dsb import parallel
+from dsb.evals.base import EvalContext, Snapshot, build_evaluator
+from dsb.train import RestoredRun, dataset_info, load_checkpoint, make_loader, make_predict
+
+__all__ = ["eval_context", "reevaluate", "restored_snapshot"]
+
+
+def eval_context(restored: RestoredRun, out_dir: str | Path) -> EvalContext:
+    """The ``EvalContext`` of the restored run's config; evaluators write to ``out_dir``."""
+    cfg = restored.config
+    _, num_classes, input_shape = dataset_info(cfg)
+    return EvalContext(
+        load_split=make_loader(cfg),
+        train_split=cfg.data.train_split,
+        num_classes=num_classes,
+        input_shape=input_shape,
+        run_dir=Path(out_dir),
+        seed=cfg.seed,
+    )
+
+
+def restored_snapshot(
+    restored: RestoredRun, eval_batch_size: int | None = None, predict=None
+) -> Snapshot:
+    """A ``Snapshot`` whose ``predict(x [n, ...]) -> logits [n, k]`` runs the restored model
+    in eval mode on one local device, in batches of ``eval_batch_size`` (default: the
+    run's ``train.eval_batch_size``). Pass the ``predict(params, rest, x)`` of an earlier
+    call (``snapshot.predict.func``) to reuse its compiled forward for another step."""
+    graphdef, params, rest = nnx.split(restored.model, nnx.Param, ...)
+    if predict is None:
+        batch = eval_batch_size or restored.config.train.eval_batch_size
+        predict = make_predict(graphdef, parallel.make_mesh(1), batch)
+    return Snapshot(
+        step=restored.step,
+        predict=functools.partial(predict, params, rest),
+        graphdef=graphdef,
+        params=params,
+        rest=rest,
+    )
+
+
+def reevaluate(
+    run_dir: str | Path,
+    steps: Iterable[int] | None = None,
+    evals: dict[str, dict[str, Any]] | None = None,
+    out_dir: str | Path | None = None,
+) -> pd.DataFrame:
+    """Restore each checkpoint in ``steps`` (default: all) on the local CPU and run
+    ``evals`` (default: the run's own ``evals`` config, ``{key: {type, **options}}``).
+
+    Returns one row per step: ``step`` and ``<key>/<name>`` for every value evaluated,
+    plus ``time/eval_<key>_s``. Evaluators are built once and reused across steps.
+    """
+    run_dir = Path(run_dir)
+    first = load_checkpoint(run_dir)  # the newest: its config and the list of steps
+    steps = first.available_steps if steps is None else list(steps)
+    evals = first.config.evals if evals is None else evals
+    ctx = eval_context(first, run_dir if out_dir is None else out_dir)
+    evaluators = {
+        key: build_evaluator(ctx, key, e["type"], {k: v for k, v in e.items() if k != "type"})
+        for key, e in evals.items()
+    }
+    rows, predict = [], None
+    for step in steps:
+        restored = first if step == first.step else load_checkpoint(run_dir, step)
+        snap = restored_snapshot(restored, predict=predict)
+        predict = snap.predict.func
+        row: dict[str, Any] = {"step": step}
+        for key, ev in evaluators.items():
+            t0 = time.perf_counter()
+            for name, value in ev.run(snap):
+                row[f"{key}/{name}"] = float(value)
+            row[f"time/eval_{key}_s"] = time.perf_counter() - t0
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,128 @@
+"""dsb.analysis on a tiny run, and every notebook in notebooks/ executed against tiny runs."""
+
+import os
+import re
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+from conftest import ROOT, tiny_config
+from nbclient import NotebookClient
+
+from dsb.analysis import reevaluate, restored_snapshot
+from dsb.metrics import read_metrics
+from dsb.train import load_checkpoint, train
+
+NOTEBOOKS = ROOT / "notebooks"
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """A finished tiny MLP [8] run on digits with held-out and DSB probe evaluations."""
+    os.environ.setdefault("TFDS_DATA_DIR", str(tmp_path_factory.getbasetemp() / "tfds"))
+    run = tmp_path_factory.mktemp("nb") / "digits"
+    cfg = tiny_config(
+        "model.kwargs.widths=[8]",
+        "evals.dsb.num_samples=100",
+        "evals.dsb.maxent_sets=[ics,gaussian]",
+        "evals.dsb.ot_sets=[mean_shift]",
+        "train.total_steps=8",
+    )
+    train(cfg, run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def lm_run(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    old = os.environ.get("HOME")
+    os.environ["HOME"] = str(home)  # the corpus cache goes under a temp home
+    run = tmp_path_factory.mktemp("nb") / "lm"
+    cfg = tiny_config(
+        "experiment=lm_ngram_default",
+        "model.kwargs.num_layers=1",
+        "model.kwargs.d_model=32",
+        "data.text.context_length=32",
+        "data.batch_size=16",
+        "evals.ngram.num_sequences=16",
+        "+evals.ngram.max_val_sequences=16",
+        "+evals.ngram.num_bootstrap=50",
+        "train.total_steps=8",
+        "optim.warmup_steps=2",
+    )
+    train(cfg, run)
+    yield run
+    if old is not None:
+        os.environ["HOME"] = old
+
+
+def test_reevaluate_restored_checkpoints_matches_logged_metrics(digits_run):
+    df = reevaluate(digits_run, steps=[0, 8])
+    logged = {r["step"]: r for r in read_metrics(digits_run)}
+    assert df["step"].tolist() == [0, 8]
+    names = [c for c in df.columns if c.startswith(("val/", "dsb/"))]
+    assert "val/accuracy" in names and "dsb/maxent/gaussian/loss" in names
+    assert "dsb/ot/mean_shift/target_accuracy" in names
+    for _, row in df.iterrows():
+        for name in names:  # same model, same cached probe sets -> the same numbers
+            assert row[name] == pytest.approx(logged[row["step"]][name], rel=1e-5), name
+    # The snapshot's predict is the restored model, batched (3 rows, batch size 2).
+    run = load_checkpoint(digits_run, step=8)
+    x = np.random.default_rng(0).random((3, 8, 8, 1), np.float32)
+    got = restored_snapshot(run, eval_batch_size=2).predict(x)
+    np.testing.assert_allclose(got, np.asarray(run.model(x)), rtol=1e-5, atol=1e-6)
+
+
+def _execute(name: str, run_dir: Path, out_dir: Path, monkeypatch) -> str:
+    monkeypatch.setenv("DSB_RUN_DIR", str(run_dir))
+    monkeypatch.setenv("DSB_OUT_DIR", str(out_dir))
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    # Stored without outputs, so diffs stay readable.
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
+    assert any("parameters" in c.metadata.get("tags", []) for c in nb.cells)
+    NotebookClient(
+        nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(out_dir)}}
+    ).execute()  # raises CellExecutionError on the first failing cell
+    text = []
+    for c in nb.cells:
+        for o in c.get("outputs", []):
+            text.append(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")))
+    return "\n".join(text)
+
+
+def test_notebooks_folder_is_covered():
+    assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == sorted(
+        ["checkpoint_analysis", "ngram_analysis", "training_jacobian"]
+    )
+
+
+def test_checkpoint_analysis_notebook(digits_run, tmp_path, monkeypatch):
+    out = _execute("checkpoint_analysis", digits_run.parent, tmp_path, monkeypatch)
+    assert "steps saved: [0, 1, 2, 4, 8] | restored: 8" in out
+    # Re-evaluated and logged numbers agree in the printed comparison.
+    pairs = re.findall(r"(\S+)\s+re-evaluated (\S+)\s+logged (\S+)", out)
+    assert len(pairs) >= 5 and all(a == b for _, a, b in pairs), pairs
+    for kind in ("maxent", "ot"):
+        assert (tmp_path / f"{kind}_reevaluated.png").stat().st_size > 10_000
+
+
+def test_ngram_analysis_notebook(lm_run, tmp_path, monkeypatch):
+    out = _execute("ngram_analysis", lm_run, tmp_path, monkeypatch)
+    assert (tmp_path / "ngram_probes.png").stat().st_size > 10_000
+    pairs = re.findall(r"(\S+)\s+re-evaluated (\S+)\s+logged (\S+)", out)
+    assert {p[0] for p in pairs} >= {"ngram/bigram/loss", "ngram/text/loss"}
+    assert all(a == b for _, a, b in pairs), pairs
+
+
+@pytest.mark.slow  # ~25 s on 2 busy cores: two dense 610 x 610 training Jacobians
+def test_training_jacobian_notebook(digits_run, tmp_path, monkeypatch):
+    out = _execute("training_jacobian", digits_run, tmp_path, monkeypatch)
+    # MLP 64-8-10: 64*8 + 8 + 8*10 + 10 parameters, 2 epochs of 4 minibatches.
+    assert "P = 610 parameters, T = 8 steps" in out
+    overlaps = re.findall(r"bulk overlap (\S+)\s+random (\S+)", out)
+    assert len(overlaps) == 4
+    assert all(0 <= float(a) <= 1 and 0 <= float(b) <= 1 for a, b in overlaps)
+    # The k = P/2 bulks of two inits overlap more than random subspaces do.
+    assert float(overlaps[-1][0]) > float(overlaps[-1][1])
