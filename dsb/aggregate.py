@@ -37,7 +37,16 @@ from omegaconf import OmegaConf
 
 from dsb.metrics import read_metrics
 
-__all__ = ["STATUSES", "collect", "find_run_dirs", "flatten", "run_status", "save"]
+__all__ = [
+    "STATUSES",
+    "collect",
+    "find_run_dirs",
+    "flatten",
+    "over_seeds",
+    "run_status",
+    "save",
+    "variant_columns",
+]
 
 STATUSES = ("finished", "failed", "running", "incomplete")
 # Metric values the writer stores as strings (non-finite floats) become floats again.
@@ -171,6 +180,40 @@ def collect(
 
 
 _FIRST = ["run_dir", "status", "step"]
+
+
+# Config keys that differ between runs of one variant without defining it.
+_NOT_VARIANT = ("seed", "data.shuffle_seed", "data.data_dir", "data.text.corpus_dir")
+
+
+def variant_columns(df: pd.DataFrame) -> list[str]:
+    """The config columns that vary across the runs of ``df``, except seeds and paths:
+    what tells one variant of a sweep (dataset, model, size, ...) from another."""
+    runs = df.drop_duplicates("run_dir")
+    config = [c for c in df.columns if c not in _FIRST and "/" not in c and c not in _NOT_VARIANT]
+    return [c for c in config if runs[c].astype(str).nunique() > 1]
+
+
+def over_seeds(df: pd.DataFrame, metrics: list[str], by: list[str] | None = None) -> pd.DataFrame:
+    """Mean, standard deviation, min, max and count over runs (seeds) of each ``metric``,
+    per variant ``by`` (default ``variant_columns(df)``) and step.
+
+    Returns one row per (variant, step) with columns ``by``, ``step`` and
+    ``<metric>/{mean,std,min,max,n}``; steps where a metric was not logged are skipped.
+    """
+    by = variant_columns(df) if by is None else list(by)
+    keys = [*by, "step"]
+    # Group keys as text: lists are JSON strings already, and NaN configs stay grouped.
+    frame = df.dropna(subset=["step"]).assign(**{c: df[c].astype(str) for c in by})
+    parts = []
+    for m in metrics:
+        g = frame.dropna(subset=[m]).groupby(keys, sort=True)[m]
+        stats = g.agg(["mean", "std", "min", "max", "count"])
+        stats.columns = [f"{m}/{c}" if c != "count" else f"{m}/n" for c in stats.columns]
+        parts.append(stats)
+    if not parts:
+        return pd.DataFrame(columns=keys)
+    return pd.concat(parts, axis=1).reset_index()
 
 
 def save(df: pd.DataFrame, path: str | Path) -> Path:

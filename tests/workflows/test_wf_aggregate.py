@@ -133,3 +133,24 @@ def test_save_round_trips_and_cli(runs, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "2 runs, 8 rows" in proc.stdout and "'finished': 1" in proc.stdout
     assert len(pd.read_parquet(out)) == 8
+
+
+def test_over_seeds_means_bands_and_variants(runs):
+    from dsb.aggregate import over_seeds, variant_columns
+
+    df = collect([runs / "sweep" / "0", runs / "sweep" / "1"])
+    # The two runs differ by seed (not a variant) and learning rate (a variant).
+    assert variant_columns(df) == ["optim.learning_rate"]
+    both = over_seeds(df, ["val/accuracy", "train/loss"], by=[])
+    at16 = both[both["step"] == 16].iloc[0]
+    vals = df[df["step"] == 16]["val/accuracy"]
+    assert at16["val/accuracy/n"] == 2
+    assert at16["val/accuracy/mean"] == pytest.approx(vals.mean())
+    assert at16["val/accuracy/min"] == vals.min() and at16["val/accuracy/max"] == vals.max()
+    assert at16["val/accuracy/std"] == pytest.approx(vals.std())
+    # Step 12 has training metrics only: no val row there, a train/loss one.
+    assert pd.isna(both.set_index("step").loc[12, "val/accuracy/n"])
+    assert both.set_index("step").loc[12, "train/loss/n"] == 2
+    per_lr = over_seeds(df, ["val/accuracy"])
+    assert per_lr["optim.learning_rate"].nunique() == 2
+    assert set(per_lr["val/accuracy/n"]) == {1}
