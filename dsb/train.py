@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 from dsb import parallel, schedule
 from dsb.checkpoint import Checkpointer, abstract_like
 from dsb.config import AugmentConfig, Config, to_config
-from dsb.data.loader import BatchSampler, Prefetcher
+from dsb.data.loader import BatchSampler
 from dsb.data.registry import get_dataset_spec
 from dsb.data.sources import load_split
 from dsb.evals.base import EvalContext, Snapshot, build_evaluator, runs_at, split_entry
@@ -425,11 +425,14 @@ def train(cfg: Config, run_dir: str | Path) -> TrainResult:
     last = checkpoint_and_evaluate(start)
 
     bar = _progress(total, start, cfg.train.progress_bar and is_main)
-    prefetch = Prefetcher(lambda s: parallel.put_global_batch(sampler(s), mesh), start, total)
+    # No prefetch thread: JAX dispatch is asynchronous, so gathering and placing batch s + 1
+    # (~0.2 ms from host memory) already overlaps the device computing step s; a thread
+    # only added GIL contention (benchmarks/train_throughput.py measured it slower).
     pending: list[tuple[int, dict[str, jax.Array]]] = []
     t_window, steps_window = time.perf_counter(), 0
     try:
-        for batch_index, batch in prefetch:
+        for batch_index in range(start, total):
+            batch = parallel.put_global_batch(sampler(batch_index), mesh)
             state, metrics = train_step(state, batch)
             step = batch_index + 1
             pending.append((step, metrics))
@@ -469,7 +472,6 @@ def train(cfg: Config, run_dir: str | Path) -> TrainResult:
                     )
                 t_window = time.perf_counter()  # evaluation time is not training speed
     finally:
-        prefetch.close()
         if bar is not None:
             bar.close()
         checkpointer.close()

@@ -15,13 +15,9 @@ costs microseconds per step.
 
 from __future__ import annotations
 
-import queue
-import threading
-from collections.abc import Callable, Iterator
-
 import numpy as np
 
-__all__ = ["BatchSampler", "Prefetcher"]
+__all__ = ["BatchSampler"]
 
 
 class BatchSampler:
@@ -71,50 +67,3 @@ class BatchSampler:
     def __call__(self, step: int) -> dict[str, np.ndarray]:
         idx = self.indices(step)
         return {k: v[idx] for k, v in self.arrays.items()}
-
-
-class Prefetcher:
-    """Runs ``make(step)`` for steps ``start, start + 1, ...`` a few steps ahead in a thread.
-
-    ``make`` typically gathers the host batch and puts it on the devices, so host work
-    overlaps the device step. Exceptions in the thread surface in the consumer.
-    """
-
-    def __init__(self, make: Callable[[int], object], start: int, stop: int, depth: int = 2):
-        self._make = make
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(start, stop), daemon=True)
-        self._thread.start()
-
-    def _run(self, start: int, stop: int) -> None:
-        try:
-            for step in range(start, stop):
-                item = (step, self._make(step), None)
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
-                    return
-            self._queue.put((None, None, StopIteration()))
-        except BaseException as e:  # surfaced in __next__
-            self._queue.put((None, None, e))
-
-    def __iter__(self) -> Iterator:
-        return self
-
-    def __next__(self):
-        step, item, err = self._queue.get()
-        if isinstance(err, StopIteration):
-            self._queue.put((None, None, err))  # stay exhausted
-            raise StopIteration
-        if err is not None:
-            raise err
-        return step, item
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)

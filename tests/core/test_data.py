@@ -3,7 +3,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from dsb.data.digits import digits_arrays
-from dsb.data.loader import BatchSampler, Prefetcher
+from dsb.data.loader import BatchSampler
 from dsb.data.sources import DatasetNotPreparedError, load_split
 
 
@@ -81,16 +81,3 @@ def test_sampler_is_deterministic_epoch_reshuffled_and_host_sharded():
         )
     with pytest.raises(ValueError, match="not divisible"):
         BatchSampler(arrays, 5, seed=0, process_count=2)
-
-
-def test_prefetcher_order_stop_and_errors():
-    assert [s for s, _ in Prefetcher(lambda s: s * 2, 3, 8)] == [3, 4, 5, 6, 7]
-
-    def bad(step):
-        if step == 2:
-            raise RuntimeError("boom at 2")
-        return step
-
-    it = Prefetcher(bad, 0, 5)
-    with pytest.raises(RuntimeError, match="boom at 2"):
-        list(it)
