@@ -27,13 +27,19 @@ import pandas as pd
 from dsb.aggregate import collect, over_seeds, variant_columns
 from dsb.data.registry import get_dataset_spec
 from dsb.plots import setup_step_axis
+from dsb.schedule import log_spaced_steps
 
 MAXENT_ORDER = ["ics", "box1", "gaussian", "box2", "box3"]
 OT_ORDER = ["cqn", "mean_shift", "gaussian"]
 TITLES = {"maxent": "max-ent sets across time", "ot": "OT-edited sets across time"}
 
 
-def load_table(inputs: list[str], finished_only: bool = False) -> pd.DataFrame:
+def load_table(
+    inputs: list[str], finished_only: bool = False, all_steps: bool = False
+) -> pd.DataFrame:
+    """The aggregated table of ``inputs``; unless ``all_steps``, only the log-spaced
+    evaluation steps (``dsb.schedule.log_spaced_steps`` of each run's total), so runs that
+    also checkpoint every N steps (``ckpt=log_spaced_and_interval``) plot the same."""
     if len(inputs) == 1 and inputs[0].endswith((".parquet", ".csv")):
         df = (
             pd.read_parquet(inputs[0]) if inputs[0].endswith(".parquet") else pd.read_csv(inputs[0])
@@ -42,6 +48,16 @@ def load_table(inputs: list[str], finished_only: bool = False) -> pd.DataFrame:
         df = collect(inputs)
     if finished_only:
         df = df[df["status"] == "finished"]
+    if not all_steps and "train.total_steps" in df:
+        keep = df.apply(
+            lambda r: (
+                pd.isna(r["train.total_steps"])
+                or pd.isna(r["step"])
+                or int(r["step"]) in log_spaced_steps(int(r["train.total_steps"]))
+            ),
+            axis=1,
+        )
+        df = df[keep.astype(bool)]
     if df.empty or "data.name" not in df:
         raise SystemExit(f"no runs with a config found in {inputs}")
     return df
@@ -138,8 +154,9 @@ def main(argv=None) -> list[Path]:
     ap.add_argument("inputs", nargs="+", help="run/sweep dirs, globs, or one .parquet/.csv")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--finished-only", action="store_true", help="skip unfinished runs")
+    ap.add_argument("--all-steps", action="store_true", help="also interval checkpoints")
     args = ap.parse_args(argv)
-    df = load_table(args.inputs, args.finished_only)
+    df = load_table(args.inputs, args.finished_only, args.all_steps)
     paths = [p for kind in ("maxent", "ot") for p in plot_kind(df, kind, args.out)]
     if not paths:
         raise SystemExit("no DSB probe metrics (dsb/maxent/..., dsb/ot/...) in these runs")

@@ -79,7 +79,7 @@ def test_lm_ngram_sweep_figure(tmp_path):
     for d_model in (32, 64):
         for seed in (0, 1):
             recs = []
-            for s in STEPS:
+            for s in [*STEPS, 12]:  # 12: an interval checkpoint, not log-spaced
                 r = {"step": s}
                 for i, name in enumerate(("unigram", "bigram", "trigram")):
                     r[f"ngram/{name}/loss"] = 5 - i - np.log2(s + 1) / 4 - d_model / 100
@@ -87,7 +87,7 @@ def test_lm_ngram_sweep_figure(tmp_path):
                     r[f"ngram/kl/{name}"] = 1 / (s + 1 + i + seed)
                 r["ngram/text/loss"] = 4 - np.log2(s + 1) / 5
                 recs.append(r)
-            cfg = {"seed": seed, "data": {"name": "text"},
+            cfg = {"seed": seed, "data": {"name": "text"}, "train": {"total_steps": 16},
                    "model": {"name": "transformer", "kwargs": {"d_model": d_model}}}  # fmt: skip
             _write_run(tmp_path / "sweep" / f"{d_model}_{seed}", cfg, recs, finished=seed == 0)
     mod = _script("lm_ngram")
@@ -96,6 +96,8 @@ def test_lm_ngram_sweep_figure(tmp_path):
     assert paths[0].stat().st_size > 10_000
     df = mod.load_table([str(tmp_path / "sweep")], finished_only=True)
     assert df["run_dir"].nunique() == 2 and set(df["status"]) == {"finished"}
+    assert sorted(set(df["step"])) == STEPS  # interval checkpoints dropped by default
+    assert 12 in set(mod.load_table([str(tmp_path / "sweep")], all_steps=True)["step"])
     with pytest.raises(SystemExit, match="no n-gram probe metrics"):
         empty = tmp_path / "empty"
         _write_run(empty / "r", {"seed": 0}, [{"step": 0, "val/loss": 1.0}])
