@@ -80,6 +80,9 @@ class DataConfig:
     batch_size: int = 128
     # Seed of the shuffling order (independent of the model seed).
     shuffle_seed: int = 0
+    # False: draw one permutation and visit the same minibatches in the same order every
+    # epoch (the training-Jacobian reference recipe).
+    reshuffle_each_epoch: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # Train-time concept erasure of the training split (evaluation splits stay real):
     # null, "leace" (class means made equal) or "qleace" (means and covariances equal).

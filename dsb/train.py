@@ -322,6 +322,7 @@ def train(cfg: Config, run_dir: str | Path) -> TrainResult:
         seed=cfg.data.shuffle_seed,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
+        reshuffle_each_epoch=cfg.data.reshuffle_each_epoch,
     )
 
     total = cfg.train.total_steps
@@ -374,6 +375,13 @@ def train(cfg: Config, run_dir: str | Path) -> TrainResult:
         run_dir=run_dir,
         seed=cfg.seed,
         is_main_process=is_main,
+        config=cfg,
+        train_batch=BatchSampler(
+            train_data,
+            cfg.data.batch_size,
+            seed=cfg.data.shuffle_seed,
+            reshuffle_each_epoch=cfg.data.reshuffle_each_epoch,
+        ),
     )
     evaluators: dict[str, Any] | None = None
     predict = make_predict(model, mesh, cfg.train.eval_batch_size)

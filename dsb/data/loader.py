@@ -1,7 +1,8 @@
 """Deterministic, resumable, per-host-sharded batches.
 
 The example order is a stream of epochs, each a permutation drawn from
-``numpy.random.default_rng((seed, epoch))``; global batch ``s`` holds stream positions
+``numpy.random.default_rng((seed, epoch))`` (or epoch 0's permutation every time, with
+``reshuffle_each_epoch=False``); global batch ``s`` holds stream positions
 ``[s * b, (s + 1) * b)``, running across epoch boundaries. Batch ``s`` is therefore a pure
 function of (seed, s): the iterator's whole state is the next step number, resuming is
 exact, and the global batch is the same whatever the number of hosts or devices. Host
@@ -30,7 +31,9 @@ class BatchSampler:
         seed: int,
         process_index: int = 0,
         process_count: int = 1,
+        reshuffle_each_epoch: bool = True,
     ):
+        self.reshuffle_each_epoch = reshuffle_each_epoch
         self.n = len(next(iter(arrays.values())))
         if global_batch_size % process_count:
             raise ValueError(
@@ -47,6 +50,8 @@ class BatchSampler:
         self._perms: dict[int, np.ndarray] = {}
 
     def _perm(self, epoch: int) -> np.ndarray:
+        if not self.reshuffle_each_epoch:
+            epoch = 0
         if epoch not in self._perms:
             if len(self._perms) > 4:  # steps only move forward: keep a few recent epochs
                 self._perms.pop(min(self._perms))

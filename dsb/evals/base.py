@@ -79,6 +79,10 @@ class EvalContext:
     run_dir: Path
     seed: int
     is_main_process: bool = True
+    # The run's ``dsb.config.Config`` and ``train_batch(step) -> host batch`` (the global
+    # batch update ``step + 1`` was computed on), for evaluators that replay training.
+    config: Any = None
+    train_batch: Callable[[int], dict[str, np.ndarray]] | None = None
 
 
 @dataclasses.dataclass

@@ -81,3 +81,12 @@ def test_sampler_is_deterministic_epoch_reshuffled_and_host_sharded():
         )
     with pytest.raises(ValueError, match="not divisible"):
         BatchSampler(arrays, 5, seed=0, process_count=2)
+
+
+def test_sampler_fixed_order_repeats_the_same_minibatches():
+    arrays = {"y": np.arange(8)}
+    s = BatchSampler(arrays, global_batch_size=4, seed=1, reshuffle_each_epoch=False)
+    first_epoch = [s.indices(k).tolist() for k in range(2)]
+    assert sorted(first_epoch[0] + first_epoch[1]) == list(range(8))
+    for epoch in range(1, 4):
+        assert [s.indices(2 * epoch + k).tolist() for k in range(2)] == first_epoch
