@@ -1,6 +1,6 @@
 """Regenerate the reference figures of this folder from the current code, in one command.
 
-    python experiments/lm_ngram/make_reference.py              # ~5 min on 2 CPU cores
+    python experiments/lm_ngram/make_reference.py              # ~3 min on 2 CPU cores
     python experiments/lm_ngram/make_reference.py --reuse     # replot existing runs
 
 Runs the local sweep ``experiment=sweep_lm_ngram_local`` (the embedded corpus, a 1-layer
