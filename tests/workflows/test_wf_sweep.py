@@ -26,24 +26,20 @@ SWEEPS = {  # experiment -> number of jobs in its grid
 }
 
 
-def _choices(value: str) -> list[str]:
-    # The basic sweeper's comma-separated choice; keep commas inside [...] lists.
-    out, depth, cur = [], 0, ""
-    for ch in "".join(str(value).split()):
-        depth += ch == "["
-        depth -= ch == "]"
-        if ch == "," and depth == 0:
-            out.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    return [*out, cur]
+def _choices(key: str, value) -> list[str]:
+    """The values Hydra's basic sweeper takes for ``key`` (its own override parser)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    (override,) = OverridesParser.create().parse_overrides([f"{key}={value}"])
+    if not override.is_sweep_override():  # a single value (e.g. data: digits)
+        return [override.get_value_element_as_str()]
+    return list(override.sweep_string_iterator())
 
 
 @pytest.mark.parametrize("name", sorted(SWEEPS))
 def test_sweep_experiments_compose_and_name_real_things(name):
     cfg = compose([f"experiment={name}"], return_hydra_config=True)
-    params = {k: _choices(v) for k, v in cfg.hydra.sweeper.params.items()}
+    params = {k: _choices(k, v) for k, v in cfg.hydra.sweeper.params.items()}
     size = 1
     for values in params.values():
         size *= len(values)
