@@ -22,6 +22,7 @@ import pandas as pd
 from flax import nnx
 
 from dsb import parallel
+from dsb.data.loader import BatchSampler
 from dsb.evals.base import EvalContext, Snapshot, build_evaluator
 from dsb.train import RestoredRun, dataset_info, load_checkpoint, make_loader, make_predict
 
@@ -29,16 +30,39 @@ __all__ = ["eval_context", "reevaluate", "restored_snapshot"]
 
 
 def eval_context(restored: RestoredRun, out_dir: str | Path) -> EvalContext:
-    """The ``EvalContext`` of the restored run's config; evaluators write to ``out_dir``."""
+    """The ``EvalContext`` the trainer builds for the restored run's config (the run's
+    config and its global training batches included); evaluators write to ``out_dir``."""
     cfg = restored.config
     _, num_classes, input_shape = dataset_info(cfg)
+    load = make_loader(cfg)
+
+    def train_batch(step: int) -> dict:
+        # Built on first use: most evaluators never replay training.
+        nonlocal sampler
+        if sampler is None:
+            data = load(cfg.data.train_split)
+            if cfg.data.erasure:  # the trainer trains on the erased split
+                from dsb.data.transforms import erase_split
+
+                data = erase_split(data, cfg.data.erasure, num_classes, cfg.data.erasure_shrinkage)
+            sampler = BatchSampler(
+                data,
+                cfg.data.batch_size,
+                seed=cfg.data.shuffle_seed,
+                reshuffle_each_epoch=cfg.data.reshuffle_each_epoch,
+            )
+        return sampler(step)
+
+    sampler = None
     return EvalContext(
-        load_split=make_loader(cfg),
+        load_split=load,
         train_split=cfg.data.train_split,
         num_classes=num_classes,
         input_shape=input_shape,
         run_dir=Path(out_dir),
         seed=cfg.seed,
+        config=cfg,
+        train_batch=train_batch,
     )
 
 

@@ -67,8 +67,18 @@ def test_reevaluate_restored_checkpoints_matches_logged_metrics(digits_run):
     for _, row in df.iterrows():
         for name in names:  # same model, same cached probe sets -> the same numbers
             assert row[name] == pytest.approx(logged[row["step"]][name], rel=1e-5), name
-    # The snapshot's predict is the restored model, batched (3 rows, batch size 2).
+    # The context replays training: the batch of update 3 is the trainer's.
+    from dsb.analysis import eval_context
+    from dsb.data.loader import BatchSampler
+
     run = load_checkpoint(digits_run, step=8)
+    ctx = eval_context(run, digits_run)
+    assert ctx.config == run.config and ctx.num_classes == 10 and ctx.input_shape == (8, 8, 1)
+    want = BatchSampler(ctx.load_split("train"), 32, seed=run.config.data.shuffle_seed)(3)
+    got = ctx.train_batch(3)
+    np.testing.assert_array_equal(got["image"], want["image"])
+    np.testing.assert_array_equal(got["label"], want["label"])
+    # The snapshot's predict is the restored model, batched (3 rows, batch size 2).
     x = np.random.default_rng(0).random((3, 8, 8, 1), np.float32)
     got = restored_snapshot(run, eval_batch_size=2).predict(x)
     np.testing.assert_allclose(got, np.asarray(run.model(x)), rtol=1e-5, atol=1e-6)
