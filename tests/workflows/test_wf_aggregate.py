@@ -31,7 +31,8 @@ tiny_config = _conftest.tiny_config
 def runs(tmp_path_factory):
     """Two finished tiny runs (seeds 0 and 1, different learning rates) in ``root/sweep``
     and four damaged copies beside them."""
-    os.environ.setdefault("TFDS_DATA_DIR", str(tmp_path_factory.getbasetemp() / "tfds"))
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TFDS_DATA_DIR", str(tmp_path_factory.getbasetemp() / "tfds"))  # as tfds_dir
     root = tmp_path_factory.mktemp("agg")
     for seed, lr in ((0, "1e-2"), (1, "3e-3")):
         cfg = tiny_config("evals=classification", f"seed={seed}", f"optim.learning_rate={lr}")
@@ -61,6 +62,7 @@ def runs(tmp_path_factory):
     sub = root / "sweep" / ".submitit" / "1234_7"
     sub.mkdir(parents=True)
     (sub / "1234_7_0_log.err").write_text("Traceback (most recent call last):\nOOM\n")
+    mp.undo()
     return root
 
 

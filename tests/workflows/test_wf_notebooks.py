@@ -1,7 +1,6 @@
 """dsb.analysis on a tiny run, and every notebook in notebooks/ executed against tiny runs."""
 
 import importlib.util
-import os
 import re
 from pathlib import Path
 
@@ -29,7 +28,9 @@ NOTEBOOKS = ROOT / "notebooks"
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     """A finished tiny MLP [8] run on digits with held-out and DSB probe evaluations."""
-    os.environ.setdefault("TFDS_DATA_DIR", str(tmp_path_factory.getbasetemp() / "tfds"))
+    mp = pytest.MonkeyPatch()
+    # As the tfds_dir fixture; kept for the module: the notebook kernels read it too.
+    mp.setenv("TFDS_DATA_DIR", str(tmp_path_factory.getbasetemp() / "tfds"))
     run = tmp_path_factory.mktemp("nb") / "digits"
     cfg = tiny_config(
         "model.kwargs.widths=[8]",
@@ -39,14 +40,14 @@ def digits_run(tmp_path_factory):
         "train.total_steps=8",
     )
     train(cfg, run)
-    return run
+    yield run
+    mp.undo()
 
 
 @pytest.fixture(scope="module")
 def lm_run(tmp_path_factory):
-    home = tmp_path_factory.mktemp("home")
-    old = os.environ.get("HOME")
-    os.environ["HOME"] = str(home)  # the corpus cache goes under a temp home
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HOME", str(tmp_path_factory.mktemp("home")))  # corpus cache; kernels too
     run = tmp_path_factory.mktemp("nb") / "lm"
     cfg = tiny_config(
         "experiment=lm_ngram_default",
@@ -62,8 +63,7 @@ def lm_run(tmp_path_factory):
     )
     train(cfg, run)
     yield run
-    if old is not None:
-        os.environ["HOME"] = old
+    mp.undo()
 
 
 def test_reevaluate_restored_checkpoints_matches_logged_metrics(digits_run):
