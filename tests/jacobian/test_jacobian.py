@@ -24,8 +24,6 @@ from dsb.jacobian import (
     subspace_overlap,
 )
 
-jax.config.update("jax_enable_x64", True)
-
 
 class TinyMLP(nnx.Module):
     def __init__(self, d_in, width, k, *, rngs):
