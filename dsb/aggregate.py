@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -69,6 +70,9 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+_SKIP_DIRS = {".hydra", ".submitit", "checkpoints"}
+
+
 def _is_run_dir(d: Path) -> bool:
     return (d / "config.yaml").is_file() or (d / "metrics.jsonl").is_file()
 
@@ -87,13 +91,15 @@ def find_run_dirs(paths: str | Path | Iterable[str | Path]) -> list[Path]:
             if _is_run_dir(m):
                 found.append(m)
                 continue
-            # A parent: every config.yaml / metrics.jsonl below it, but not inside
-            # checkpoints or Hydra's own .hydra/ folders.
-            for f in sorted(m.rglob("*")):
-                if f.name in ("config.yaml", "metrics.jsonl") and f.is_file():
-                    d = f.parent
-                    if not any(part in ("checkpoints", ".hydra") for part in d.parts):
-                        found.append(d)
+            # A parent: walk it, stopping at each run directory (its checkpoints can
+            # hold thousands of files) and skipping Hydra's and submitit's own folders.
+            for dirpath, dirnames, _ in os.walk(m):
+                d = Path(dirpath)
+                if _is_run_dir(d):
+                    found.append(d)
+                    dirnames.clear()
+                else:
+                    dirnames[:] = sorted(n for n in dirnames if n not in _SKIP_DIRS)
     unique: dict[Path, None] = {}
     for d in found:
         unique.setdefault(d.resolve(), None)
