@@ -60,9 +60,9 @@ def test_sweep_experiments_compose_and_name_real_things(name):
         assert model in known, model
     for data in params.get("data", []):
         assert data in DATASETS, data
-    # Every point of the grid validates (first and last of each axis).
+    # Every value of every axis validates.
     for key, values in params.items():
-        for v in {values[0], values[-1]}:
+        for v in values:
             dc = to_config(compose([f"experiment={name}", f"{key}={v}"]))
             assert dc.name == name
 
