@@ -28,7 +28,7 @@ from flax import nnx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import compose  # noqa: E402
+from dsb_testing import compose  # noqa: E402
 
 from dsb.config import to_config  # noqa: E402
 from dsb.data.digits import digits_arrays  # noqa: E402

@@ -1,47 +1,15 @@
-"""Shared test helpers: compose real configs from conf/ and run tiny trainings."""
+"""Fixtures shared by every test folder (helpers live in ``dsb_testing``)."""
 
-from __future__ import annotations
-
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-CONF_DIR = str(ROOT / "conf")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # makes ``dsb_testing`` importable
 
+from dsb_testing import CONF_DIR, ROOT, TINY, compose, run_python, tiny_config
 
-def compose(overrides: list[str] | None = None, config_name: str = "config", **kw):
-    """The composed DictConfig of conf/ with ``overrides`` (as the command line would)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from dsb.config import register_schemas
-
-    register_schemas()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=overrides or [], **kw)
-
-
-TINY = [
-    "train.total_steps=16",
-    "train.log_every_steps=4",
-    "train.progress_bar=false",
-    "data.batch_size=32",
-    "optim.warmup_steps=2",
-    "optim.learning_rate=1e-2",
-    "ckpt.async_save=false",
-]
-
-
-def tiny_config(*overrides: str):
-    from dsb.config import to_config
-
-    custom = any(o.startswith(("model=", "experiment=")) for o in overrides)
-    model = [] if custom else ["model.kwargs.widths=[32]"]
-    return to_config(compose([*TINY, *model, *overrides]))
+__all__ = ["CONF_DIR", "ROOT", "TINY", "compose", "run_python", "tiny_config"]
 
 
 @pytest.fixture
@@ -50,21 +18,3 @@ def tfds_dir(tmp_path_factory, monkeypatch):
     d = tmp_path_factory.getbasetemp() / "tfds"
     monkeypatch.setenv("TFDS_DATA_DIR", str(d))
     return str(d)
-
-
-def run_python(code: str, devices: int = 1, timeout: int = 600, env: dict | None = None):
-    """Run ``code`` in a fresh interpreter with ``devices`` simulated CPU devices."""
-    full_env = {
-        **os.environ,
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-        "JAX_PLATFORMS": "cpu",
-        **(env or {}),
-    }
-    return subprocess.run(
-        [sys.executable, "-c", code],
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-    )

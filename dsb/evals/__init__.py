@@ -1,6 +1,11 @@
 """Checkpoint evaluators, registered by type name (see ``base``)."""
 
-from dsb.evals import classification, dsb_probes, ngram_probes  # noqa: F401  (register types)
+from dsb.evals import (  # noqa: F401  (importing registers the evaluator types)
+    classification,
+    dsb_probes,
+    jacobian_probe,
+    ngram_probes,
+)
 from dsb.evals.base import (
     EvalContext,
     Snapshot,

@@ -1,18 +1,21 @@
 """Checkpoint hook: the training Jacobian d theta_t / d theta_0 at every checkpoint.
 
-Config entry (options are explicit until the probe is wired to the trainer's config)::
+Config entry::
 
     evals:
-      jac: {type: training_jacobian, learning_rate: 0.1, momentum: 0.9,
-            total_steps: 625, batch_size: 64}
+      jac: {type: training_jacobian, when: [0, 16, 64, 256, 625]}
 
-At a checkpoint at step t the probe replays the first t steps of the recipe as a pure
-function of theta_0 (``dsb.jacobian.TrainingRun``) from ``snapshot.init_params``:
-fixed minibatches of ``batch_size`` taken *in order* from the train split (the
-training-Jacobian reference recipe; it is not the trainer's shuffled sampler), SGD with
-``momentum`` and a cosine schedule from ``learning_rate`` to 0 over ``total_steps``.
+At a checkpoint at step t the probe replays the first t steps of training as a pure
+function of theta_0 (``dsb.jacobian.TrainingRun``) from ``snapshot.init_params``.
+``recipe="trainer"`` (the default inside a dsb run) replays the run itself: the
+trainer's batches ``ctx.train_batch(0..t-1)`` and its optimizer ``make_optimizer(
+cfg.optim, cfg.train.total_steps)``. ``recipe="reference"`` instead uses the explicit
+options (fixed minibatches of ``batch_size`` in order, SGD with ``momentum``, cosine from
+``learning_rate`` to 0 over ``total_steps``), for use outside the trainer.
 ``replay_rel_error`` compares the replayed theta_t with the checkpoint's parameters: a
-large value means the options do not describe how the run was trained.
+large value means the replay does not describe how the run was trained (e.g. data
+augmentation, dropout or BatchNorm, which the replay does not model and which the probe
+refuses up front where it can tell).
 
 Small models (P <= ``max_dense_params``): dense forward-mode J and its float64 SVD;
 yields ``sigma_1``, ``sigma_min``, ``count_abs_s_minus_1_below_<thr>`` and the mean
@@ -41,6 +44,7 @@ class TrainingJacobianProbe:
         self,
         ctx: EvalContext,
         *,
+        recipe: str | None = None,
         learning_rate: float = 0.1,
         momentum: float = 0.9,
         total_steps: int = 625,
@@ -54,9 +58,26 @@ class TrainingJacobianProbe:
         save_spectrum: bool = True,
     ):
         self.ctx = ctx
-        self.optimizer = optax.sgd(
-            optax.cosine_decay_schedule(learning_rate, total_steps), momentum=momentum or None
-        )
+        self.recipe = recipe or ("trainer" if ctx.config is not None else "reference")
+        if self.recipe == "trainer":
+            from dsb.optim import make_optimizer
+
+            cfg = ctx.config
+            if cfg is None or ctx.train_batch is None:
+                raise ValueError("training_jacobian: recipe='trainer' needs a dsb training run")
+            aug = cfg.data.augment
+            if aug.crop_padding or aug.horizontal_flip:
+                raise ValueError(
+                    "training_jacobian: the replay does not model data augmentation; "
+                    "turn data.augment off for this run"
+                )
+            self.optimizer = make_optimizer(cfg.optim, cfg.train.total_steps)
+        elif self.recipe == "reference":
+            self.optimizer = optax.sgd(
+                optax.cosine_decay_schedule(learning_rate, total_steps), momentum=momentum or None
+            )
+        else:
+            raise ValueError(f"training_jacobian: recipe={recipe!r}: use 'trainer' or 'reference'")
         self.batch_size = batch_size
         self.thresholds = tuple(float(t) for t in thresholds)
         self.num_bulk = num_bulk
@@ -66,6 +87,13 @@ class TrainingJacobianProbe:
         self.slq_probes = slq_probes
         self.save_spectrum = save_spectrum
         self._batches = None
+
+    def batches_for(self, num_steps: int):
+        """Stacked batches ``[steps, b, ...]`` the replay runs through, in order."""
+        if self.recipe == "trainer":
+            steps = [self.ctx.train_batch(s) for s in range(max(num_steps, 1))]
+            return {k: np.stack([b[k] for b in steps]) for k in ("image", "label")}
+        return self.batches
 
     @property
     def batches(self):
@@ -82,6 +110,11 @@ class TrainingJacobianProbe:
         if snapshot.init_params is None:
             raise ValueError("training_jacobian needs snapshot.init_params (the step-0 params)")
         graphdef, rest = snapshot.graphdef, snapshot.rest
+        if jax.tree.leaves(rest):
+            raise ValueError(
+                "training_jacobian: the model has non-parameter state (e.g. BatchNorm "
+                "statistics), which the replay does not model"
+            )
 
         def apply(p, x):
             return nnx.merge(graphdef, p, rest)(x)
@@ -90,7 +123,7 @@ class TrainingJacobianProbe:
             jac.cross_entropy_loss(apply),
             snapshot.init_params,
             self.optimizer,
-            self.batches,
+            self.batches_for(int(snapshot.step)),
             num_steps=int(snapshot.step),
         )
         p = theta0.size

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pytest
-from conftest import CONF_DIR, compose, tiny_config
+from dsb_testing import CONF_DIR, compose, tiny_config
 
 from dsb.config import Config, to_config
 

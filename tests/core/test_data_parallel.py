@@ -3,12 +3,12 @@
 import json
 
 import pytest
-from conftest import run_python
+from dsb_testing import run_python
 
 SCRIPT = r"""
 import json, sys, jax, numpy as np
 sys.path.insert(0, "tests")
-from conftest import tiny_config
+from dsb_testing import tiny_config
 from dsb.train import train
 assert jax.device_count() == 4, jax.devices()
 out = {}

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from dsb_testing import tiny_config
 
 from dsb.data.digits import digits_arrays
 from dsb.data.transforms import erase_split

@@ -9,7 +9,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT, TINY
+from dsb_testing import ROOT, TINY
 
 from dsb.train import load_checkpoint
 

@@ -1,7 +1,7 @@
 """Language models go through the same trainer, checkpoints and evaluators as images."""
 
 import numpy as np
-from conftest import tiny_config
+from dsb_testing import tiny_config
 
 from dsb.metrics import read_metrics
 from dsb.train import load_checkpoint, train

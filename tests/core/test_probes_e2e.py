@@ -1,6 +1,6 @@
 """An end-to-end digits run whose metrics include every DSB probe, and its figures."""
 
-from conftest import tiny_config
+from dsb_testing import tiny_config
 
 from dsb.metrics import read_metrics
 from dsb.train import train

@@ -6,7 +6,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_config
+from dsb_testing import tiny_config
 
 from dsb.metrics import NonFiniteLossError, read_metrics
 from dsb.train import load_checkpoint, train
