@@ -48,6 +48,9 @@ class AugmentConfig:
     # Random crop after zero-padding by this many pixels per side (0 = off).
     crop_padding: int = 0
     horizontal_flip: bool = False
+    # RandAugment: operations per image (0 = off) and magnitude M in [0, 30].
+    randaugment_num_ops: int = 0
+    randaugment_magnitude: float = 9.0
 
 
 @dataclass
@@ -206,6 +209,11 @@ def validate(cfg: Config) -> None:
         )
     if cfg.ckpt.every_steps is not None and cfg.ckpt.every_steps <= 0:
         raise ValueError(f"ckpt.every_steps={cfg.ckpt.every_steps}: must be positive or null")
+    if (
+        cfg.data.augment.randaugment_num_ops < 0
+        or not 0 <= cfg.data.augment.randaugment_magnitude <= 30
+    ):
+        raise ValueError("data.augment.randaugment_*: num_ops >= 0 and 0 <= magnitude <= 30")
     if cfg.data.augment.crop_padding < 0:
         raise ValueError(f"data.augment.crop_padding={cfg.data.augment.crop_padding}: must be >= 0")
     if cfg.data.erasure not in (None, "leace", "qleace"):
@@ -222,7 +230,11 @@ def validate(cfg: Config) -> None:
             raise ValueError("data.text.paths: source 'files' needs at least one path")
         if cfg.data.erasure:
             raise ValueError("data.erasure: concept erasure applies to image datasets only")
-        if cfg.data.augment.crop_padding or cfg.data.augment.horizontal_flip:
+        if (
+            cfg.data.augment.crop_padding
+            or cfg.data.augment.horizontal_flip
+            or cfg.data.augment.randaugment_num_ops
+        ):
             raise ValueError("data.augment: image augmentation does not apply to text data")
     check_model_kwargs(cfg.model.name, cfg.model.kwargs)
     for key, entry in cfg.evals.items():

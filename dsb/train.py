@@ -30,6 +30,7 @@ from dsb import parallel, schedule
 from dsb.checkpoint import Checkpointer, abstract_like
 from dsb.config import AugmentConfig, Config, to_config
 from dsb.data.loader import BatchSampler
+from dsb.data.randaugment import randaugment
 from dsb.data.registry import get_dataset_spec
 from dsb.data.sources import load_split
 from dsb.evals.base import EvalContext, Snapshot, build_evaluator, runs_at, split_entry
@@ -127,12 +128,12 @@ def init_model(
 
 # ------------------------------------------------------------------------------- the step
 def augment_batch(x_BxHxWxC, key, example_ids_B, aug: AugmentConfig):
-    """Random crop after zero padding and horizontal flip, one key per example.
+    """Random crop after zero padding, horizontal flip and RandAugment, one key per example.
 
     Keys are folded from the example's position in the *global* batch, so the augmented
     batch is the same whatever the number of devices.
     """
-    if aug.crop_padding == 0 and not aug.horizontal_flip:
+    if aug.crop_padding == 0 and not aug.horizontal_flip and aug.randaugment_num_ops == 0:
         return x_BxHxWxC
     _, h, w, _ = x_BxHxWxC.shape
     p = aug.crop_padding
@@ -145,6 +146,13 @@ def augment_batch(x_BxHxWxC, key, example_ids_B, aug: AugmentConfig):
             x_HxWxC = jax.lax.dynamic_slice(padded, (dy, dx, 0), x_HxWxC.shape)
         if aug.horizontal_flip:
             x_HxWxC = jnp.where(jax.random.bernoulli(k_flip), x_HxWxC[:, ::-1], x_HxWxC)
+        if aug.randaugment_num_ops:
+            x_HxWxC = randaugment(
+                x_HxWxC,
+                jax.random.fold_in(k_flip, 7),
+                aug.randaugment_num_ops,
+                aug.randaugment_magnitude,
+            )
         return x_HxWxC
 
     assert (h, w) == x_BxHxWxC.shape[1:3]

@@ -66,7 +66,7 @@ class TrainingJacobianProbe:
             if cfg is None or ctx.train_batch is None:
                 raise ValueError("training_jacobian: recipe='trainer' needs a dsb training run")
             aug = cfg.data.augment
-            if aug.crop_padding or aug.horizontal_flip:
+            if aug.crop_padding or aug.horizontal_flip or aug.randaugment_num_ops:
                 raise ValueError(
                     "training_jacobian: the replay does not model data augmentation; "
                     "turn data.augment off for this run"
