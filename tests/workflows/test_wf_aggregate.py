@@ -1,30 +1,20 @@
 """The results aggregator on real tiny runs, plus running, killed and broken run dirs."""
 
-import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from dsb_testing import ROOT, tiny_config
 
 from dsb.aggregate import collect, find_run_dirs, flatten, run_status, save
 from dsb.metrics import read_metrics
 from dsb.train import train
-
-# tests/conftest.py by path: another folder's conftest.py may own the name "conftest".
-_spec = importlib.util.spec_from_file_location(
-    "dsb_tests_root_conftest", Path(__file__).resolve().parents[1] / "conftest.py"
-)
-_conftest = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_conftest)
-ROOT = _conftest.ROOT
-tiny_config = _conftest.tiny_config
 
 
 @pytest.fixture(scope="module")

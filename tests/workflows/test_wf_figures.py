@@ -2,18 +2,10 @@
 
 import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-# tests/conftest.py by path: another folder's conftest.py may own the name "conftest".
-_spec = importlib.util.spec_from_file_location(
-    "dsb_tests_root_conftest", Path(__file__).resolve().parents[1] / "conftest.py"
-)
-_conftest = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_conftest)
-ROOT = _conftest.ROOT
+from dsb_testing import ROOT
 
 STEPS = [0, 1, 2, 4, 8, 16]
 

@@ -1,26 +1,17 @@
 """dsb.analysis on a tiny run, and every notebook in notebooks/ executed against tiny runs."""
 
-import importlib.util
 import re
 from pathlib import Path
 
 import nbformat
 import numpy as np
 import pytest
+from dsb_testing import ROOT, tiny_config
 from nbclient import NotebookClient
 
 from dsb.analysis import reevaluate, restored_snapshot
 from dsb.metrics import read_metrics
 from dsb.train import load_checkpoint, train
-
-# tests/conftest.py by path: another folder's conftest.py may own the name "conftest".
-_spec = importlib.util.spec_from_file_location(
-    "dsb_tests_root_conftest", Path(__file__).resolve().parents[1] / "conftest.py"
-)
-_conftest = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_conftest)
-ROOT = _conftest.ROOT
-tiny_config = _conftest.tiny_config
 
 NOTEBOOKS = ROOT / "notebooks"
 

@@ -1,32 +1,22 @@
 """Sweep definitions compose and name real models and datasets; a tiny local multirun runs
 end to end, aggregates, and a rerun of the same sweep directory resumes every job."""
 
-import importlib.util
 import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import numpy as np
 import pandas as pd
 import pytest
+from dsb_testing import ROOT, compose
 
 from dsb.aggregate import collect
 from dsb.config import to_config
 from dsb.data.registry import DATASETS
 from dsb.models import available_models
 from dsb.train import load_checkpoint
-
-# tests/conftest.py by path: another folder's conftest.py may own the name "conftest".
-_spec = importlib.util.spec_from_file_location(
-    "dsb_tests_root_conftest", Path(__file__).resolve().parents[1] / "conftest.py"
-)
-_conftest = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_conftest)
-ROOT = _conftest.ROOT
-compose = _conftest.compose
 
 SWEEPS = {  # experiment -> number of jobs in its grid
     "sweep_dsb_probes": 4 * 9 * 3,
