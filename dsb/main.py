@@ -32,16 +32,16 @@ def _report(result) -> str:
         f"config        : {d / 'config.yaml'}",
     ]
     lines += [f"figure        : {f}" for f in result.figures]
-    finals = {
-        k: v
-        for k, v in result.last_metrics.items()
-        if k.endswith(("accuracy", "loss")) and "/" in k
-    }
-    if finals:
-        lines.append(
-            f"final (step {result.final_step}): "
-            + ", ".join(f"{k}={v:.4f}" for k, v in sorted(finals.items()))
-        )
+    # One line per evaluator group (``val``, ``dsb/maxent/ics``, ...): its final accuracy
+    # and loss; every value is in metrics.jsonl and summary.json.
+    groups: dict[str, list[str]] = {}
+    for k, v in sorted(result.last_metrics.items()):
+        group, _, name = k.rpartition("/")
+        if group and not group.startswith("time") and ("accuracy" in name or "loss" in name):
+            groups.setdefault(group, []).append(f"{name}={v:.4f}")
+    if groups:
+        lines.append(f"final metrics (step {result.final_step}):")
+        lines += [f"  {g:<24}{', '.join(vals)}" for g, vals in groups.items()]
     if result.resumed_from is not None:
         lines.append(f"(resumed from checkpoint {result.resumed_from})")
     return "\n".join(lines)
