@@ -29,7 +29,7 @@ import glob
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ __all__ = [
     "collect",
     "find_run_dirs",
     "flatten",
+    "make_reference",
     "over_seeds",
     "run_status",
     "save",
@@ -241,6 +242,34 @@ def save(df: pd.DataFrame, path: str | Path) -> Path:
     else:
         raise ValueError(f"{path}: use a .parquet or .csv file name")
     return path
+
+
+def make_reference(
+    experiment: str,
+    sweep_dir: str | Path,
+    plot: Callable[[list[str]], None],
+    out: str | Path,
+    overrides: Sequence[str] = (),
+    reuse: bool = False,
+) -> Path:
+    """Run the local sweep ``experiment=<experiment>`` into ``sweep_dir`` (emptied first
+    unless ``reuse``: then existing jobs resume), aggregate it into
+    ``<sweep_dir>/table.parquet`` and call ``plot([table, "--out", out])``: the one command
+    behind each ``experiments/<figure>/make_reference.py``."""
+    import shutil
+    import subprocess
+    import sys
+
+    sweep_dir = Path(sweep_dir)
+    if sweep_dir.exists() and not reuse:
+        shutil.rmtree(sweep_dir)
+    cmd = [sys.executable, "-m", "dsb.main", "-m", f"experiment={experiment}",
+           f"hydra.sweep.dir={sweep_dir}", *overrides]  # fmt: skip
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, cwd=Path(__file__).resolve().parent.parent, check=True)
+    table = save(collect(sweep_dir), sweep_dir / "table.parquet")
+    plot([str(table), "--out", str(out)])
+    return table
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,8 +14,6 @@ writes the aggregated table there, and draws the figure into
 from __future__ import annotations
 
 import argparse
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,9 +23,7 @@ sys.path.insert(0, str(HERE))
 
 import plot_sweep  # noqa: E402
 
-from dsb.aggregate import collect, save  # noqa: E402
-
-EXPERIMENT = "sweep_lm_ngram_local"
+from dsb.aggregate import make_reference  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -39,17 +35,14 @@ def main(argv=None) -> None:
     ap.add_argument("--reuse", action="store_true", help="keep (resume) existing runs")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job")
     args = ap.parse_args(argv)
-    if args.sweep_dir.exists() and not args.reuse:
-        shutil.rmtree(args.sweep_dir)
-    cmd = [
-        sys.executable, "-m", "dsb.main", "-m", f"experiment={EXPERIMENT}",
-        f"hydra.sweep.dir={args.sweep_dir}", *args.overrides,
-    ]  # fmt: skip
-    print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, cwd=ROOT, check=True)
-    df = collect(args.sweep_dir)
-    save(df, args.sweep_dir / "table.parquet")
-    plot_sweep.main([str(args.sweep_dir / "table.parquet"), "--out", str(args.out)])
+    make_reference(
+        "sweep_lm_ngram_local",
+        args.sweep_dir,
+        plot_sweep.main,
+        args.out,
+        args.overrides,
+        args.reuse,
+    )
 
 
 if __name__ == "__main__":
