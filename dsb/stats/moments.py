@@ -19,6 +19,7 @@ import json
 from collections.abc import Iterable
 
 import numpy as np
+from scipy.linalg.blas import dgemm as _dgemm
 
 __all__ = [
     "ClassStats",
@@ -75,7 +76,9 @@ class ClassStats:
             return s
         a, b = self.shrinkage
         d = s.shape[0]
-        return a * s + (b * np.trace(s) / d) * np.eye(d)
+        out = a * s  # one d x d array; no identity or sum temporaries
+        out.flat[:: d + 1] += b * np.trace(s) / d
+        return out
 
     def with_shrinkage(self, shrinkage: tuple[float, float] | None) -> ClassStats:
         """The same statistics with another shrinkage recorded (arrays are shared)."""
@@ -150,12 +153,21 @@ class StatsAccumulator:
             xc = x_NxD[y_N == c]
             nb = len(xc)
             mb = xc.mean(0)
-            cen = xc - mb
-            m2b = cen.T @ cen
             na = self.n_K[c]
             n = na + nb
             delta = mb - self.mean_KxD[c]
-            self.m2_KxDxD[c] += m2b + np.outer(delta, delta) * (na * nb / n)
+            # m2 += cen'cen + (na nb / n) delta delta', as one in-place GEMM (beta = 1)
+            # on [cen; sqrt(na nb / n) delta]: no d x d temporaries (each is 75 MB at
+            # d = 3072). The transposed view is Fortran-ordered, so BLAS writes into
+            # m2 itself; the update is symmetric, so transposing changes nothing.
+            aug = np.empty((nb + 1, self.d))
+            np.subtract(xc, mb, out=aug[:nb])
+            np.multiply(delta, np.sqrt(na * nb / n), out=aug[nb])
+            m2t = self.m2_KxDxD[c].T
+            res = _dgemm(1.0, aug, aug, beta=1.0, c=m2t, trans_a=True, overwrite_c=True)
+            if not np.shares_memory(res, m2t):
+                m2t[...] = res
+            del aug, res
             self.mean_KxD[c] += delta * (nb / n)
             self.n_K[c] = n
             if self.num_bins:
