@@ -43,6 +43,7 @@ __all__ = [
     "collect",
     "find_run_dirs",
     "flatten",
+    "load_table",
     "make_reference",
     "over_seeds",
     "run_status",
@@ -242,6 +243,35 @@ def save(df: pd.DataFrame, path: str | Path) -> Path:
     else:
         raise ValueError(f"{path}: use a .parquet or .csv file name")
     return path
+
+
+def load_table(
+    inputs: list[str], finished_only: bool = False, all_steps: bool = False
+) -> pd.DataFrame:
+    """The aggregated table of ``inputs``; unless ``all_steps``, only the log-spaced
+    evaluation steps (``dsb.schedule.log_spaced_steps`` of each run's total), so runs that
+    also checkpoint every N steps (``ckpt=log_spaced_and_interval``) plot the same."""
+    from dsb.schedule import log_spaced_steps
+
+    if len(inputs) == 1 and inputs[0].endswith((".parquet", ".csv")):
+        df = (
+            pd.read_parquet(inputs[0]) if inputs[0].endswith(".parquet") else pd.read_csv(inputs[0])
+        )
+    else:
+        df = collect(inputs)
+    if finished_only:
+        df = df[df["status"] == "finished"]
+    if not all_steps and "train.total_steps" in df:
+        keep = df.apply(
+            lambda r: (
+                pd.isna(r["train.total_steps"])
+                or pd.isna(r["step"])
+                or int(r["step"]) in log_spaced_steps(int(r["train.total_steps"]))
+            ),
+            axis=1,
+        )
+        df = df[keep.astype(bool)]
+    return df
 
 
 def make_reference(

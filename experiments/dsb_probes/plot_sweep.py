@@ -24,10 +24,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from dsb.aggregate import collect, over_seeds, variant_columns
+from dsb.aggregate import load_table as aggregate_load_table
+from dsb.aggregate import over_seeds, variant_columns
 from dsb.data.registry import get_dataset_spec
 from dsb.plots import setup_step_axis
-from dsb.schedule import log_spaced_steps
 
 MAXENT_ORDER = ["ics", "box1", "gaussian", "box2", "box3"]
 OT_ORDER = ["cqn", "mean_shift", "gaussian"]
@@ -37,27 +37,8 @@ TITLES = {"maxent": "max-ent sets across time", "ot": "OT-edited sets across tim
 def load_table(
     inputs: list[str], finished_only: bool = False, all_steps: bool = False
 ) -> pd.DataFrame:
-    """The aggregated table of ``inputs``; unless ``all_steps``, only the log-spaced
-    evaluation steps (``dsb.schedule.log_spaced_steps`` of each run's total), so runs that
-    also checkpoint every N steps (``ckpt=log_spaced_and_interval``) plot the same."""
-    if len(inputs) == 1 and inputs[0].endswith((".parquet", ".csv")):
-        df = (
-            pd.read_parquet(inputs[0]) if inputs[0].endswith(".parquet") else pd.read_csv(inputs[0])
-        )
-    else:
-        df = collect(inputs)
-    if finished_only:
-        df = df[df["status"] == "finished"]
-    if not all_steps and "train.total_steps" in df:
-        keep = df.apply(
-            lambda r: (
-                pd.isna(r["train.total_steps"])
-                or pd.isna(r["step"])
-                or int(r["step"]) in log_spaced_steps(int(r["train.total_steps"]))
-            ),
-            axis=1,
-        )
-        df = df[keep.astype(bool)]
+    """``dsb.aggregate.load_table``, refusing inputs without any configured run."""
+    df = aggregate_load_table(inputs, finished_only, all_steps)
     if df.empty or "data.name" not in df:
         raise SystemExit(f"no runs with a config found in {inputs}")
     return df
