@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dsb.data.loader import BatchSampler
 from dsb.lm.tokenizers import load_tokenizer, train_tokenizer
 
 __all__ = [
@@ -219,16 +220,14 @@ def batch_indices(
     process_count: int = 1,
 ) -> np.ndarray:
     """Window indices of this process's slice of global batch ``step`` (see module doc)."""
-    if global_batch_size % process_count:
-        raise ValueError(f"global batch {global_batch_size} not divisible by {process_count}")
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-    per = global_batch_size // process_count
-    flat = step * global_batch_size + process_index * per + np.arange(per, dtype=np.int64)
-    epochs, offsets = np.divmod(flat, num_windows)
-    out = np.empty(per, dtype=np.int64)
-    for epoch in np.unique(epochs):
-        perm = np.random.default_rng([seed, int(epoch)]).permutation(num_windows)
-        sel = epochs == epoch
-        out[sel] = perm[offsets[sel]]
-    return out
+    # The trainer's sampler, so text windows and image batches follow one order.
+    sampler = BatchSampler(
+        {"window": np.arange(num_windows, dtype=np.int64)},
+        global_batch_size,
+        seed,
+        process_index=process_index,
+        process_count=process_count,
+    )
+    return sampler(step)["window"]
