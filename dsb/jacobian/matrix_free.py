@@ -8,9 +8,11 @@ training run. On top of it:
 * ``golub_kahan_svd``: Golub-Kahan bidiagonalisation with full reorthogonalisation
   (``matfree.decomp.bidiag``), top-k. Preferred over Lanczos on ``J^T J`` (squares the
   condition number).
-* ``slq_spectrum``: stochastic Lanczos quadrature on ``A^T A`` (``matfree.decomp.tridiag_sym``)
-  for ``A = J`` or ``A = D = J - I``: a quadrature measure over squared singular values,
-  from which densities and counts below thresholds follow. The bulk (singular values of J
+* ``slq_spectrum``: stochastic Lanczos quadrature of the singular values of ``A = J`` or
+  ``A = D = J - I``, by default from Golub-Kahan bidiagonalisation of ``A`` (no squaring;
+  ``matfree.decomp.bidiag``), or from Lanczos on ``A^T A`` (``matfree.decomp.tridiag_sym``):
+  a quadrature measure from which densities, counts below thresholds and rigorous
+  Chebyshev-Markov-Stieltjes brackets on those counts follow. The bulk (singular values of J
   near 1 with ``u ~ v``) is the near-null space of ``D``; counting singular values of ``D``
   below a threshold estimates its size without resolving interior eigenvalues of ``J``.
 """
@@ -141,48 +143,63 @@ def golub_kahan_svd(
 
 @dataclasses.dataclass
 class SLQResult:
-    """Quadrature measure of the squared singular values of ``A`` (``A = J - shift I``).
+    """Gauss quadrature of the spectral measure of ``A^T A`` (``A = J - shift I``), per probe.
 
-    ``nodes [probes, m]`` are Ritz values of ``A^T A``, ``weights [probes, m]`` sum to 1
-    per probe; the spectral measure is ``P * mean_probes sum_j w_j delta(nodes_j)``.
+    ``sigma [probes, m]`` (ascending) are the Ritz singular values of ``A`` and
+    ``weights [probes, m]`` sum to 1 per probe; the spectral measure of the squared singular
+    values is estimated by ``P * mean_probes sum_j w_j delta(sigma_j^2)``. ``method`` says how
+    the quadrature was formed (``"bidiag"``: Golub-Kahan on ``A``; ``"lanczos"``: Lanczos on
+    ``A^T A``).
     """
 
-    nodes: np.ndarray
+    sigma: np.ndarray
     weights: np.ndarray
     num_params: int
     shift: float
+    method: str = "bidiag"
 
     @property
     def singular_values(self) -> np.ndarray:
-        return np.sqrt(np.clip(self.nodes, 0.0, None))
+        return self.sigma
+
+    @property
+    def nodes(self) -> np.ndarray:
+        """Ritz values of ``A^T A`` (``sigma ** 2``)."""
+        return self.sigma**2
 
     def count_bounds(self, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-        """Per-probe lower/upper bounds ``[probes]`` on the count of singular values of
-        ``A`` below ``threshold``.
+        """Per-probe bounds ``[probes]`` on the count of singular values of ``A`` below
+        ``threshold``, for the spectral measure each probe sees.
 
-        Chebyshev-Markov-Stieltjes: the distribution function of each probe's spectral
-        measure lies between the Gauss-quadrature staircase with and without the first
-        node at or above the threshold. The bounds are tight where a Ritz value sits close
-        to the threshold from either side; a wide bracket means more Lanczos steps.
+        Chebyshev-Markov-Stieltjes: with Gauss nodes ``s_1 < ... < s_m`` and ``s_k`` the
+        largest node below the threshold, the measure's distribution function at the
+        threshold lies in ``[sum_{j<k} w_j, sum_{j<=k+1} w_j]``: the weights of the two nodes
+        that straddle the threshold are the uncertainty. Exact up to the rounding of the
+        products and of the Krylov recurrence; a wide bracket means more steps.
         """
-        below = self.singular_values < threshold
-        lo = (self.weights * below).sum(1)
-        first_above = np.argmax(~below, axis=1)  # nodes ascend; all-below gives index 0
-        has_above = (~below).any(1)
-        nxt = np.where(has_above, self.weights[np.arange(len(lo)), first_above], 0.0)
-        return self.num_params * lo, self.num_params * (lo + nxt)
+        below = self.sigma < threshold
+        rows = np.arange(below.shape[0])
+        k = below.sum(1)  # nodes ascend: nodes 0..k-1 are below
+        staircase = (self.weights * below).sum(1)
+        w_last_below = np.where(k > 0, self.weights[rows, np.maximum(k - 1, 0)], 0.0)
+        has_above = k < below.shape[1]
+        m1 = below.shape[1] - 1
+        w_first_above = np.where(has_above, self.weights[rows, np.minimum(k, m1)], 0.0)
+        lo = np.clip(staircase - w_last_below, 0.0, 1.0)
+        hi = np.clip(staircase + w_first_above, 0.0, 1.0)
+        return self.num_params * lo, self.num_params * hi
 
     def count_below(self, threshold: float) -> tuple[float, float]:
-        """Estimated count of singular values of ``A`` below ``threshold`` (midpoint of the
-        CMS bracket, averaged over probes) and its standard error over probes."""
-        lo, hi = self.count_bounds(threshold)
-        mid = 0.5 * (lo + hi)
-        sem = mid.std(ddof=1) / np.sqrt(len(mid)) if len(mid) > 1 else np.nan
-        return float(mid.mean()), float(sem)
+        """The SLQ estimate of the count of singular values of ``A`` below ``threshold``
+        (the Gauss staircase ``P sum_{s_j < threshold} w_j``, averaged over probes) and its
+        standard error over probes. It always lies inside ``count_bounds``."""
+        est = self.num_params * (self.weights * (self.sigma < threshold)).sum(1)
+        sem = est.std(ddof=1) / np.sqrt(len(est)) if len(est) > 1 else np.nan
+        return float(est.mean()), float(sem)
 
     def density(self, grid: np.ndarray, *, width: float = 0.05, log: bool = True) -> np.ndarray:
         """Gaussian-smoothed density of singular values on ``grid`` (log10 scale if ``log``)."""
-        s = self.singular_values
+        s = self.sigma
         x = np.log10(np.maximum(s, 1e-12)) if log else s
         kern = np.exp(-0.5 * ((grid[:, None, None] - x[None]) / width) ** 2)
         kern /= width * np.sqrt(2 * np.pi)
@@ -195,37 +212,69 @@ def slq_spectrum(
     num_matvecs: int = 64,
     num_probes: int = 8,
     key: jax.Array | None = None,
+    method: str = "bidiag",
 ) -> SLQResult:
-    """Stochastic Lanczos quadrature of ``A^T A`` with Rademacher probes.
+    """Stochastic Lanczos quadrature of the singular values of ``A = J - shift I``.
 
-    Each probe costs ``num_matvecs`` products ``A^T A v`` (a JVP and a VJP through
-    training); the probes run together, vmapped. Full reorthogonalisation (matfree)
-    keeps the Ritz values honest, which matters for the large cluster at 0 that the bulk
-    makes in ``D^T D``. Counts below small thresholds are only as sharp as the Ritz
-    values near 0 are converged: read them with ``SLQResult.count_bounds``.
+    Rademacher probes, run together (vmapped: every product is a batched J pass); each
+    costs ``num_matvecs`` products ``A v`` and ``num_matvecs`` products ``A^T u``. Full
+    reorthogonalisation (matfree) keeps the Ritz values honest, which matters for the
+    large cluster at 0 that the bulk makes in ``D = J - I``.
+
+    ``method="bidiag"`` (default) runs Golub-Kahan bidiagonalisation of ``A`` and takes the
+    quadrature from the SVD of the small bidiagonal ``B``: ``B^T B`` is the Lanczos matrix
+    of ``A^T A`` for the same probe, but ``A`` is never squared, so a product error of
+    ``eps * sigma_1`` leaves singular values down to about ``eps * sigma_1`` resolved.
+    ``method="lanczos"`` runs Lanczos on ``A^T A``; its products carry ``eps * sigma_1^2``,
+    so nothing below ``sqrt(eps) * sigma_1`` is resolved. Read counts near small thresholds
+    with ``SLQResult.count_bounds``, and run in float64 when ``sigma_1`` is large.
     """
     from matfree import decomp
 
+    if method not in ("bidiag", "lanczos"):
+        raise ValueError(f"slq_spectrum: method must be 'bidiag' or 'lanczos', got {method!r}")
+    if num_probes < 1:
+        raise ValueError(f"slq_spectrum: num_probes must be >= 1, got {num_probes}")
     m = min(num_matvecs, op.num_params)
     key = jax.random.key(0) if key is None else key
-    tridiag = decomp.tridiag_sym(m, materialize=True, reortho="full", custom_vjp=False)
-
     work = _work_dtype()
 
-    @jax.jit
-    def all_probes(f_jvp, v0_NxP):
-        # vmap over probes: every product is a batched (more cache-friendly) J pass.
-        f_vjp = jax.linear_transpose(f_jvp, jnp.zeros(op.num_params, op.dtype))
+    if method == "bidiag":
+        bidiag = decomp.bidiag(m, materialize=True, reortho="full")
 
-        def gram(v):
-            v = v.astype(op.dtype)
-            w = f_jvp(v) - op.shift * v
-            return (f_vjp(w)[0] - op.shift * w).astype(work)
+        @jax.jit
+        def all_probes(f_jvp, v0_NxP):
+            def av(v):
+                v = v.astype(op.dtype)
+                return (f_jvp(v) - op.shift * v).astype(work)
 
-        return jax.vmap(lambda v0: tridiag(gram, v0)[1])(v0_NxP)
+            return jax.vmap(lambda v0: bidiag(av, v0).J_small)(v0_NxP)
+
+    else:
+        tridiag = decomp.tridiag_sym(m, materialize=True, reortho="full", custom_vjp=False)
+
+        @jax.jit
+        def all_probes(f_jvp, v0_NxP):
+            f_vjp = jax.linear_transpose(f_jvp, jnp.zeros(op.num_params, op.dtype))
+
+            def gram(v):
+                v = v.astype(op.dtype)
+                w = f_jvp(v) - op.shift * v
+                return (f_vjp(w)[0] - op.shift * w).astype(work)
+
+            return jax.vmap(lambda v0: tridiag(gram, v0).J_small)(v0_NxP)
 
     v0 = jax.random.rademacher(key, (num_probes, op.num_params), work)
-    t_nmm = np.asarray(all_probes(op._f_jvp, v0), np.float64)
-    evals, evecs = np.linalg.eigh(t_nmm)  # batched over probes
-    nodes, weights = evals, evecs[:, 0, :] ** 2
-    return SLQResult(nodes, weights, op.num_params, float(op.shift))
+    small = np.asarray(all_probes(op._f_jvp, v0), np.float64)
+    if not np.isfinite(small).all():
+        raise FloatingPointError("slq_spectrum: the Krylov recurrence produced non-finite values")
+    if method == "bidiag":
+        # A V = U B: B^T B is the Lanczos matrix of A^T A started at the probe (V e_1), so
+        # the quadrature nodes are sigma(B)^2 and the weights the squared first components
+        # of B's right singular vectors.
+        _, s, vt = np.linalg.svd(small)  # batched over probes, descending
+        sigma, weights = s[:, ::-1], (vt[:, :, 0] ** 2)[:, ::-1]
+    else:
+        evals, evecs = np.linalg.eigh(small)  # ascending
+        sigma, weights = np.sqrt(np.clip(evals, 0.0, None)), evecs[:, 0, :] ** 2
+    return SLQResult(sigma, weights, op.num_params, float(op.shift), method)

@@ -55,7 +55,7 @@ def tiny_problem(*, zero_pixels=(), n=24, d=6, width=5, k=3, epochs=2, batch=8, 
 
 
 def test_pure_run_matches_python_loop():
-    # The trainer (dsb/train.py) has not landed; compare with the plain optax loop it runs.
+    # The plain optax loop; test_trainer_equivalence.py compares with dsb.train itself.
     run, theta0, _ = tiny_problem()
     opt, loss = run.optimizer, run.loss_fn
     p = run.unravel(theta0)
