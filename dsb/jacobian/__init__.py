@@ -38,6 +38,7 @@ from dsb.jacobian.matrix_free import (
 )
 from dsb.jacobian.training import (
     TrainingRun,
+    check_full_precision,
     cross_entropy_loss,
     fixed_minibatches,
     make_training_run,
@@ -53,6 +54,7 @@ __all__ = [
     "alignment",
     "auto_chunk_size",
     "bulk_counts",
+    "check_full_precision",
     "closest_to_one",
     "cross_entropy_loss",
     "fixed_minibatches",

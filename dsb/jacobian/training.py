@@ -24,6 +24,7 @@ from jax.flatten_util import ravel_pytree
 
 __all__ = [
     "TrainingRun",
+    "check_full_precision",
     "cross_entropy_loss",
     "fixed_minibatches",
     "make_training_run",
@@ -147,6 +148,41 @@ class TrainingRun:
         return dataclasses.replace(self, num_steps=num_steps)
 
 
+def _narrowing_float_casts(jaxpr) -> list[str]:
+    """``"old->new"`` for every float cast to a narrower float in ``jaxpr`` and its
+    sub-jaxprs (scan/cond/pjit/custom-derivative bodies)."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "convert_element_type":
+            old, new = eqn.invars[0].aval.dtype, jnp.dtype(eqn.params["new_dtype"])
+            floats = jnp.issubdtype(old, jnp.floating) and jnp.issubdtype(new, jnp.floating)
+            if floats and jnp.finfo(new).bits < jnp.finfo(old).bits:
+                found.append(f"{old}->{new}")
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    found += _narrowing_float_casts(inner)
+    return found
+
+
+def check_full_precision(loss_fn, params, batch) -> None:
+    """Raise if the gradient of ``loss_fn`` casts the parameters' float dtype down anywhere.
+
+    A float64 training Jacobian is only float64 if every step is: an NNX layer built with
+    ``dtype=jnp.float32`` (the dsb model default) silently computes in float32, and the
+    result then carries float32 rounding amplified by the run.
+    """
+    closed = jax.make_jaxpr(jax.grad(loss_fn))(params, batch)
+    casts = _narrowing_float_casts(closed.jaxpr)
+    if casts:
+        kinds = ", ".join(sorted(set(casts)))
+        raise ValueError(
+            f"the loss gradient narrows float precision at {len(casts)} places ({kinds}); "
+            "a float64 run needs a float64 model: build it with dtype=jnp.float64"
+        )
+
+
 def make_training_run(
     loss_fn: Callable[[Any, Batch], jax.Array],
     params: Any,
@@ -162,7 +198,8 @@ def make_training_run(
 
     Give ``num_epochs`` (each a pass over all ``batches`` in order) or ``num_steps``.
     ``dtype`` is the dtype of the whole run (parameters, optimizer state, inputs); float64
-    needs ``jax.config.update("jax_enable_x64", True)`` first.
+    needs ``jax.config.update("jax_enable_x64", True)`` first and a model that computes in
+    float64 throughout (``check_full_precision`` refuses one that casts down).
     """
     dtype = jnp.dtype(dtype)
     if dtype == jnp.float64 and not jax.config.jax_enable_x64:
@@ -174,4 +211,10 @@ def make_training_run(
         raise ValueError("give exactly one of num_epochs and num_steps")
     steps = num_epochs * nb if num_steps is None else num_steps
     run = TrainingRun(loss_fn, optimizer, batches, steps, unravel, theta0.size, remat)
+    if dtype == jnp.float64:
+        first = jax.tree_util.tree_map(lambda b: b[0], batches)
+        first = jax.tree_util.tree_map(
+            lambda b: b.astype(dtype) if jnp.issubdtype(b.dtype, jnp.floating) else b, first
+        )
+        check_full_precision(loss_fn, params, first)
     return run, theta0

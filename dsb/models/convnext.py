@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dsb.models.layers import DropPath, check_input_shape, drop_path_rates
+from dsb.models.layers import DropPath, check_input_shape, drop_path_rates, upcast
 from dsb.models.registry import register
 
 __all__ = ["CONVNEXT_V2_VARIANTS", "GRN", "ConvNeXtBlock", "ConvNeXtV2"]
@@ -65,7 +65,7 @@ class GRN(nnx.Module):
 
     def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
         # Norms in float32: squares of bfloat16 activations lose too much precision.
-        x32 = x_BxHxWxC.astype(jnp.float32)
+        x32 = upcast(x_BxHxWxC)
         g_Bx1x1xC = jnp.sqrt(jnp.sum(x32**2, axis=(1, 2), keepdims=True))
         n_Bx1x1xC = g_Bx1x1xC / (jnp.mean(g_Bx1x1xC, axis=-1, keepdims=True) + self.eps)
         out = self.gamma[...] * (x32 * n_Bx1x1xC) + self.beta[...] + x32
@@ -179,7 +179,7 @@ class ConvNeXtV2(nnx.Module):
             for block in stage:
                 x = block(x, rngs=rngs)
         x_BxC = self.head_norm(x.mean(axis=(1, 2)))
-        return self.head(x_BxC).astype(jnp.float32)
+        return upcast(self.head(x_BxC))
 
 
 def _make_variant(variant: str):

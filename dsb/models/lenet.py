@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dsb.models.layers import check_input_shape, get_activation
+from dsb.models.layers import check_input_shape, conv2d_im2col, get_activation, max_pool_2x2, upcast
 from dsb.models.registry import register
 
 __all__ = ["LeNet5"]
@@ -41,6 +41,10 @@ class LeNet5(nnx.Module):
       hidden: widths of the two fully connected hidden layers.
       activation: name from ``dsb.models.layers.ACTIVATIONS``.
       padding: ``"auto"`` (see module docstring), ``"SAME"`` or ``"VALID"`` for both convs.
+      conv_impl: ``"xla"`` (``nnx.Conv`` and ``nnx.max_pool``) or ``"im2col"`` (the same
+        parameters and function through ``conv2d_im2col`` and ``max_pool_2x2``: matmuls,
+        slices and reshapes). Use ``"im2col"`` for training-Jacobian products on CPU, whose
+        nested conv derivatives XLA:CPU runs slowly.
     """
 
     def __init__(
@@ -55,6 +59,7 @@ class LeNet5(nnx.Module):
         hidden: Sequence[int] = (120, 84),
         activation: str = "relu",
         padding: str = "auto",
+        conv_impl: str = "xla",
     ):
         h, w, c = check_input_shape(input_shape, "lenet5")
         if len(channels) != 2 or len(hidden) != 2:
@@ -63,6 +68,9 @@ class LeNet5(nnx.Module):
             )
         if padding not in ("auto", "SAME", "VALID"):
             raise ValueError(f"lenet5: padding must be 'auto', 'SAME' or 'VALID', got {padding!r}")
+        if conv_impl not in ("xla", "im2col"):
+            raise ValueError(f"lenet5: conv_impl must be 'xla' or 'im2col', got {conv_impl!r}")
+        self.conv_impl = conv_impl
         self.act = get_activation(activation)
         self.dtype = dtype
 
@@ -93,9 +101,15 @@ class LeNet5(nnx.Module):
 
     def __call__(self, x_BxHxWxC: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
         x = x_BxHxWxC.astype(self.dtype)
-        x = _pool(self.act(self.conv1(x)))
-        x = _pool(self.act(self.conv2(x)))
+        for conv in (self.conv1, self.conv2):
+            if self.conv_impl == "im2col":
+                kernel, bias = conv.kernel[...].astype(self.dtype), conv.bias[...]
+                x = max_pool_2x2(
+                    self.act(conv2d_im2col(x, kernel, bias.astype(self.dtype), conv.padding))
+                )
+            else:
+                x = _pool(self.act(conv(x)))
         x_BxF = x.reshape(x.shape[0], -1)
         x_BxF = self.act(self.fc1(x_BxF))
         x_BxF = self.act(self.fc2(x_BxF))
-        return self.head(x_BxF).astype(jnp.float32)
+        return upcast(self.head(x_BxF))

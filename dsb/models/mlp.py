@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dsb.models.layers import check_input_shape, get_activation
+from dsb.models.layers import check_input_shape, get_activation, upcast
 from dsb.models.registry import register
 
 __all__ = ["MLP"]
@@ -66,4 +66,4 @@ class MLP(nnx.Module):
         x_BxD = x_BxHxWxC.reshape(x_BxHxWxC.shape[0], -1).astype(self.dtype)
         for layer in self.layers[:-1]:
             x_BxD = self.act(layer(x_BxD))
-        return self.layers[-1](x_BxD).astype(jnp.float32)
+        return upcast(self.layers[-1](x_BxD))

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dsb.models.layers import check_input_shape
+from dsb.models.layers import check_input_shape, upcast
 from dsb.models.registry import register
 
 __all__ = ["REGNET_Y_VARIANTS", "RegNetY", "regnet_widths"]
@@ -199,7 +199,7 @@ class RegNetY(nnx.Module):
         x = jax.nn.relu(self.stem_bn(self.stem(x_BxHxWxC.astype(self.dtype))))
         for block in self.blocks:
             x = block(x)
-        return self.head(x.mean(axis=(1, 2))).astype(jnp.float32)
+        return upcast(self.head(x.mean(axis=(1, 2))))
 
 
 def _make_variant(variant: str):

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dsb.models.layers import check_input_shape
+from dsb.models.layers import check_input_shape, upcast
 from dsb.models.registry import register
 
 __all__ = ["BasicBlock", "ResNet", "resnet18"]
@@ -108,7 +108,7 @@ class ResNet(nnx.Module):
         for block in self.blocks:
             x = block(x)
         x_BxC = x.mean(axis=(1, 2))
-        return self.head(x_BxC).astype(jnp.float32)
+        return upcast(self.head(x_BxC))
 
 
 @register("resnet18")

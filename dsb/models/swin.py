@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dsb.models.layers import DropPath, check_input_shape, drop_path_rates
+from dsb.models.layers import DropPath, check_input_shape, drop_path_rates, upcast
 from dsb.models.registry import register
 
 __all__ = ["SWIN_V2_VARIANTS", "SwinV2", "auto_window"]
@@ -138,7 +138,7 @@ class WindowAttentionV2(nnx.Module):
         zeros = jnp.zeros_like(self.q_bias[...])
         bias = jnp.concatenate([self.q_bias[...], zeros, self.v_bias[...]]).astype(x_WxNxC.dtype)
         qkv = (self.qkv(x_WxNxC) + bias).reshape(nw, n, 3, self.heads, e)
-        q, k, v = (qkv[:, :, i].astype(jnp.float32) for i in range(3))
+        q, k, v = (upcast(qkv[:, :, i]) for i in range(3))
         q = q / jnp.maximum(jnp.linalg.norm(q, axis=-1, keepdims=True), 1e-12)
         k = k / jnp.maximum(jnp.linalg.norm(k, axis=-1, keepdims=True), 1e-12)
         scale_H = jnp.exp(jnp.minimum(self.logit_scale[...], math.log(100.0)))
@@ -300,7 +300,7 @@ class SwinV2(nnx.Module):
                 x = self.merges[i - 1](x)
             for block in stage:
                 x = block(x, rngs=rngs)
-        return self.head(self.norm(x).mean(axis=(1, 2))).astype(jnp.float32)
+        return upcast(self.head(self.norm(x).mean(axis=(1, 2))))
 
 
 def _make_variant(variant: str):

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dsb.models.layers import upcast
 from dsb.models.registry import register
 
 __all__ = ["Transformer", "causal_attention", "rotary_embedding"]
@@ -50,10 +51,10 @@ def rotary_embedding(x_BxTxHxK: jax.Array, base: float = 10000.0) -> jax.Array:
 def causal_attention(q_BxTxHxK: jax.Array, k_BxTxHxK: jax.Array, v_BxTxHxK: jax.Array):
     """Softmax attention with a lower-triangular mask; softmax in float32."""
     t, kdim = q_BxTxHxK.shape[1], q_BxTxHxK.shape[-1]
-    scores_BxHxTxT = jnp.einsum("bqhk,bshk->bhqs", q_BxTxHxK, k_BxTxHxK).astype(jnp.float32)
+    scores_BxHxTxT = upcast(jnp.einsum("bqhk,bshk->bhqs", q_BxTxHxK, k_BxTxHxK))
     scores_BxHxTxT = scores_BxHxTxT / math.sqrt(kdim)
     mask_TxT = jnp.tril(jnp.ones((t, t), dtype=bool))
-    scores_BxHxTxT = jnp.where(mask_TxT, scores_BxHxTxT, jnp.finfo(jnp.float32).min)
+    scores_BxHxTxT = jnp.where(mask_TxT, scores_BxHxTxT, jnp.finfo(scores_BxHxTxT.dtype).min)
     probs = jax.nn.softmax(scores_BxHxTxT, axis=-1).astype(v_BxTxHxK.dtype)
     return jnp.einsum("bhqs,bshk->bqhk", probs, v_BxTxHxK)
 
@@ -184,4 +185,4 @@ class Transformer(nnx.Module):
             x_BxTxD = block(x_BxTxD, rngs)
         x_BxTxD = self.ln_f(x_BxTxD)
         logits_BxTxV = self.embed.attend(x_BxTxD) if self.head is None else self.head(x_BxTxD)
-        return logits_BxTxV.astype(jnp.float32)
+        return upcast(logits_BxTxV)

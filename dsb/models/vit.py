@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dsb.models.layers import DropPath, check_input_shape, drop_path_rates
+from dsb.models.layers import DropPath, check_input_shape, drop_path_rates, upcast
 from dsb.models.registry import register
 
 __all__ = ["VIT_VARIANTS", "Attention", "ViT"]
@@ -52,7 +52,7 @@ class Attention(nnx.Module):
         scale = (d // self.heads) ** -0.5
         logits_BxHxNxN = jnp.einsum("bqhe,bkhe->bhqk", q_BxNxHxE * scale, k_BxNxHxE)
         # Softmax in float32 so bfloat16 compute stays stable.
-        attn = jax.nn.softmax(logits_BxHxNxN.astype(jnp.float32), axis=-1).astype(x_BxNxD.dtype)
+        attn = jax.nn.softmax(upcast(logits_BxHxNxN), axis=-1).astype(x_BxNxD.dtype)
         out_BxNxHxE = jnp.einsum("bhqk,bkhe->bqhe", attn, v_BxNxHxE)
         return self.proj(out_BxNxHxE.reshape(b, n, d))
 
@@ -136,7 +136,7 @@ class ViT(nnx.Module):
         x_BxNxD = jnp.concatenate([cls_Bx1xD, x_BxNxD], axis=1) + self.pos[...].astype(x.dtype)
         for block in self.blocks:
             x_BxNxD = block(x_BxNxD, rngs=rngs)
-        return self.head(self.norm(x_BxNxD[:, 0])).astype(jnp.float32)
+        return upcast(self.head(self.norm(x_BxNxD[:, 0])))
 
 
 def _make_variant(variant: str):

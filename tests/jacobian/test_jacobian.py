@@ -194,3 +194,35 @@ def test_overlap_self_and_random_baseline():
 def test_robust_svd_rejects_nan():
     with pytest.raises(FloatingPointError, match="non-finite"):
         robust_svd(np.array([[1.0, np.nan], [0.0, 1.0]]))
+
+
+def test_float64_run_refuses_a_model_that_computes_in_float32():
+    from dsb.models import build_model
+
+    x = np.random.default_rng(0).uniform(size=(16, 8, 8, 1))
+    y = np.arange(16) % 10
+    batches = fixed_minibatches(x, y, 8)
+
+    def make(dtype):
+        model = build_model(
+            "lenet5",
+            num_classes=10,
+            input_shape=(8, 8, 1),
+            rngs=nnx.Rngs(0),
+            dtype=dtype,
+            conv_impl="im2col",
+        )
+        apply, params = nnx_apply(model)
+        return make_training_run(
+            cross_entropy_loss(apply),
+            params,
+            optax.sgd(0.1),
+            batches,
+            num_steps=2,
+            dtype=jnp.float64,
+        )
+
+    with pytest.raises(ValueError, match="narrows float precision"):
+        make(jnp.float32)  # the dsb model default: every layer casts to float32
+    run, theta0 = make(jnp.float64)
+    assert run(theta0).dtype == jnp.float64

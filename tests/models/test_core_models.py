@@ -170,3 +170,46 @@ def test_bfloat16_compute_keeps_float32_params():
     low = nnx.jit(lambda m, x: m(x))(model, x)
     assert low.dtype == jnp.float32
     assert bool(jnp.all(jnp.isfinite(low)))
+
+
+@pytest.mark.parametrize("shape", SIZES)
+def test_lenet_im2col_is_the_same_function(shape):
+    # conv_impl only changes how the convolutions and pools are computed: same parameters
+    # (same init), same logits and same gradients as nnx.Conv / nnx.max_pool, for SAME
+    # (8x8, 28x28) and VALID (32x32) padding.
+    ref = _build("lenet5", shape)
+    new = _build("lenet5", shape, conv_impl="im2col")
+    ref_state, new_state = nnx.state(ref, nnx.Param), nnx.state(new, nnx.Param)
+    assert jax.tree.all(
+        jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), ref_state, new_state)
+    )
+    x, y = _batch(shape, n=4)
+
+    def loss(m):
+        return optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
+
+    np.testing.assert_allclose(new(x), ref(x), rtol=1e-5, atol=1e-6)
+    g_ref, g_new = nnx.grad(loss)(ref), nnx.grad(loss)(new)
+    for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g_new)):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="conv_impl"):
+        _build("lenet5", shape, conv_impl="fft")
+
+
+def test_max_pool_2x2_matches_nnx_on_odd_sizes():
+    from dsb.models.layers import max_pool_2x2
+
+    x = jax.random.normal(jax.random.key(0), (2, 7, 5, 3))
+    want = nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
+    np.testing.assert_array_equal(max_pool_2x2(x), want)
+
+
+@pytest.mark.parametrize("name", ["mlp", "lenet5"])
+def test_float64_models_keep_float64_logits(name):
+    # Training-Jacobian runs in float64 must not pass through a float32 cast anywhere;
+    # bfloat16 and float32 compute still hand back float32 logits.
+    with jax.enable_x64(True):
+        model = _build(name, (8, 8, 1), dtype=jnp.float64)
+        x, _ = _batch((8, 8, 1), n=2)
+        assert model(x.astype(jnp.float64)).dtype == jnp.float64
+    assert _build(name, (8, 8, 1), dtype=jnp.bfloat16)(x).dtype == jnp.float32
