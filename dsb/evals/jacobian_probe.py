@@ -21,7 +21,9 @@ Small models (P <= ``max_dense_params``): dense forward-mode J and its float64 S
 yields ``sigma_1``, ``sigma_min``, ``count_abs_s_minus_1_below_<thr>`` and the mean
 ``u.v`` over the ``num_bulk`` directions closest to 1, and saves the singular values to
 ``run_dir/jacobian/step_<t>.npz``. Larger models: Golub-Kahan ``sigma_1`` and SLQ counts
-of the singular values of ``D = J - I`` below each threshold (``slq_count_D_below_<thr>``).
+of the singular values of ``D = J - I`` below each threshold (``slq_count_D_below_<thr>``,
+with the mean Chebyshev-Markov-Stieltjes bracket ``..._bracket_low/high``) and
+``slq_resolution_floor`` (``eps * sigma_1(D)``: counts below it are rounding noise).
 """
 
 from __future__ import annotations
@@ -154,4 +156,10 @@ class TrainingJacobianProbe:
             op.with_shift(1.0), num_matvecs=self.slq_matvecs, num_probes=self.slq_probes
         )
         for t in self.thresholds:
+            lo, hi = slq.count_bounds(t)
             yield f"slq_count_D_below_{t:g}", slq.count_below(t)[0]
+            yield f"slq_count_D_below_{t:g}_bracket_low", float(lo.mean())
+            yield f"slq_count_D_below_{t:g}_bracket_high", float(hi.mean())
+        # Singular values of D below this are rounding noise of the run's dtype.
+        eps = float(np.finfo(np.dtype(theta0.dtype)).eps)
+        yield "slq_resolution_floor", eps * float(slq.sigma.max())

@@ -60,8 +60,9 @@ REFERENCE = {
 }
 
 
-def setup(seed: int, *, variant: str = "real"):
-    """The reference run for ``seed``; ``variant`` in real / shuffled_labels / white_noise."""
+def setup(seed: int, *, variant: str = "real", dtype=jnp.float32):
+    """The reference run for ``seed``; ``variant`` in real / shuffled_labels / white_noise;
+    ``dtype`` of the whole run (float64 needs x64 enabled)."""
     (x, y), (x_te, y_te) = digits_arrays()["train"], digits_arrays()["test"]
     rng = np.random.default_rng(1234)
     if variant == "shuffled_labels":
@@ -76,20 +77,26 @@ def setup(seed: int, *, variant: str = "real"):
         widths=(64,),
         activation="gelu",
         bias_init_std=0.125,
+        dtype=dtype,
     )
     apply, params = nnx_apply(model)
     loss = cross_entropy_loss(apply)
     run, theta0 = make_training_run(
-        loss, params, reference_optimizer(625), fixed_minibatches(x, y, 64), num_epochs=25
+        loss,
+        params,
+        reference_optimizer(625),
+        fixed_minibatches(x, y, 64),
+        num_epochs=25,
+        dtype=dtype,
     )
     return dict(run=run, theta0=theta0, apply=apply, loss=loss, x=x, y=y, x_te=x_te, y_te=y_te)
 
 
-def spectrum(cache: Path, name: str, seed: int, variant: str, *, vectors: bool):
+def spectrum(cache: Path, name: str, seed: int, variant: str, *, vectors: bool, dtype=jnp.float32):
     path = cache / f"{name}.npz"
     if path.exists():
         return load_spectrum(path)
-    s = setup(seed, variant=variant)
+    s = setup(seed, variant=variant, dtype=dtype)
     t0 = time.perf_counter()
     jac = np.asarray(jacobian_forward(s["run"], s["theta0"]))
     t_j = time.perf_counter() - t0
@@ -107,9 +114,16 @@ def unravel_apply(s):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cache", default="runs/training_jacobian")
+    ap.add_argument(
+        "--float64-check",
+        action="store_true",
+        help="only compare seed 0's spectrum from a float64 run with the float32 one",
+    )
     args = ap.parse_args()
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
+    if args.float64_check:
+        return float64_check(cache)
     numbers: dict = {"reference": REFERENCE}
 
     svd0 = spectrum(cache, "seed0", 0, "real", vectors=True)
@@ -318,6 +332,28 @@ def main():
     }
     (HERE / "numbers.json").write_text(json.dumps(numbers, indent=1))
     print(json.dumps(numbers["dsb"], indent=1))
+
+
+def float64_check(cache: Path) -> None:
+    """Seed 0's J from a float64 run against the float32 one: how much of the bulk count
+    is float32 rounding. Adds ``float64_check`` to ``numbers.json``."""
+    jax.config.update("jax_enable_x64", True)
+    s32 = spectrum(cache, "seed0", 0, "real", vectors=True).s
+    s64 = spectrum(cache, "seed0_float64", 0, "real", vectors=False, dtype=jnp.float64).s
+    c32, c64 = bulk_counts(s32), bulk_counts(s64)
+    check = {
+        "sigma_1": {"float32": float(s32[0]), "float64": float(s64[0])},
+        "count_abs_sigma_minus_1_below": {
+            str(k): {"float32": c32[k], "float64": c64[k]} for k in c32
+        },
+        "max_abs_diff_sorted_singular_values": float(np.abs(s32 - s64).max()),
+        "median_abs_diff_sorted_singular_values": float(np.median(np.abs(s32 - s64))),
+    }
+    path = HERE / "numbers.json"
+    numbers = json.loads(path.read_text()) if path.exists() else {}
+    numbers["float64_check"] = check
+    path.write_text(json.dumps(numbers, indent=1))
+    print(json.dumps(check, indent=1))
 
 
 if __name__ == "__main__":

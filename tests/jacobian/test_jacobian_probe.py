@@ -1,4 +1,3 @@
-import jax
 import numpy as np
 import optax
 from flax import nnx
@@ -50,4 +49,11 @@ def test_probe_replays_and_reports(tmp_path):
     )
     out_mf = dict(big.run(snap))
     np.testing.assert_allclose(out_mf["sigma_1"], out["sigma_1"], rtol=1e-3)
-    assert jax.tree_util.tree_leaves(out_mf)
+    p = out["num_params"]
+    for t in (0.1, 1e-2, 1e-3):
+        lo = out_mf[f"slq_count_D_below_{t:g}_bracket_low"]
+        hi = out_mf[f"slq_count_D_below_{t:g}_bracket_high"]
+        assert 0 <= lo <= out_mf[f"slq_count_D_below_{t:g}"] <= hi <= p
+    # float32 run, sigma_1(D) of order 1: rounding noise sits far below every threshold.
+    assert 0 < out_mf["slq_resolution_floor"] < 1e-5
+    assert out_mf["num_params"] == p and np.isfinite(list(out_mf.values())).all()

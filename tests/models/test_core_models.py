@@ -77,6 +77,7 @@ def test_param_counts():
     # The documented P >= 60k LeNet for 8x8 digits.
     wide = _abstract_count("lenet5", (8, 8, 1), channels=(16, 32), hidden=(256, 128))
     assert wide == 80_458 >= 60_000
+    assert _abstract_count("lenet5", (8, 8, 1), hidden=(240, 168)) == 60_350
     # CIFAR ResNet-18.
     assert _abstract_count("resnet18", (32, 32, 3)) == 11_173_962
     assert _abstract_count("resnet", (32, 32, 3), depths=(2, 2, 2, 2), width=64) == 11_173_962
