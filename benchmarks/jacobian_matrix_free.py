@@ -1,8 +1,11 @@
 """Matrix-free training-Jacobian spectrum of a P >= 60,000 model: wall time and peak memory.
 
-    python benchmarks/jacobian_matrix_free.py                       # LeNet-5, float64: the target
-    python benchmarks/jacobian_matrix_free.py --model lenet5-xla --timing-only
-    python benchmarks/jacobian_matrix_free.py --model mlp --dtype float32
+    python benchmarks/jacobian_matrix_free.py                       # LeNet-5, float64
+    python benchmarks/jacobian_matrix_free.py --model mlp --slq-matvecs 200 --slq-probes 2
+    python benchmarks/jacobian_matrix_free.py --model lenet5 --dtype float32 --timing-only
+    python benchmarks/jacobian_matrix_free.py --model lenet5-xla --dtype float32 --timing-only
+
+(the recorded runs; each run's settings are stored with its results).
 
 Models (digits 8x8x1, 10 classes):
 
