@@ -41,6 +41,18 @@ def _work_dtype():
     return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
 
 
+def _work_matvec(op: JacobianOperator, f_jvp: Callable) -> Callable[[jax.Array], jax.Array]:
+    """``v -> (J - shift I) v`` through the linear map ``f_jvp`` (a jit argument, so the
+    map is traced, not baked in as constants), cast to and from the Krylov work dtype."""
+    work = _work_dtype()
+
+    def av(v):
+        v = v.astype(op.dtype)
+        return (f_jvp(v) - op.shift * v).astype(work)
+
+    return av
+
+
 class JacobianOperator:
     """``J v`` and ``J^T u`` of ``run: theta_0 [P] -> theta_T [P]`` at ``theta0``.
 
@@ -127,11 +139,7 @@ def golub_kahan_svd(
 
     @jax.jit
     def run(f_jvp, v0):
-        def av(v):
-            v = v.astype(op.dtype)
-            return (f_jvp(v) - op.shift * v).astype(work)
-
-        (u_mk, v_mk), b_mm, *_ = bidiag(av, v0)
+        (u_mk, v_mk), b_mm, *_ = bidiag(_work_matvec(op, f_jvp), v0)
         return u_mk, b_mm, v_mk
 
     u_mk, b_mm, v_mk = run(op._f_jvp, v0)
@@ -244,10 +252,7 @@ def slq_spectrum(
 
         @jax.jit
         def all_probes(f_jvp, v0_NxP):
-            def av(v):
-                v = v.astype(op.dtype)
-                return (f_jvp(v) - op.shift * v).astype(work)
-
+            av = _work_matvec(op, f_jvp)
             return jax.vmap(lambda v0: bidiag(av, v0).J_small)(v0_NxP)
 
     else:
