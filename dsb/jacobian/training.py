@@ -35,6 +35,13 @@ __all__ = [
 Batch = dict[str, jax.Array]
 
 
+def _floats_to(tree: Batch, dtype) -> Batch:
+    """Floating leaves cast to ``dtype`` (inputs follow the run's dtype); labels kept."""
+    return jax.tree_util.tree_map(
+        lambda b: b.astype(dtype) if jnp.issubdtype(b.dtype, jnp.floating) else b, tree
+    )
+
+
 def nnx_apply(model) -> tuple[Callable[[Any, jax.Array], jax.Array], Any]:
     """Split an NNX model into a pure ``apply(params, x) -> logits`` and its params.
 
@@ -120,10 +127,7 @@ class TrainingRun:
         """``(theta_T [P], losses [T])``; ``batches`` overrides the stored ones (controls)."""
         batches = self.batches if batches is None else batches
         params = self.unravel(theta0)
-        batches = jax.tree_util.tree_map(
-            lambda b: b.astype(theta0.dtype) if jnp.issubdtype(b.dtype, jnp.floating) else b,
-            batches,
-        )
+        batches = _floats_to(batches, theta0.dtype)
         step = jax.checkpoint(self._step) if self.remat else self._step
         nb = self.num_batches
         num_epochs, rest = divmod(self.num_steps, nb)
@@ -213,8 +217,5 @@ def make_training_run(
     run = TrainingRun(loss_fn, optimizer, batches, steps, unravel, theta0.size, remat)
     if dtype == jnp.float64:
         first = jax.tree_util.tree_map(lambda b: b[0], batches)
-        first = jax.tree_util.tree_map(
-            lambda b: b.astype(dtype) if jnp.issubdtype(b.dtype, jnp.floating) else b, first
-        )
-        check_full_precision(loss_fn, params, first)
+        check_full_precision(loss_fn, params, _floats_to(first, dtype))
     return run, theta0
