@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dsb.models.layers import DropPath, check_input_shape, drop_path_rates, upcast
-from dsb.models.registry import register
+from dsb.models.registry import register, register_variant
 
 __all__ = ["CONVNEXT_V2_VARIANTS", "GRN", "ConvNeXtBlock", "ConvNeXtV2"]
 
@@ -182,37 +182,13 @@ class ConvNeXtV2(nnx.Module):
         return upcast(self.head(x_BxC))
 
 
-def _make_variant(variant: str):
-    depths, base = CONVNEXT_V2_VARIANTS[variant]
-
-    def build(
-        *,
-        num_classes: int,
-        input_shape: tuple[int, int, int],
-        rngs: nnx.Rngs,
-        dtype: jnp.dtype = jnp.float32,
-        norm_axis_name: str | None = None,
-        patch_size: int = 4,
-        drop_path_rate: float = 0.0,
-    ) -> ConvNeXtV2:
-        return ConvNeXtV2(
-            num_classes=num_classes,
-            input_shape=input_shape,
-            rngs=rngs,
-            dtype=dtype,
-            norm_axis_name=norm_axis_name,
-            depths=depths,
-            dims=tuple(base * m for m in (1, 2, 4, 8)),
-            patch_size=patch_size,
-            drop_path_rate=drop_path_rate,
-        )
-
-    build.__name__ = f"convnext_v2_{variant}"
-    build.__doc__ = f"ConvNeXt-V2-{variant}: depths {depths}, dims {base} x (1, 2, 4, 8)."
-    return build
-
-
 register("convnext_v2")(ConvNeXtV2)
-for _v in CONVNEXT_V2_VARIANTS:
-    globals()[f"convnext_v2_{_v}"] = register(f"convnext_v2_{_v}")(_make_variant(_v))
-__all__ += [f"convnext_v2_{_v}" for _v in CONVNEXT_V2_VARIANTS]
+for _v, (_depths, _base) in CONVNEXT_V2_VARIANTS.items():
+    globals()[f"convnext_v2_{_v}"] = register_variant(
+        f"convnext_v2_{_v}",
+        ConvNeXtV2,
+        f"ConvNeXt-V2-{_v}: depths {_depths}, dims {_base} x (1, 2, 4, 8).",
+        depths=_depths,
+        dims=tuple(_base * m for m in (1, 2, 4, 8)),
+    )
+    __all__.append(f"convnext_v2_{_v}")

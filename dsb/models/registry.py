@@ -5,7 +5,7 @@ Contract for a registered model class or factory::
     Model(*, num_classes: int, input_shape: tuple[int, int, int], rngs: nnx.Rngs,
           dtype=jnp.float32, norm_axis_name: str | None = None, **hyperparameters)
 
-    model(x_BxHxWxC) -> logits_BxK            # float32 logits
+    model(x_BxHxWxC) -> logits_BxK            # float32 logits (float64 for a float64 model)
     model(x, rngs=nnx.Rngs(dropout=key))     # stochastic layers draw from call-time rngs
 
 * ``input_shape`` is (H, W, C); inputs are NHWC floats in [0, 1] (or normalised).
@@ -25,7 +25,7 @@ from typing import Any
 
 from flax import nnx
 
-__all__ = ["available_models", "build_model", "check_model_kwargs", "register"]
+__all__ = ["available_models", "build_model", "check_model_kwargs", "register", "register_variant"]
 
 _MODELS: dict[str, Callable[..., nnx.Module]] = {}
 
@@ -43,6 +43,34 @@ def register(name: str) -> Callable:
         return fn
 
     return deco
+
+
+def register_variant(name: str, family: Callable[..., nnx.Module], doc: str, **fixed: Any):
+    """Register ``family`` under ``name`` with the hyperparameters ``fixed``.
+
+    The variant takes every other argument of ``family``, with the same defaults (its
+    signature says so, which ``check_model_kwargs`` reads); configuring a fixed one is an
+    error that points to the family. Returns the variant's constructor.
+    """
+    sig = inspect.signature(family.__init__ if inspect.isclass(family) else family)
+    unknown = sorted(set(fixed) - set(sig.parameters))
+    if unknown:
+        raise TypeError(f"variant {name!r}: {family.__name__} takes no {', '.join(unknown)}")
+
+    def build(**kwargs: Any) -> nnx.Module:
+        clash = sorted(set(kwargs) & set(fixed))
+        if clash:
+            raise ValueError(
+                f"{name}: {', '.join(clash)} fixed by the variant; configure the "
+                f"{family.__name__} family for other values"
+            )
+        return family(**fixed, **kwargs)
+
+    params = [p for n, p in sig.parameters.items() if n != "self" and n not in fixed]
+    build.__signature__ = sig.replace(parameters=params)
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = doc
+    return register(name)(build)
 
 
 def _ensure_imported() -> None:

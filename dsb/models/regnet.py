@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dsb.models.layers import check_input_shape, upcast
-from dsb.models.registry import register
+from dsb.models.registry import register, register_variant
 
 __all__ = ["REGNET_Y_VARIANTS", "RegNetY", "regnet_widths"]
 
@@ -202,38 +202,16 @@ class RegNetY(nnx.Module):
         return upcast(self.head(x.mean(axis=(1, 2))))
 
 
-def _make_variant(variant: str):
-    widths, depths, groups = regnet_widths(*REGNET_Y_VARIANTS[variant])
-
-    def build(
-        *,
-        num_classes: int,
-        input_shape: tuple[int, int, int],
-        rngs: nnx.Rngs,
-        dtype: jnp.dtype = jnp.float32,
-        norm_axis_name: str | None = None,
-        stem_stride: int = 2,
-    ) -> RegNetY:
-        return RegNetY(
-            num_classes=num_classes,
-            input_shape=input_shape,
-            rngs=rngs,
-            dtype=dtype,
-            norm_axis_name=norm_axis_name,
-            widths=widths,
-            depths=depths,
-            group_widths=groups,
-            stem_stride=stem_stride,
-        )
-
-    name = "regnet_y_" + variant.replace(".", "_")
-    build.__name__ = name
-    build.__doc__ = f"RegNetY-{variant.upper()}: widths {widths}, depths {depths}."
-    return name, build
-
-
 register("regnet_y")(RegNetY)
-for _v in REGNET_Y_VARIANTS:
-    _name, _fn = _make_variant(_v)
-    globals()[_name] = register(_name)(_fn)
+for _v, _spec in REGNET_Y_VARIANTS.items():
+    _name = "regnet_y_" + _v.replace(".", "_")
+    _widths, _depths, _groups = regnet_widths(*_spec)
+    globals()[_name] = register_variant(
+        _name,
+        RegNetY,
+        f"RegNetY-{_v.upper()}: widths {_widths}, depths {_depths}.",
+        widths=_widths,
+        depths=_depths,
+        group_widths=_groups,
+    )
     __all__.append(_name)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dsb.models.layers import check_input_shape, upcast
-from dsb.models.registry import register
+from dsb.models.registry import register, register_variant
 
 __all__ = ["BasicBlock", "ResNet", "resnet18"]
 
@@ -111,23 +111,9 @@ class ResNet(nnx.Module):
         return upcast(self.head(x_BxC))
 
 
-@register("resnet18")
-def resnet18(
-    *,
-    num_classes: int,
-    input_shape: tuple[int, int, int],
-    rngs: nnx.Rngs,
-    dtype: jnp.dtype = jnp.float32,
-    norm_axis_name: str | None = None,
-    width: int = 64,
-) -> ResNet:
-    """CIFAR ResNet-18: depths (2, 2, 2, 2) with base ``width`` (default 64)."""
-    return ResNet(
-        num_classes=num_classes,
-        input_shape=input_shape,
-        rngs=rngs,
-        dtype=dtype,
-        norm_axis_name=norm_axis_name,
-        depths=(2, 2, 2, 2),
-        width=width,
-    )
+resnet18 = register_variant(
+    "resnet18",
+    ResNet,
+    "CIFAR ResNet-18: depths (2, 2, 2, 2) with base ``width`` (default 64).",
+    depths=(2, 2, 2, 2),
+)

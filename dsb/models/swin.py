@@ -34,7 +34,7 @@ import numpy as np
 from flax import nnx
 
 from dsb.models.layers import DropPath, check_input_shape, drop_path_rates, upcast
-from dsb.models.registry import register
+from dsb.models.registry import register, register_variant
 
 __all__ = ["SWIN_V2_VARIANTS", "SwinV2", "auto_window"]
 
@@ -303,41 +303,13 @@ class SwinV2(nnx.Module):
         return upcast(self.head(self.norm(x).mean(axis=(1, 2))))
 
 
-def _make_variant(variant: str):
-    embed_dim, heads = SWIN_V2_VARIANTS[variant]
-
-    def build(
-        *,
-        num_classes: int,
-        input_shape: tuple[int, int, int],
-        rngs: nnx.Rngs,
-        dtype: jnp.dtype = jnp.float32,
-        norm_axis_name: str | None = None,
-        depths: Sequence[int] = (2, 2, 6, 2),
-        patch_size: int = 2,
-        window_size: int | None = None,
-        drop_path_rate: float = 0.1,
-    ) -> SwinV2:
-        return SwinV2(
-            num_classes=num_classes,
-            input_shape=input_shape,
-            rngs=rngs,
-            dtype=dtype,
-            norm_axis_name=norm_axis_name,
-            embed_dim=embed_dim,
-            depths=depths,
-            heads=heads,
-            patch_size=patch_size,
-            window_size=window_size,
-            drop_path_rate=drop_path_rate,
-        )
-
-    build.__name__ = f"swin_v2_{variant}"
-    build.__doc__ = f"Swin-V2 with embed dim {embed_dim}, heads {heads}."
-    return build
-
-
 register("swin_v2")(SwinV2)
-for _v in SWIN_V2_VARIANTS:
-    globals()[f"swin_v2_{_v}"] = register(f"swin_v2_{_v}")(_make_variant(_v))
+for _v, (_dim, _heads) in SWIN_V2_VARIANTS.items():
+    globals()[f"swin_v2_{_v}"] = register_variant(
+        f"swin_v2_{_v}",
+        SwinV2,
+        f"Swin-V2 with embed dim {_dim}, heads {_heads}.",
+        embed_dim=_dim,
+        heads=_heads,
+    )
     __all__.append(f"swin_v2_{_v}")

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dsb.models.layers import DropPath, check_input_shape, drop_path_rates, upcast
-from dsb.models.registry import register
+from dsb.models.registry import register, register_variant
 
 __all__ = ["VIT_VARIANTS", "Attention", "ViT"]
 
@@ -139,40 +139,14 @@ class ViT(nnx.Module):
         return upcast(self.head(self.norm(x_BxNxD[:, 0])))
 
 
-def _make_variant(variant: str):
-    dim, depth, heads = VIT_VARIANTS[variant]
-
-    def build(
-        *,
-        num_classes: int,
-        input_shape: tuple[int, int, int],
-        rngs: nnx.Rngs,
-        dtype: jnp.dtype = jnp.float32,
-        norm_axis_name: str | None = None,
-        patch_size: int = 4,
-        drop_path_rate: float = 0.0,
-        dropout: float = 0.0,
-    ) -> ViT:
-        return ViT(
-            num_classes=num_classes,
-            input_shape=input_shape,
-            rngs=rngs,
-            dtype=dtype,
-            norm_axis_name=norm_axis_name,
-            dim=dim,
-            depth=depth,
-            heads=heads,
-            patch_size=patch_size,
-            drop_path_rate=drop_path_rate,
-            dropout=dropout,
-        )
-
-    build.__name__ = f"vit_{variant}"
-    build.__doc__ = f"ViT-{variant}: dim {dim}, depth {depth}, heads {heads}."
-    return build
-
-
 register("vit")(ViT)
-for _v in VIT_VARIANTS:
-    globals()[f"vit_{_v}"] = register(f"vit_{_v}")(_make_variant(_v))
+for _v, (_dim, _depth, _heads) in VIT_VARIANTS.items():
+    globals()[f"vit_{_v}"] = register_variant(
+        f"vit_{_v}",
+        ViT,
+        f"ViT-{_v}: dim {_dim}, depth {_depth}, heads {_heads}.",
+        dim=_dim,
+        depth=_depth,
+        heads=_heads,
+    )
     __all__.append(f"vit_{_v}")

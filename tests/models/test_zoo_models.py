@@ -281,3 +281,27 @@ def test_named_variants_defaults_every_size(name, shape):
     model.eval()
     x_spec = jax.ShapeDtypeStruct((2, *shape), jnp.float32)
     assert nnx.eval_shape(lambda m, x: m(x), model, x_spec).shape == (2, 10)
+
+
+def test_named_variants_fix_their_hyperparameters_and_pass_the_rest():
+    from dsb.models.registry import check_model_kwargs, register_variant
+    from dsb.models.resnet import ResNet, resnet18
+
+    # The variant is the family with fixed hyperparameters: same parameter count.
+    kw = dict(num_classes=10, input_shape=(8, 8, 1))
+    fam = nnx.eval_shape(lambda: build_model("resnet", rngs=nnx.Rngs(0), depths=(2, 2, 2, 2), **kw))
+    var = nnx.eval_shape(lambda: build_model("resnet18", rngs=nnx.Rngs(0), **kw))
+    assert count_params(fam) == count_params(var)
+    # Other family arguments pass through with the family's defaults...
+    check_model_kwargs("regnet_y_400mf", {"stem_stride": 1, "se_ratio": 0.5})
+    narrow = nnx.eval_shape(lambda: build_model("resnet18", rngs=nnx.Rngs(0), width=8, **kw))
+    assert count_params(narrow) < count_params(var)
+    # ...and the fixed ones are refused, in the config check and when called directly.
+    with pytest.raises(ValueError, match=r"kwargs\.depth"):
+        check_model_kwargs("vit_tiny", {"depth": 3})
+    with pytest.raises(ValueError, match=r"model\.kwargs\.depths"):
+        build_model("resnet18", rngs=nnx.Rngs(0), depths=(1, 1, 1, 1), **kw)
+    with pytest.raises(ValueError, match="fixed by the variant"):
+        resnet18(rngs=nnx.Rngs(0), depths=(1, 1, 1, 1), **kw)
+    with pytest.raises(TypeError, match="takes no"):
+        register_variant("resnet_bad", ResNet, "", bogus=1)
