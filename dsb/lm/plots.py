@@ -55,10 +55,10 @@ def _last(records: Sequence[dict], key: str) -> float | None:
     return float(vals[-1]) if vals else None
 
 
-def _log_step_axis(ax) -> None:
-    ax.set_xscale("symlog", base=2, linthresh=1)
-    ax.set_xlabel("step")
-    ax.grid(alpha=0.3)
+def _log_step_axis(ax, records: Iterable[dict]) -> None:
+    from dsb.plots import setup_step_axis
+
+    setup_step_axis(ax, [r["step"] for r in records if "step" in r])
 
 
 def _band(ax, records, key, steps, color):
@@ -89,7 +89,7 @@ def plot_ngram_losses(records: Sequence[dict], *, prefix: str | None = None, ax=
     steps, loss = _series(records, f"{prefix}text/loss")
     if len(steps):
         ax.plot(steps, loss, color="k", marker="o", ms=3, label="validation text")
-    _log_step_axis(ax)
+    _log_step_axis(ax, records)
     ax.set_ylabel("cross-entropy (nats)")
     ax.set_title("Loss on n-gram sequences across training")
     ax.legend(fontsize=7)
@@ -110,7 +110,7 @@ def plot_kl_curves(records: Sequence[dict], *, prefix: str | None = None, ax=Non
         steps, kl = _series(records, key)
         ax.plot(steps, kl, marker="o", ms=3, color=f"C{i}", label=f"KL({name} || model)")
         _band(ax, records, key, steps, f"C{i}")
-    _log_step_axis(ax)
+    _log_step_axis(ax, records)
     ax.set_yscale("log")
     ax.set_ylabel("KL (nats)")
     ax.set_title("KL to n-gram models across training")

@@ -41,13 +41,15 @@ def plot_probe_curves(
 ):
     """Two rows (accuracy, loss), one line per set, dashed chance lines at 1/K and ln K.
 
-    OT sets: target accuracy solid, source accuracy dotted in the same colour. Step 0 is
-    drawn at x = 1/2 on the log2 axis and labelled "0". Returns the matplotlib figure.
+    OT sets: target accuracy solid, source accuracy dotted in the same colour. The step
+    axis is ``dsb.plots.setup_step_axis`` (log2, step 0 shown). Returns the figure.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from dsb.plots import setup_step_axis
 
     if kind not in _PATTERNS:
         raise ValueError(f"kind must be 'maxent' or 'ot', got {kind!r}")
@@ -56,9 +58,6 @@ def plot_probe_curves(
     fig, (ax_acc, ax_loss) = plt.subplots(2, 1, figsize=(6.5, 6.5), sharex=True)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     all_steps = {st for pts in curves.values() for st, _ in pts}
-
-    def xs(pts):
-        return [st if st > 0 else 0.5 for st, _ in pts]
 
     for i, name in enumerate(sets):
         c = colours[i % len(colours)]
@@ -72,24 +71,15 @@ def plot_probe_curves(
         for metric, ls, label in acc_lines:
             pts = curves.get((name, metric))
             if pts:
-                ax_acc.plot(xs(pts), [v for _, v in pts], ls, color=c, marker=".", label=label)
+                ax_acc.plot(*zip(*pts), ls, color=c, marker=".", label=label)
         pts = curves.get((name, "loss"))
         if pts:
-            ax_loss.plot(xs(pts), [v for _, v in pts], "-", color=c, marker=".", label=name)
+            ax_loss.plot(*zip(*pts), "-", color=c, marker=".", label=name)
     ax_acc.axhline(1.0 / num_classes, ls="--", color="gray", lw=1, label="chance")
     ax_loss.axhline(math.log(num_classes), ls="--", color="gray", lw=1, label="ln K")
     ax_acc.set_ylabel("accuracy")
     ax_loss.set_ylabel("cross-entropy")
-    ax_loss.set_xlabel("step")
-    ax_loss.set_xscale("log", base=2)
-    if all_steps:
-        pos = sorted(s for s in all_steps if s > 0)
-        ticks = ([0.5] if 0 in all_steps else []) + pos
-        if len(ticks) > 12:
-            stride = math.ceil(len(ticks) / 12)
-            ticks = ticks[::stride]
-        ax_loss.set_xticks(ticks)
-        ax_loss.set_xticklabels(["0" if t == 0.5 else f"{int(t)}" for t in ticks], rotation=45)
+    setup_step_axis(ax_loss, all_steps)
     ax_acc.legend(fontsize=7, ncol=2)
     ax_acc.set_title(title or f"DSB probes: {kind}")
     for ax in (ax_acc, ax_loss):
