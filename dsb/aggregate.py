@@ -302,6 +302,43 @@ def make_reference(
     return table
 
 
+def sweep_plot_args(argv: list[str] | None, doc: str | None) -> argparse.Namespace:
+    """The command line of ``experiments/<figure>/plot_sweep.py``: ``inputs`` (run or sweep
+    dirs, globs, or one table), ``--out``, ``--finished-only``, ``--all-steps``."""
+    ap = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("inputs", nargs="+", help="run/sweep dirs, globs, or one .parquet/.csv")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--finished-only", action="store_true", help="skip unfinished runs")
+    ap.add_argument("--all-steps", action="store_true", help="also interval checkpoints")
+    return ap.parse_args(argv)
+
+
+def make_reference_main(
+    argv: list[str] | None,
+    *,
+    experiment: str,
+    figure: str,
+    plot: Callable[[list[str]], None],
+    doc: str | None = None,
+) -> Path:
+    """The command line of ``experiments/<figure>/make_reference.py``: ``--sweep-dir``
+    (default ``runs/reference/<figure>``), ``--out`` (default
+    ``experiments/<figure>/reference``), ``--reuse`` and Hydra overrides, then
+    ``make_reference``."""
+    root = Path(__file__).resolve().parent.parent
+    ap = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--sweep-dir", type=Path, default=root / "runs/reference" / figure)
+    ap.add_argument("--out", type=Path, default=root / "experiments" / figure / "reference")
+    ap.add_argument("--reuse", action="store_true", help="keep (resume) existing runs")
+    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job")
+    args = ap.parse_args(argv)
+    return make_reference(experiment, args.sweep_dir, plot, args.out, args.overrides, args.reuse)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         description="Collect dsb run directories into one table (one row per run and step)."

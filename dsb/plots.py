@@ -12,7 +12,15 @@ import matplotlib.pyplot as plt
 
 from dsb.metrics import read_metrics
 
-__all__ = ["plot_curves", "plot_probe_figures", "plot_run", "setup_step_axis"]
+__all__ = [
+    "finish_sweep_figure",
+    "plot_curves",
+    "plot_probe_figures",
+    "plot_run",
+    "plot_seed_band",
+    "save_figure",
+    "setup_step_axis",
+]
 
 
 def setup_step_axis(ax, steps) -> None:
@@ -21,6 +29,38 @@ def setup_step_axis(ax, steps) -> None:
     ax.set_xlim(left=0, right=max(max(steps, default=1), 1) * 1.1)
     ax.set_xlabel("step")
     ax.grid(alpha=0.3, which="major")
+
+
+def plot_seed_band(ax, summary, metric: str, color, ls: str, label: str) -> None:
+    """One ``dsb.aggregate.over_seeds`` series: the mean of ``metric`` over steps, with a
+    min-max band where more than one seed contributed. Nothing if it was never logged."""
+    col = f"{metric}/mean"
+    if col not in summary or summary[col].isna().all():
+        return
+    s = summary.dropna(subset=[col])
+    x = s["step"].astype(float).clip(lower=0)
+    ax.plot(x, s[col], ls, color=color, marker=".", ms=3, lw=1.2, label=label)
+    if (s[f"{metric}/n"] > 1).any():
+        ax.fill_between(x, s[f"{metric}/min"], s[f"{metric}/max"], color=color, alpha=0.2, lw=0)
+
+
+def finish_sweep_figure(fig, legend_ax, title: str) -> None:
+    """Shared legend (from ``legend_ax``) under the panels, ``title`` above, tight layout."""
+    handles, labels = legend_ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.04 + 0.02 * math.ceil(len(labels) / 4), 1, 0.97))
+
+
+def save_figure(fig, out_dir: str | Path, stem: str) -> list[Path]:
+    """``fig`` as ``<out_dir>/<stem>.png`` and ``.pdf``; the figure is closed."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{stem}.{ext}" for ext in ("png", "pdf")]
+    for p in paths:
+        fig.savefig(p, dpi=110)
+    plt.close(fig)
+    return paths
 
 
 def plot_curves(

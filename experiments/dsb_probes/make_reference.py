@@ -12,35 +12,23 @@ for every job (e.g. ``train.total_steps=256`` for a quick look).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
-sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import plot_sweep  # noqa: E402
+import plot_sweep
 
-from dsb.aggregate import make_reference  # noqa: E402
+from dsb.aggregate import make_reference_main
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--sweep-dir", type=Path, default=ROOT / "runs/reference/dsb_probes")
-    ap.add_argument("--out", type=Path, default=HERE / "reference")
-    ap.add_argument("--reuse", action="store_true", help="keep (resume) existing runs")
-    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job")
-    args = ap.parse_args(argv)
-    make_reference(
-        "sweep_dsb_probes_local",
-        args.sweep_dir,
-        plot_sweep.main,
-        args.out,
-        args.overrides,
-        args.reuse,
+    make_reference_main(
+        argv,
+        experiment="sweep_dsb_probes_local",
+        figure="dsb_probes",
+        plot=plot_sweep.main,
+        doc=__doc__,
     )
 
 

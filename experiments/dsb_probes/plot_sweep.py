@@ -14,7 +14,6 @@ accuracy solid and the source-class accuracy dotted.
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 
@@ -25,9 +24,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from dsb.aggregate import load_table as aggregate_load_table
-from dsb.aggregate import over_seeds, variant_columns
+from dsb.aggregate import over_seeds, sweep_plot_args, variant_columns
 from dsb.data.registry import get_dataset_spec
-from dsb.plots import setup_step_axis
+from dsb.plots import finish_sweep_figure, plot_seed_band, save_figure, setup_step_axis
 
 MAXENT_ORDER = ["ics", "box1", "gaussian", "box2", "box3"]
 OT_ORDER = ["cqn", "mean_shift", "gaussian"]
@@ -51,17 +50,6 @@ def _sets(df: pd.DataFrame, kind: str, order: list[str]) -> list[str]:
 
 def _label(row: pd.Series, cols: list[str]) -> str:
     return ", ".join(f"{c.rsplit('.', 1)[-1]}={row[c]}" for c in cols) or "all runs"
-
-
-def _line(ax, summary, metric, color, ls, label):
-    col = f"{metric}/mean"
-    if col not in summary or summary[col].isna().all():
-        return
-    s = summary.dropna(subset=[col])
-    x = s["step"].astype(float).clip(lower=0)
-    ax.plot(x, s[col], ls, color=color, marker=".", ms=3, lw=1.2, label=label)
-    if (s[f"{metric}/n"] > 1).any():
-        ax.fill_between(x, s[f"{metric}/min"], s[f"{metric}/max"], color=color, alpha=0.2, lw=0)
 
 
 def make_figure(df: pd.DataFrame, kind: str):
@@ -93,8 +81,9 @@ def make_figure(df: pd.DataFrame, kind: str):
             for i, (_, g) in enumerate(groups):
                 label = _label(g.iloc[0], variants)
                 for metric, ls, suffix in acc:
-                    _line(ax_acc, g, f"dsb/{kind}/{probe}/{metric}", f"C{i}", ls, label + suffix)
-                _line(ax_loss, g, f"dsb/{kind}/{probe}/loss", f"C{i}", "-", label)
+                    key = f"dsb/{kind}/{probe}/{metric}"
+                    plot_seed_band(ax_acc, g, key, f"C{i}", ls, label + suffix)
+                plot_seed_band(ax_loss, g, f"dsb/{kind}/{probe}/loss", f"C{i}", "-", label)
             ax_acc.axhline(1 / k, ls="--", color="gray", lw=1)
             ax_loss.axhline(math.log(k), ls="--", color="gray", lw=1)
             ax_acc.set_ylim(0, 1.02)
@@ -107,11 +96,9 @@ def make_figure(df: pd.DataFrame, kind: str):
                 ax_loss.set_ylabel("cross-entropy")
     for ax in axes[-1]:
         ax.set_xlabel("step")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8)
     n_runs = df["run_dir"].nunique()
-    fig.suptitle(f"{TITLES[kind]}: mean over seeds, min-max band ({n_runs} runs)", fontsize=10)
-    fig.tight_layout(rect=(0, 0.04 + 0.02 * math.ceil(len(labels) / 4), 1, 0.97))
+    title = f"{TITLES[kind]}: mean over seeds, min-max band ({n_runs} runs)"
+    finish_sweep_figure(fig, axes[0, 0], title)
     return fig
 
 
@@ -120,23 +107,11 @@ def plot_kind(df: pd.DataFrame, kind: str, out_dir: Path) -> list[Path]:
     fig = make_figure(df, kind)
     if fig is None:
         return []
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{kind}_across_time.{ext}" for ext in ("png", "pdf")]
-    for p in paths:
-        fig.savefig(p, dpi=110)
-    plt.close(fig)
-    return paths
+    return save_figure(fig, out_dir, f"{kind}_across_time")
 
 
 def main(argv=None) -> list[Path]:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("inputs", nargs="+", help="run/sweep dirs, globs, or one .parquet/.csv")
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--finished-only", action="store_true", help="skip unfinished runs")
-    ap.add_argument("--all-steps", action="store_true", help="also interval checkpoints")
-    args = ap.parse_args(argv)
+    args = sweep_plot_args(argv, __doc__)
     df = load_table(args.inputs, args.finished_only, args.all_steps)
     paths = [p for kind in ("maxent", "ot") for p in plot_kind(df, kind, args.out)]
     if not paths:
