@@ -37,6 +37,20 @@ TINY = [
 ]
 
 
+# A 1-layer byte-level transformer on the embedded corpus with small n-gram probes.
+TINY_LM = [
+    "experiment=lm_ngram_default",
+    "model.kwargs.num_layers=1",
+    "model.kwargs.d_model=32",
+    "data.text.context_length=32",
+    "data.batch_size=16",
+    "evals.ngram.num_sequences=16",
+    "+evals.ngram.max_val_sequences=16",
+    "+evals.ngram.num_bootstrap=50",
+    "optim.warmup_steps=2",
+]
+
+
 def tiny_config(*overrides: str):
     from dsb.config import to_config
 

@@ -16,6 +16,7 @@ from flax import nnx
 __all__ = [
     "ACTIVATIONS",
     "DropPath",
+    "batch_norm",
     "check_input_shape",
     "conv2d_im2col",
     "count_params",
@@ -58,6 +59,14 @@ def upcast(x: jax.Array) -> jax.Array:
     in float32, while a float64 model (training-Jacobian runs) stays float64 throughout.
     """
     return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def batch_norm(features: int, dtype, norm_axis_name: str | None, rngs: nnx.Rngs) -> nnx.BatchNorm:
+    """BatchNorm of the conv nets (momentum 0.9, eps 1e-5) averaging batch statistics over
+    the mesh axis ``norm_axis_name`` inside the data-parallel step."""
+    return nnx.BatchNorm(
+        features, momentum=0.9, epsilon=1e-5, dtype=dtype, axis_name=norm_axis_name, rngs=rngs
+    )
 
 
 def check_input_shape(input_shape: Sequence[int], model: str) -> tuple[int, int, int]:

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dsb.models.layers import check_input_shape, upcast
+from dsb.models.layers import batch_norm, check_input_shape, upcast
 from dsb.models.registry import register, register_variant
 
 __all__ = ["REGNET_Y_VARIANTS", "RegNetY", "regnet_widths"]
@@ -64,12 +64,6 @@ def regnet_widths(
     groups = [min(group_width, w) for w in widths]
     widths = [int(round(w / g) * g) for w, g in zip(widths, groups)]
     return widths, depths, groups
-
-
-def _bn(features: int, dtype, norm_axis_name: str | None, rngs: nnx.Rngs) -> nnx.BatchNorm:
-    return nnx.BatchNorm(
-        features, momentum=0.9, epsilon=1e-5, dtype=dtype, axis_name=norm_axis_name, rngs=rngs
-    )
 
 
 class SqueezeExcite(nnx.Module):
@@ -110,15 +104,15 @@ class YBlock(nnx.Module):
             rngs=rngs,
         )
         self.a = conv(c_in, c_out, 1)
-        self.a_bn = _bn(c_out, dtype, norm_axis_name, rngs)
+        self.a_bn = batch_norm(c_out, dtype, norm_axis_name, rngs)
         self.b = conv(c_out, c_out, 3, stride, c_out // group_width)
-        self.b_bn = _bn(c_out, dtype, norm_axis_name, rngs)
+        self.b_bn = batch_norm(c_out, dtype, norm_axis_name, rngs)
         self.se = SqueezeExcite(c_out, round(se_ratio * c_in), dtype=dtype, rngs=rngs)
         self.c = conv(c_out, c_out, 1)
-        self.c_bn = _bn(c_out, dtype, norm_axis_name, rngs)
+        self.c_bn = batch_norm(c_out, dtype, norm_axis_name, rngs)
         if stride != 1 or c_in != c_out:
             self.proj = conv(c_in, c_out, 1, stride)
-            self.proj_bn = _bn(c_out, dtype, norm_axis_name, rngs)
+            self.proj_bn = batch_norm(c_out, dtype, norm_axis_name, rngs)
         else:
             self.proj = None
             self.proj_bn = None
@@ -175,7 +169,7 @@ class RegNetY(nnx.Module):
             dtype=dtype,
             rngs=rngs,
         )
-        self.stem_bn = _bn(stem_width, dtype, norm_axis_name, rngs)
+        self.stem_bn = batch_norm(stem_width, dtype, norm_axis_name, rngs)
         blocks, c_in = [], stem_width
         for w, d, g in zip(widths, depths, group_widths):
             for j in range(d):

@@ -21,16 +21,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dsb.models.layers import check_input_shape, upcast
+from dsb.models.layers import batch_norm, check_input_shape, upcast
 from dsb.models.registry import register, register_variant
 
 __all__ = ["BasicBlock", "ResNet", "resnet18"]
-
-
-def _bn(features: int, dtype, norm_axis_name: str | None, rngs: nnx.Rngs) -> nnx.BatchNorm:
-    return nnx.BatchNorm(
-        features, momentum=0.9, epsilon=1e-5, dtype=dtype, axis_name=norm_axis_name, rngs=rngs
-    )
 
 
 class BasicBlock(nnx.Module):
@@ -43,12 +37,12 @@ class BasicBlock(nnx.Module):
             a, b, (k, k), strides=s, padding="SAME", use_bias=False, dtype=dtype, rngs=rngs
         )
         self.conv1 = conv(c_in, c_out, 3, stride)
-        self.bn1 = _bn(c_out, dtype, norm_axis_name, rngs)
+        self.bn1 = batch_norm(c_out, dtype, norm_axis_name, rngs)
         self.conv2 = conv(c_out, c_out, 3, 1)
-        self.bn2 = _bn(c_out, dtype, norm_axis_name, rngs)
+        self.bn2 = batch_norm(c_out, dtype, norm_axis_name, rngs)
         if stride != 1 or c_in != c_out:
             self.proj = conv(c_in, c_out, 1, stride)
-            self.proj_bn = _bn(c_out, dtype, norm_axis_name, rngs)
+            self.proj_bn = batch_norm(c_out, dtype, norm_axis_name, rngs)
         else:
             self.proj = None
             self.proj_bn = None
@@ -87,7 +81,7 @@ class ResNet(nnx.Module):
         self.stem = nnx.Conv(
             c, width, (3, 3), padding="SAME", use_bias=False, dtype=dtype, rngs=rngs
         )
-        self.stem_bn = _bn(width, dtype, norm_axis_name, rngs)
+        self.stem_bn = batch_norm(width, dtype, norm_axis_name, rngs)
         blocks = []
         c_in = width
         for i, depth in enumerate(depths):

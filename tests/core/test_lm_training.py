@@ -1,7 +1,7 @@
 """Language models go through the same trainer, checkpoints and evaluators as images."""
 
 import numpy as np
-from dsb_testing import tiny_config
+from dsb_testing import TINY_LM, tiny_config
 
 from dsb.metrics import read_metrics
 from dsb.train import load_checkpoint, train
@@ -9,18 +9,7 @@ from dsb.train import load_checkpoint, train
 
 def test_transformer_trains_on_the_default_corpus_with_ngram_probes(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # corpus cache under a temp home
-    cfg = tiny_config(
-        "experiment=lm_ngram_default",
-        "model.kwargs.num_layers=1",
-        "model.kwargs.d_model=32",
-        "data.text.context_length=32",
-        "data.batch_size=16",
-        "evals.ngram.num_sequences=16",
-        "+evals.ngram.max_val_sequences=16",
-        "+evals.ngram.num_bootstrap=50",
-        "train.total_steps=16",
-        "optim.warmup_steps=2",
-    )
+    cfg = tiny_config(*TINY_LM, "train.total_steps=16")
     assert cfg.data.name == "text" and cfg.model.name == "transformer"
     train(cfg, tmp_path / "run")
     records = read_metrics(tmp_path / "run")

@@ -6,7 +6,7 @@ from pathlib import Path
 import nbformat
 import numpy as np
 import pytest
-from dsb_testing import ROOT, tiny_config
+from dsb_testing import ROOT, TINY_LM, tiny_config
 from nbclient import NotebookClient
 
 from dsb.analysis import reevaluate, restored_snapshot
@@ -40,18 +40,7 @@ def lm_run(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("HOME", str(tmp_path_factory.mktemp("home")))  # corpus cache; kernels too
     run = tmp_path_factory.mktemp("nb") / "lm"
-    cfg = tiny_config(
-        "experiment=lm_ngram_default",
-        "model.kwargs.num_layers=1",
-        "model.kwargs.d_model=32",
-        "data.text.context_length=32",
-        "data.batch_size=16",
-        "evals.ngram.num_sequences=16",
-        "+evals.ngram.max_val_sequences=16",
-        "+evals.ngram.num_bootstrap=50",
-        "train.total_steps=8",
-        "optim.warmup_steps=2",
-    )
+    cfg = tiny_config(*TINY_LM, "train.total_steps=8")
     train(cfg, run)
     yield run
     mp.undo()
