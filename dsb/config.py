@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -28,6 +29,7 @@ __all__ = [
     "ParallelConfig",
     "TextConfig",
     "TrainConfig",
+    "compose",
     "register_schemas",
     "to_config",
     "validate",
@@ -141,6 +143,11 @@ class TrainConfig:
     progress_bar: bool = True
     # Evaluation batch size (global); evaluation sets of any size are padded to it.
     eval_batch_size: int = 1024
+    # Most optimizer steps dispatched but not finished. The loop waits for step s - N
+    # before it dispatches step s + 1. An unbounded queue deadlocks XLA:CPU with several
+    # devices (dsb/train.py explains why), and on accelerators it only holds more batches
+    # in device memory: 2-4 in flight already hide the dispatch latency.
+    max_steps_in_flight: int = 4
 
 
 @dataclass
@@ -159,8 +166,22 @@ class Config:
     figures: bool = True
 
 
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
 def register_schemas() -> None:
     ConfigStore.instance().store(name="dsb_schema", node=Config)
+
+
+def compose(overrides: list[str] | None = None, config_name: str = "config", **kw) -> DictConfig:
+    """The composed Hydra config of ``conf/`` with command-line style ``overrides``, for
+    scripts and notebooks that train without ``@hydra.main``."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register_schemas()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=overrides or [], **kw)
 
 
 _CHOICES = {
@@ -189,6 +210,7 @@ def validate(cfg: Config) -> None:
         "train.total_steps": cfg.train.total_steps,
         "train.log_every_steps": cfg.train.log_every_steps,
         "train.eval_batch_size": cfg.train.eval_batch_size,
+        "train.max_steps_in_flight": cfg.train.max_steps_in_flight,
         "data.batch_size": cfg.data.batch_size,
         "optim.learning_rate": cfg.optim.learning_rate,
     }

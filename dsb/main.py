@@ -15,9 +15,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from dsb.config import register_schemas, to_config
+from dsb.config import CONF_DIR, register_schemas, to_config
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("dsb")
 
 

@@ -8,6 +8,7 @@ metrics and figures; return a summary. ``load_checkpoint`` reopens any saved ste
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
@@ -51,6 +52,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# XLA:CPU queues at most 32 computations per device before a launch blocks a thread of its
+# client's pool (see the bounded dispatch in ``train``); half of that leaves room for the
+# other programs (evaluators, initialisers) that may be queued beside the steps.
+MAX_CPU_STEPS_IN_FLIGHT = 16
 
 
 # --------------------------------------------------------------------------- model state
@@ -307,9 +313,14 @@ def train(cfg: Config, run_dir: str | Path) -> TrainResult:
         raise ValueError(
             f"data.batch_size={cfg.data.batch_size} is not divisible by the {ndev} devices"
         )
-    log.info(
-        "mesh: %d devices (%s), %d processes", ndev, jax.devices()[0].platform, jax.process_count()
-    )
+    platform = mesh.devices.flat[0].platform
+    if platform == "cpu" and ndev > 1 and cfg.train.max_steps_in_flight > MAX_CPU_STEPS_IN_FLIGHT:
+        raise ValueError(
+            f"train.max_steps_in_flight={cfg.train.max_steps_in_flight}: XLA:CPU with "
+            f"{ndev} devices deadlocks when a device has 32 computations queued; use at most "
+            f"{MAX_CPU_STEPS_IN_FLIGHT}"
+        )
+    log.info("mesh: %d devices (%s), %d processes", ndev, platform, jax.process_count())
 
     load = make_loader(cfg)
     _, num_classes, input_shape = dataset_info(cfg)
@@ -445,11 +456,27 @@ def train(cfg: Config, run_dir: str | Path) -> TrainResult:
     # (~0.2 ms from host memory) already overlaps the device computing step s; a thread
     # only added GIL contention (benchmarks/train_throughput.py measured it slower).
     pending: list[tuple[int, dict[str, jax.Array]]] = []
+    # Bounded asynchronous dispatch: before step s is dispatched, step s - N has finished
+    # (N = train.max_steps_in_flight), so at most N steps are queued or running. Without
+    # the bound, XLA:CPU with several devices deadlocks once a logging window dispatches
+    # more than ~32 steps (issue 11). Its client launches each device's share of a
+    # multi-device program from a thread pool of max(cores, devices) threads, and a launch
+    # blocks its pool thread while that device already has 32 computations queued
+    # (max_inflight_computations_per_device). A queued all-reduce needs one running pool
+    # thread per device to meet its rendezvous, so the blocked launchers starve it:
+    # "Expected 4 threads to join the rendezvous, but only 3 of them arrived", then abort.
+    # Waiting on step s - N's loss (an output of the same program, so ready once the
+    # whole step is done) costs nothing while the device is busier than the host, on CPU
+    # and on accelerators alike; benchmarks/train_throughput.py measures it.
+    in_flight: collections.deque[jax.Array] = collections.deque()
     t_window, steps_window = time.perf_counter(), 0
     try:
         for batch_index in range(start, total):
             batch = parallel.put_global_batch(sampler(batch_index), mesh)
+            if len(in_flight) >= cfg.train.max_steps_in_flight:
+                in_flight.popleft().block_until_ready()
             state, metrics = train_step(state, batch)
+            in_flight.append(metrics["loss"])
             step = batch_index + 1
             pending.append((step, metrics))
             steps_window += 1

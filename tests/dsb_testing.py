@@ -16,14 +16,9 @@ CONF_DIR = str(ROOT / "conf")
 
 def compose(overrides: list[str] | None = None, config_name: str = "config", **kw):
     """The composed DictConfig of conf/ with ``overrides`` (as the command line would)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from dsb.config import compose as dsb_compose
 
-    from dsb.config import register_schemas
-
-    register_schemas()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=overrides or [], **kw)
+    return dsb_compose(overrides, config_name, **kw)
 
 
 TINY = [
