@@ -111,7 +111,14 @@ class TrainingJacobianProbe:
 
         if snapshot.init_params is None:
             raise ValueError("training_jacobian needs snapshot.init_params (the step-0 params)")
-        graphdef, rest = snapshot.graphdef, snapshot.rest
+        # The replay and its Jacobian are single-program computations with meshes of their
+        # own (dense J splits its chunks over devices itself). The snapshot's arrays are
+        # replicated over the training mesh; mixing the two meshes in one jit is an error
+        # ("incompatible devices"), so the replay starts from host copies.
+        graphdef = snapshot.graphdef
+        rest, init_params, params = jax.device_get(
+            (snapshot.rest, snapshot.init_params, snapshot.params)
+        )
         if jax.tree.leaves(rest):
             raise ValueError(
                 "training_jacobian: the model has non-parameter state (e.g. BatchNorm "
@@ -123,14 +130,14 @@ class TrainingJacobianProbe:
 
         run, theta0 = jac.make_training_run(
             jac.cross_entropy_loss(apply),
-            snapshot.init_params,
+            init_params,
             self.optimizer,
             self.batches_for(int(snapshot.step)),
             num_steps=int(snapshot.step),
         )
         p = theta0.size
         theta_t = jax.jit(run)(theta0)
-        want = jax.flatten_util.ravel_pytree(snapshot.params)[0]
+        want = jax.flatten_util.ravel_pytree(params)[0]
         err = np.linalg.norm(np.asarray(theta_t - want)) / max(np.linalg.norm(want), 1e-30)
         yield "replay_rel_error", float(err)
         yield "num_params", float(p)
