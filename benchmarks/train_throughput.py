@@ -2,10 +2,20 @@
 
     python benchmarks/train_throughput.py [--steps 3000] [--out FILE.json]
 
-Both train the same model with the same optimizer and global batch on the digits data.
-The baseline is the least a JAX user would write: a jitted, donated optax step fed by
-numpy batches through ``jax.device_put``. dsb adds the mesh and shard_map, the grain
-index order, the prefetch thread, metrics, NaN checks and the progress bar (checkpoints
+Three comparisons, each measured in one run of this script:
+- ``results``: dsb against a minimal hand-written jit loop (below);
+- ``in_flight``: dsb's bounded dispatch (``train.max_steps_in_flight``, default 4) against
+  an unbounded queue, one device, same process, interleaved: the bound must cost no more
+  than noise;
+- ``simulated_devices``: the same dsb run on 1 and on 4 simulated CPU devices (each in its own
+  interpreter, since the device count is fixed at start-up). On a 2-core machine 4
+  simulated devices share the 2 cores, so this measures the cost of the collectives and
+  the per-device launches, not a speed-up.
+
+The baseline trains the same model with the same optimizer and global batch on the digits
+data. It is the least a JAX user would write: a jitted, donated optax step fed by numpy
+batches through ``jax.device_put``. dsb adds the mesh and shard_map, the grain index
+order, the bounded dispatch queue, metrics, NaN checks and the progress bar (checkpoints
 and evaluators are off: they are not per-step costs). Speed is measured after compilation
 in the same process, interleaved (baseline, dsb, baseline, dsb, ...), best of ``--repeats``.
 """
@@ -14,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -90,6 +102,74 @@ def dsb_steps_per_s(cfg, run_dir: Path) -> float:
     return float(len(body) / sum(1.0 / w for w in body))  # harmonic mean = total steps / time
 
 
+def bench_config(overrides: list[str], steps: int):
+    return to_config(
+        compose(
+            [
+                *overrides,
+                "evals={}",
+                "ckpt.log_spaced=false",
+                "ckpt.async_save=false",
+                "figures=false",
+                "train.progress_bar=true",
+                f"train.total_steps={steps}",
+                "train.log_every_steps=250",
+                "data.batch_size=128",
+            ]
+        )
+    )
+
+
+def in_flight_rows(steps: int, repeats: int) -> dict:
+    """Bounded (the default) against unbounded dispatch on one device, interleaved."""
+    rows = {}
+    for name, overrides in MODELS.items():
+        runs: dict[str, list[float]] = {"bounded_4": [], "unbounded": []}
+        for _ in range(repeats):
+            for label, n in (("bounded_4", 4), ("unbounded", 10**9)):
+                cfg = bench_config([*overrides, f"train.max_steps_in_flight={n}"], steps)
+                with tempfile.TemporaryDirectory() as d:
+                    runs[label].append(dsb_steps_per_s(cfg, Path(d) / "run"))
+        b, u = max(runs["bounded_4"]), max(runs["unbounded"])
+        rows[name] = {
+            "bounded_4_steps_per_s": b,
+            "unbounded_steps_per_s": u,
+            "bounded_over_unbounded": b / u,
+            "all": runs,
+        }
+        print(f"{name}: bounded/unbounded dispatch = {b / u:.3f} (1 device)", flush=True)
+    return rows
+
+
+def device_rows(steps: int, repeats: int) -> dict:
+    """The same run on 1 and 4 simulated CPU devices, each in a fresh interpreter."""
+    rows = {}
+    for name in MODELS:
+        per_n = {}
+        for n in (1, 4):
+            env = {
+                **os.environ,
+                "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}",
+                "JAX_PLATFORMS": "cpu",
+            }
+            cmd = [sys.executable, __file__, "--worker", name, "--steps", str(steps)]
+            vals = []
+            for _ in range(repeats):
+                out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+                line = next(ln for ln in out.stdout.splitlines() if ln.startswith("STEPS_PER_S"))
+                vals.append(float(line.split()[1]))
+            per_n[n] = vals
+        one, four = max(per_n[1]), max(per_n[4])
+        rows[name] = {
+            "devices_1_steps_per_s": one,
+            "devices_4_steps_per_s": four,
+            "four_over_one": four / one,
+            "all": {str(k): v for k, v in per_n.items()},
+        }
+        print(f"{name}: 4 simulated devices / 1 device = {four / one:.3f}", flush=True)
+    return rows
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--steps", type=int, default=3000)
@@ -97,24 +177,16 @@ def main(argv=None) -> None:
     ap.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "train_throughput.json"
     )
+    ap.add_argument("--worker", choices=MODELS, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.worker:  # one dsb run on however many devices this interpreter has
+        with tempfile.TemporaryDirectory() as d:
+            cfg = bench_config(MODELS[args.worker], args.steps)
+            print("STEPS_PER_S", dsb_steps_per_s(cfg, Path(d) / "run"), flush=True)
+        return
     results = {}
     for name, overrides in MODELS.items():
-        cfg = to_config(
-            compose(
-                [
-                    *overrides,
-                    "evals={}",
-                    "ckpt.log_spaced=false",
-                    "ckpt.async_save=false",
-                    "figures=false",
-                    "train.progress_bar=true",
-                    f"train.total_steps={args.steps}",
-                    "train.log_every_steps=250",
-                    "data.batch_size=128",
-                ]
-            )
-        )
+        cfg = bench_config(overrides, args.steps)
         base, ours = [], []
         for r in range(args.repeats):
             base.append(baseline_steps_per_s(cfg, args.steps))
@@ -142,6 +214,8 @@ def main(argv=None) -> None:
         "platform": platform.platform(),
         "jax": jax.__version__,
         "results": results,
+        "in_flight": in_flight_rows(args.steps, args.repeats),
+        "simulated_devices": device_rows(args.steps, args.repeats),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2))
