@@ -23,7 +23,7 @@ from flax import nnx
 
 from dsb import parallel
 from dsb.data.loader import BatchSampler
-from dsb.evals.base import EvalContext, Snapshot, build_evaluator
+from dsb.evals.base import EvalContext, Snapshot, build_evaluator, runs_at, split_entry
 from dsb.train import RestoredRun, dataset_info, load_checkpoint, make_loader, make_predict
 
 __all__ = ["eval_context", "reevaluate", "restored_snapshot"]
@@ -67,12 +67,13 @@ def eval_context(restored: RestoredRun, out_dir: str | Path) -> EvalContext:
 
 
 def restored_snapshot(
-    restored: RestoredRun, eval_batch_size: int | None = None, predict=None
+    restored: RestoredRun, eval_batch_size: int | None = None, predict=None, init_params=None
 ) -> Snapshot:
     """A ``Snapshot`` whose ``predict(x [n, ...]) -> logits [n, k]`` runs the restored model
     in eval mode on one local device, in batches of ``eval_batch_size`` (default: the
     run's ``train.eval_batch_size``). Pass the ``predict(params, rest, x)`` of an earlier
-    call (``snapshot.predict.func``) to reuse its compiled forward for another step."""
+    call (``snapshot.predict.func``) to reuse its compiled forward for another step.
+    ``init_params`` (the step-0 parameters) is what the training-Jacobian hook replays."""
     graphdef, params, rest = nnx.split(restored.model, nnx.Param, ...)
     if predict is None:
         batch = eval_batch_size or restored.config.train.eval_batch_size
@@ -83,6 +84,7 @@ def restored_snapshot(
         graphdef=graphdef,
         params=params,
         rest=rest,
+        init_params=init_params,
     )
 
 
@@ -93,27 +95,35 @@ def reevaluate(
     out_dir: str | Path | None = None,
 ) -> pd.DataFrame:
     """Restore each checkpoint in ``steps`` (default: all) on the local CPU and run
-    ``evals`` (default: the run's own ``evals`` config, ``{key: {type, **options}}``).
+    ``evals`` (default: the run's own ``evals`` config, ``{key: {type, when, **options}}``).
 
     Returns one row per step: ``step`` and ``<key>/<name>`` for every value evaluated,
-    plus ``time/eval_<key>_s``. Evaluators are built once and reused across steps.
+    plus ``time/eval_<key>_s``. An evaluator runs at the steps its ``when`` names, as in
+    the trainer (its columns are NaN elsewhere). Evaluators are built once and reused.
     """
     run_dir = Path(run_dir)
     first = load_checkpoint(run_dir)  # the newest: its config and the list of steps
     steps = first.available_steps if steps is None else list(steps)
     evals = first.config.evals if evals is None else evals
     ctx = eval_context(first, run_dir if out_dir is None else out_dir)
-    evaluators = {
-        key: build_evaluator(ctx, key, e["type"], {k: v for k, v in e.items() if k != "type"})
-        for key, e in evals.items()
-    }
+    evaluators = {}
+    for key, entry in evals.items():  # split as the trainer does: type, when, options
+        type_name, when, options = split_entry(key, entry)
+        evaluators[key] = (when, build_evaluator(ctx, key, type_name, options))
+    total = first.config.train.total_steps
+    # The step-0 parameters, for evaluators that replay training (training_jacobian).
+    init_params = None
+    if 0 in first.available_steps:
+        init_params = (first if first.step == 0 else load_checkpoint(run_dir, 0)).state["params"]
     rows, predict = [], None
     for step in steps:
         restored = first if step == first.step else load_checkpoint(run_dir, step)
-        snap = restored_snapshot(restored, predict=predict)
+        snap = restored_snapshot(restored, predict=predict, init_params=init_params)
         predict = snap.predict.func
         row: dict[str, Any] = {"step": step}
-        for key, ev in evaluators.items():
+        for key, (when, ev) in evaluators.items():
+            if not runs_at(when, step, total):
+                continue
             t0 = time.perf_counter()
             for name, value in ev.run(snap):
                 row[f"{key}/{name}"] = float(value)

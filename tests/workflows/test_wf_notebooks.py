@@ -125,3 +125,27 @@ def test_training_jacobian_notebook(digits_run, tmp_path, monkeypatch):
     assert all(0 <= float(a) <= 1 and 0 <= float(b) <= 1 for a, b in overlaps)
     # The k = P/2 bulks of two inits overlap more than random subspaces do.
     assert float(overlaps[-1][0]) > float(overlaps[-1][1])
+
+
+def test_reevaluate_honours_when_and_replays_the_training_jacobian(tmp_path, tfds_dir):
+    """A run whose evaluators use ``when`` (reevaluate used to refuse the key), with the
+    training-Jacobian hook, which needs the step-0 parameters."""
+    run = tmp_path / "jac"
+    cfg = tiny_config(
+        "experiment=jacobian_digits",
+        "model.kwargs.widths=[8]",
+        "train.total_steps=8",
+        "evals.jac.when=[0,8]",
+        "+evals.train_acc={type: classification, split: train, when: last}",
+    )
+    train(cfg, run)
+    logged = {r["step"]: r for r in read_metrics(run)}
+    df = reevaluate(run, steps=[0, 4, 8], evals={k: cfg.evals[k] for k in ("jac", "train_acc")})
+    rows = {int(r["step"]): r for _, r in df.iterrows()}
+    assert np.isnan(rows[0]["train_acc/accuracy"]) and np.isnan(rows[4]["train_acc/accuracy"])
+    assert rows[8]["train_acc/accuracy"] == pytest.approx(logged[8]["train_acc/accuracy"])
+    assert np.isnan(rows[4]["jac/sigma_1"])
+    for step in (0, 8):
+        assert rows[step]["jac/replay_rel_error"] < 1e-5
+        assert rows[step]["jac/sigma_1"] == pytest.approx(logged[step]["jac/sigma_1"], rel=1e-5)
+    assert rows[8]["jac/sigma_1"] > 1.01
