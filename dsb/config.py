@@ -143,10 +143,11 @@ class TrainConfig:
     progress_bar: bool = True
     # Evaluation batch size (global); evaluation sets of any size are padded to it.
     eval_batch_size: int = 1024
-    # Most optimizer steps dispatched but not finished. The loop waits for step s - N
-    # before it dispatches step s + 1. An unbounded queue deadlocks XLA:CPU with several
-    # devices (dsb/train.py explains why), and on accelerators it only holds more batches
-    # in device memory: 2-4 in flight already hide the dispatch latency.
+    # Most optimizer steps dispatched but not finished: the loop waits for step s - N to
+    # finish before it dispatches step s. An unbounded queue deadlocks XLA:CPU with
+    # several devices (dsb/train.py explains why); on accelerators it only holds more
+    # batches in device memory. A few steps in flight hide the host's dispatch time
+    # whenever a step takes longer than dispatching one.
     max_steps_in_flight: int = 4
 
 
