@@ -8,7 +8,6 @@ metrics and figures; return a summary. ``load_checkpoint`` reopens any saved ste
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import json
@@ -467,16 +466,15 @@ def train(cfg: Config, run_dir: str | Path) -> TrainResult:
     # "Expected 4 threads to join the rendezvous, but only 3 of them arrived", then abort.
     # Waiting on step s - N's loss (an output of the same program, so ready once the
     # whole step is done) costs nothing while the device is busier than the host, on CPU
-    # and on accelerators alike; benchmarks/train_throughput.py measures it.
-    in_flight: collections.deque[jax.Array] = collections.deque()
+    # and on accelerators alike; benchmarks/train_throughput.py measures it. ``pending``
+    # holds every step since the last host sync, so it holds every step in flight.
     t_window, steps_window = time.perf_counter(), 0
     try:
         for batch_index in range(start, total):
             batch = parallel.put_global_batch(sampler(batch_index), mesh)
-            if len(in_flight) >= cfg.train.max_steps_in_flight:
-                in_flight.popleft().block_until_ready()
+            if len(pending) >= cfg.train.max_steps_in_flight:
+                pending[-cfg.train.max_steps_in_flight][1]["loss"].block_until_ready()
             state, metrics = train_step(state, batch)
-            in_flight.append(metrics["loss"])
             step = batch_index + 1
             pending.append((step, metrics))
             steps_window += 1
