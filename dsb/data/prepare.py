@@ -14,7 +14,7 @@ from dsb.data.registry import DATASETS
 
 
 def main(argv: list[str] | None = None) -> None:
-    names = sorted({s.tfds_name for s in DATASETS.values()})
+    names = sorted({s.tfds_name for _, s in DATASETS.items() if s.tfds_name})
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("names", nargs="+", choices=names)
     parser.add_argument("--data_dir", default=None)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from dsb.registry import Registry
+
 __all__ = ["DATASETS", "DatasetSpec", "get_dataset_spec", "register_dataset"]
 
 
@@ -25,26 +27,21 @@ class DatasetSpec:
     kind: str = "image"
 
 
-DATASETS: dict[str, DatasetSpec] = {
+DATASETS: Registry[DatasetSpec] = Registry("dataset", config_key="data.name")
+for _name, _spec in {
     "digits": DatasetSpec("sklearn_digits", 10, (8, 8, 1), pixel_scale=1.0, builds_offline=True),
     "mnist": DatasetSpec("mnist", 10, (28, 28, 1)),
     "fashion_mnist": DatasetSpec("fashion_mnist", 10, (28, 28, 1)),
     "cifar10": DatasetSpec("cifar10", 10, (32, 32, 3)),
     "svhn_cropped": DatasetSpec("svhn_cropped", 10, (32, 32, 3)),
     "text": DatasetSpec("", 0, (0, 0, 0), kind="text", builds_offline=True),
-}
+}.items():
+    DATASETS.register(_name, _spec)
 
 
 def register_dataset(name: str, spec: DatasetSpec) -> None:
-    if name in DATASETS:
-        raise ValueError(f"dataset {name!r} is already registered")
-    DATASETS[name] = spec
+    DATASETS.register(name, spec)
 
 
 def get_dataset_spec(name: str) -> DatasetSpec:
-    try:
-        return DATASETS[name]
-    except KeyError:
-        raise ValueError(
-            f"data.name={name!r}: unknown dataset; registered: {', '.join(sorted(DATASETS))}"
-        ) from None
+    return DATASETS.get(name)

@@ -16,14 +16,16 @@ Expensive set-up (fitting statistics, sampling fixed evaluation sets) belongs in
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from dsb.registry import Registry
+
 __all__ = [
+    "EVALUATORS",
     "EvalContext",
     "Evaluator",
     "Snapshot",
@@ -108,51 +110,22 @@ class Evaluator(Protocol):
     def run(self, snapshot: Snapshot) -> Iterable[tuple[str, float]]: ...
 
 
-_EVALUATORS: dict[str, type] = {}
+EVALUATORS: Registry[type] = Registry("evaluator type", populate="dsb.evals")
 
 
 def register_evaluator(name: str) -> Callable[[type], type]:
-    def deco(cls: type) -> type:
-        if name in _EVALUATORS:
-            raise ValueError(f"evaluator type {name!r} is already registered")
-        _EVALUATORS[name] = cls
-        return cls
-
-    return deco
-
-
-def _ensure_imported() -> None:
-    import dsb.evals  # noqa: F401  (registers the built-in evaluator types)
+    return EVALUATORS.register(name)
 
 
 def available_evaluators() -> list[str]:
-    _ensure_imported()
-    return sorted(_EVALUATORS)
-
-
-def _lookup(type_name: str) -> type:
-    _ensure_imported()
-    if type_name not in _EVALUATORS:
-        raise ValueError(
-            f"unknown evaluator type {type_name!r}; registered: {', '.join(sorted(_EVALUATORS))}"
-        )
-    return _EVALUATORS[type_name]
+    return EVALUATORS.names()
 
 
 def check_evaluator_options(key: str, type_name: str, options: dict[str, Any]) -> None:
     """Fail before any compute on an option the evaluator's constructor does not take."""
-    sig = inspect.signature(_lookup(type_name).__init__)
-    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
-        return
-    allowed = set(sig.parameters) - {"self", "ctx"}
-    for name in options:
-        if name not in allowed:
-            raise ValueError(
-                f"evals.{key}.{name}: evaluator type {type_name!r} has no such option; "
-                f"valid options: {', '.join(sorted(allowed))}"
-            )
+    EVALUATORS.check_options(f"evals.{key}", type_name, options, reserved={"ctx"})
 
 
 def build_evaluator(ctx: EvalContext, key: str, type_name: str, options: dict[str, Any]):
     check_evaluator_options(key, type_name, options)
-    return _lookup(type_name)(ctx, **options)
+    return EVALUATORS.get(type_name)(ctx, **options)

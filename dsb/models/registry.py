@@ -19,15 +19,23 @@ Contract for a registered model class or factory::
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
 from flax import nnx
 
-__all__ = ["available_models", "build_model", "check_model_kwargs", "register", "register_variant"]
+from dsb.registry import Registry, signature_of
 
-_MODELS: dict[str, Callable[..., nnx.Module]] = {}
+__all__ = [
+    "MODELS",
+    "available_models",
+    "build_model",
+    "check_model_kwargs",
+    "register",
+    "register_variant",
+]
+
+MODELS: Registry[Callable[..., nnx.Module]] = Registry("model", populate="dsb.models")
 
 # Arguments supplied by the trainer, never by the model's config entry.
 _RESERVED = {"num_classes", "input_shape", "rngs", "norm_axis_name"}
@@ -35,14 +43,7 @@ _RESERVED = {"num_classes", "input_shape", "rngs", "norm_axis_name"}
 
 def register(name: str) -> Callable:
     """Class or function decorator adding a model constructor under ``name``."""
-
-    def deco(fn: Callable[..., nnx.Module]) -> Callable[..., nnx.Module]:
-        if name in _MODELS:
-            raise ValueError(f"model {name!r} is already registered")
-        _MODELS[name] = fn
-        return fn
-
-    return deco
+    return MODELS.register(name)
 
 
 def register_variant(name: str, family: Callable[..., nnx.Module], doc: str, **fixed: Any):
@@ -52,7 +53,7 @@ def register_variant(name: str, family: Callable[..., nnx.Module], doc: str, **f
     signature says so, which ``check_model_kwargs`` reads); configuring a fixed one is an
     error that points to the family. Returns the variant's constructor.
     """
-    sig = inspect.signature(family.__init__ if inspect.isclass(family) else family)
+    sig = signature_of(family)
     unknown = sorted(set(fixed) - set(sig.parameters))
     if unknown:
         raise TypeError(f"variant {name!r}: {family.__name__} takes no {', '.join(unknown)}")
@@ -73,56 +74,27 @@ def register_variant(name: str, family: Callable[..., nnx.Module], doc: str, **f
     return register(name)(build)
 
 
-def _ensure_imported() -> None:
-    # Importing the package registers every built-in family.
-    import dsb.models  # noqa: F401
-
-
 def available_models() -> list[str]:
-    _ensure_imported()
-    return sorted(_MODELS)
-
-
-def _lookup(name: str) -> Callable[..., nnx.Module]:
-    _ensure_imported()
-    try:
-        return _MODELS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown model {name!r}; registered models: {', '.join(sorted(_MODELS))}"
-        ) from None
+    return MODELS.names()
 
 
 def check_model_kwargs(name: str, kwargs: dict[str, Any]) -> None:
     """Fail before any compute if ``kwargs`` holds a key the constructor does not take."""
-    fn = _lookup(name)
-    # Classes: read __init__ (NNX's metaclass hides the signature of the class itself).
-    sig = inspect.signature(fn.__init__ if inspect.isclass(fn) else fn)
-    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
-        return
-    allowed = set(sig.parameters) - _RESERVED - {"self"}
-    for key in kwargs:
-        if key in _RESERVED:
-            raise ValueError(f"model.kwargs.{key} is set by the trainer and cannot be configured")
-        if key not in allowed:
-            raise ValueError(
-                f"model.kwargs.{key}: model {name!r} has no such option; "
-                f"valid options: {', '.join(sorted(allowed))}"
-            )
+    MODELS.check_options("model.kwargs", name, kwargs, reserved=_RESERVED)
 
 
 def build_model(
     name: str,
     *,
     num_classes: int,
-    input_shape: tuple[int, int, int],
+    input_shape: tuple[int, ...],
     rngs: nnx.Rngs,
     norm_axis_name: str | None = None,
     **kwargs: Any,
 ) -> nnx.Module:
     """Build the registered model ``name``."""
     check_model_kwargs(name, kwargs)
-    return _lookup(name)(
+    return MODELS.get(name)(
         num_classes=num_classes,
         input_shape=tuple(input_shape),
         rngs=rngs,

@@ -101,9 +101,9 @@ def test_summary_positions():
 
 
 def test_registered_and_options_checked():
-    from dsb.evals.base import _EVALUATORS, check_evaluator_options
+    from dsb.evals.base import EVALUATORS, check_evaluator_options
 
-    assert _EVALUATORS["ngram_probes"] is NgramProbes
+    assert EVALUATORS.get("ngram_probes") is NgramProbes
     check_evaluator_options("ngram", "ngram_probes", {"orders": [1, 2], "num_sequences": 8})
     with pytest.raises(ValueError, match="no such option"):
         check_evaluator_options("ngram", "ngram_probes", {"num_seqs": 8})

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from dsb.lm import corpus
-from dsb.lm.data import Windows, batch_indices, load_tokens, prepare_corpus, save_tokens
-from dsb.lm.tokenizers import BPETokenizer, ByteTokenizer, load_tokenizer
+from dsb.data.loader import BatchSampler
+from dsb.data.text import corpus
+from dsb.data.text.tokenizers import BPETokenizer, ByteTokenizer, load_tokenizer
+from dsb.data.text.windows import Windows, load_tokens, prepare_corpus, save_tokens
 
 TEXTS = [
     "Héllo  wörld\n\n\ttabs, 漢字 and emoji 🙂 ",
@@ -88,31 +89,36 @@ def test_windows_are_slices_of_the_stream():
         w[10]
 
 
+def _window_indices(step, n, b, seed, **kw):
+    """Window indices of a batch, as the trainer samples text batches."""
+    return BatchSampler({"window": np.arange(n)}, b, seed, **kw)(step)["window"]
+
+
 def test_batches_are_deterministic_resumable_and_cover_each_epoch():
     n, b = 37, 8
-    steps = [batch_indices(s, n, b, seed=3) for s in range(20)]
-    again = [batch_indices(s, n, b, seed=3) for s in reversed(range(20))][::-1]
+    steps = [_window_indices(s, n, b, seed=3) for s in range(20)]
+    again = [_window_indices(s, n, b, seed=3) for s in reversed(range(20))][::-1]
     for x, y in zip(steps, again):
         np.testing.assert_array_equal(x, y)
     flat = np.concatenate(steps)
     for e in range(4):  # every epoch is a permutation
         assert sorted(flat[e * n : (e + 1) * n]) == list(range(n))
     assert not np.array_equal(flat[:n], flat[n : 2 * n])
-    assert not np.array_equal(steps[0], batch_indices(0, n, b, seed=4))
+    assert not np.array_equal(steps[0], _window_indices(0, n, b, seed=4))
 
 
 def test_per_process_slices_tile_the_global_batch():
     for step in (0, 4, 9):
-        whole = batch_indices(step, 37, 8, seed=0)
+        whole = _window_indices(step, 37, 8, seed=0)
         parts = [
-            batch_indices(step, 37, 8, seed=0, process_index=p, process_count=4) for p in range(4)
+            _window_indices(step, 37, 8, seed=0, process_index=p, process_count=4) for p in range(4)
         ]
         np.testing.assert_array_equal(np.concatenate(parts), whole)
-    w = Windows(np.arange(400), seq_len=10)
-    batch = w.batch(2, global_batch_size=8, seed=1, process_index=1, process_count=2)
-    assert batch.shape == (4, 10) and batch.dtype == np.int32
+    windows = Windows(np.arange(400), seq_len=10).all()
+    batch = BatchSampler({"tokens": windows}, 8, 1, process_index=1, process_count=2)(2)
+    assert batch["tokens"].shape == (4, 10) and batch["tokens"].dtype == np.int32
     with pytest.raises(ValueError):
-        batch_indices(0, 37, 8, seed=0, process_count=3)
+        _window_indices(0, 37, 8, seed=0, process_count=3)
 
 
 def test_tfds_text_source_with_mock_data():
@@ -127,7 +133,7 @@ def test_tfds_text_source_with_mock_data():
 
 
 def test_prepare_default_corpus_with_bpe(tmp_path):
-    from dsb.lm.data import prepare_text_corpus
+    from dsb.data.text.windows import prepare_text_corpus
 
     c = prepare_text_corpus(tmp_path, "default", tokenizer="bpe", vocab_size=512)
     assert c.vocab_size == 512 and c.meta["provenance"]["name"] == "cpython-pydoc-topics"

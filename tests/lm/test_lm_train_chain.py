@@ -10,9 +10,10 @@ import optax
 import pytest
 from flax import nnx
 
+from dsb.data.loader import BatchSampler
+from dsb.data.text.windows import Windows
 from dsb.evals.base import EvalContext, Snapshot
 from dsb.evals.ngram_probes import NgramProbes
-from dsb.lm.data import Windows
 from dsb.lm.markov import entropy_rate, random_transition_matrix, sample_markov_chain, stationary
 from dsb.models.transformer import Transformer
 
@@ -24,7 +25,9 @@ def test_transformer_learns_markov_chain_entropy_rate(tmp_path):
     pi = stationary(p)
     rate = entropy_rate(p)
     h1 = float(-(pi * np.log(pi)).sum())
-    train = Windows(sample_markov_chain(p, 200_000, seed=1), seq_len=t)
+    train = BatchSampler(
+        {"tokens": Windows(sample_markov_chain(p, 200_000, seed=1), t).all()}, 64, 0
+    )
     val = Windows(sample_markov_chain(p, 256 * t, seed=2), seq_len=t).all()
 
     model = Transformer(
@@ -46,7 +49,7 @@ def test_transformer_learns_markov_chain_entropy_rate(tmp_path):
 
     start = time.time()
     for s in range(500):
-        x = jnp.asarray(train.batch(s, global_batch_size=64, seed=0))
+        x = jnp.asarray(train(s)["tokens"])
         params, opt_state, _ = step(params, opt_state, x)
     predict = jax.jit(lambda x: nnx.merge(graphdef, params)(x))
     val_loss = float(jax.jit(loss_fn)(params, jnp.asarray(val)))

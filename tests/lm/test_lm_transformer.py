@@ -85,6 +85,6 @@ def test_bad_configs_raise():
 
 
 def test_registered_under_transformer():
-    from dsb.models.registry import _MODELS
+    from dsb.models.registry import MODELS
 
-    assert _MODELS["transformer"] is Transformer
+    assert MODELS.get("transformer") is Transformer

@@ -42,7 +42,7 @@ def _source_options(cfg: TextConfig) -> tuple[str, dict]:
 
 @functools.lru_cache(maxsize=4)
 def _prepare(cfg_key: str):
-    from dsb.lm.data import prepare_text_corpus
+    from dsb.data.text.windows import prepare_text_corpus
 
     cfg = TextConfig(**json.loads(cfg_key))
     source, options = _source_options(cfg)
@@ -57,7 +57,7 @@ def _prepare(cfg_key: str):
 
 
 def prepare(cfg: TextConfig):
-    """The tokenized corpus of ``cfg`` (a ``dsb.lm.data.TokenCorpus``), built once."""
+    """The tokenized corpus of ``cfg`` (a ``dsb.data.text.windows.TokenCorpus``), built once."""
     import dataclasses
 
     return _prepare(json.dumps(dataclasses.asdict(cfg), sort_keys=True))

@@ -2,21 +2,20 @@
 
 A prepared corpus is a directory::
 
-    tokenizer.json   the tokenizer (``dsb.lm.tokenizers.load_tokenizer``)
+    tokenizer.json   the tokenizer (``dsb.data.text.tokenizers.load_tokenizer``)
     train.npy        flat token array, uint16 if the vocab fits, else int32
     val.npy          flat token array (the tail of the shuffled document stream)
     meta.json        vocab size, token counts, the options and the source's provenance
 
-Arrays are opened as read-only memory maps, so corpora larger than RAM work.
+Arrays are opened as read-only memory maps. The trainer, though, reads every window of a
+split into host memory (``dsb.data.text.load_text_split``, like the image datasets), so a
+corpus must fit in RAM to train on it.
 
 Windows: window ``i`` of a flat array is ``tokens[i * stride : i * stride + seq_len]``
 (``stride = seq_len`` by default: non-overlapping). A model sees the whole window; its
 logits at position ``t`` predict token ``t + 1``, so a window of ``seq_len`` tokens gives
-``seq_len - 1`` next-token targets. ``batch_indices(step, ...)`` is a pure function of
-``(seed, step)``: epoch ``e`` visits the windows in the permutation drawn from
-``(seed, e)``; a global batch of ``B`` windows is the slice ``[step * B, (step + 1) * B)``
-of the concatenated epochs, and process ``p`` of ``P`` takes the ``p``-th contiguous
-``B / P`` of it. Resuming at step ``s`` therefore needs nothing but ``s``.
+``seq_len - 1`` next-token targets. Batches of windows come from the trainer's
+``dsb.data.loader.BatchSampler``, like image batches.
 """
 
 from __future__ import annotations
@@ -28,13 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from dsb.data.loader import BatchSampler
-from dsb.lm.tokenizers import load_tokenizer, train_tokenizer
+from dsb.data.text.tokenizers import load_tokenizer, train_tokenizer
 
 __all__ = [
     "TokenCorpus",
     "Windows",
-    "batch_indices",
     "encode_documents",
     "load_tokens",
     "prepare_corpus",
@@ -156,9 +153,9 @@ def prepare_text_corpus(
     seed: int = 0,
     **source_options,
 ) -> TokenCorpus:
-    """``prepare_corpus`` on ``dsb.lm.corpus.load_documents(source, **source_options)``,
+    """``prepare_corpus`` on ``dsb.data.text.corpus.load_documents(source, **source_options)``,
     recording where the text came from. ``source="default"`` is the embedded corpus."""
-    from dsb.lm import corpus
+    from dsb.data.text import corpus
 
     documents = corpus.load_documents(source, **source_options)
     provenance = (
@@ -204,30 +201,3 @@ class Windows:
     def all(self) -> np.ndarray:
         """Every window, ``[num_windows, seq_len]`` int32 (the ``load_split`` form)."""
         return self[np.arange(self.num_windows)]
-
-    def batch(self, step: int, *, global_batch_size: int, seed: int, **kw) -> np.ndarray:
-        """This process's share of global batch ``step``: ``[B / P, seq_len]`` int32."""
-        return self[batch_indices(step, self.num_windows, global_batch_size, seed, **kw)]
-
-
-def batch_indices(
-    step: int,
-    num_windows: int,
-    global_batch_size: int,
-    seed: int,
-    *,
-    process_index: int = 0,
-    process_count: int = 1,
-) -> np.ndarray:
-    """Window indices of this process's slice of global batch ``step`` (see module doc)."""
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-    # The trainer's sampler, so text windows and image batches follow one order.
-    sampler = BatchSampler(
-        {"window": np.arange(num_windows, dtype=np.int64)},
-        global_batch_size,
-        seed,
-        process_index=process_index,
-        process_count=process_count,
-    )
-    return sampler(step)["window"]
