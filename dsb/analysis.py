@@ -3,17 +3,18 @@
     from dsb.analysis import reevaluate
     df = reevaluate("runs/digits_default/<date>", steps=[0, 256, 16384])
 
-``restored_snapshot`` turns a ``dsb.train.RestoredRun`` into the ``Snapshot`` evaluators
-take (its ``predict`` calls the restored model, batched, on the local default device);
-``eval_context`` rebuilds the ``EvalContext`` the trainer gave them. With the default
-``out_dir`` (the run directory) the evaluators reuse the probe sets the run cached, so the
-numbers are those the run logged.
+``reevaluate`` builds the same ``dsb.runtime.EvalSuite`` the trainer runs (the same
+entries, the same ``when``, the same ``EvalContext``) over checkpoints restored on the local
+default device. ``restored_snapshot`` turns a ``dsb.runtime.RestoredRun`` into the
+``Snapshot`` evaluators take (its ``predict`` calls the restored model, batched, on one
+local device); ``eval_context`` rebuilds the ``EvalContext`` the trainer gave them. With
+the default ``out_dir`` (the run directory) the evaluators reuse the probe sets the run
+cached, so the numbers are those the run logged.
 """
 
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,9 @@ import pandas as pd
 from flax import nnx
 
 from dsb import parallel
-from dsb.data.loader import BatchSampler
-from dsb.evals.base import EvalContext, Snapshot, build_evaluator, runs_at, split_entry
-from dsb.train import RestoredRun, dataset_info, load_checkpoint, make_loader, make_predict
+from dsb.evals.base import EvalContext, Snapshot
+from dsb.runtime import EvalSuite, OpenRun, RestoredRun, RunContext
+from dsb.step import make_predict
 
 __all__ = ["eval_context", "reevaluate", "restored_snapshot"]
 
@@ -32,38 +33,8 @@ __all__ = ["eval_context", "reevaluate", "restored_snapshot"]
 def eval_context(restored: RestoredRun, out_dir: str | Path) -> EvalContext:
     """The ``EvalContext`` the trainer builds for the restored run's config (the run's
     config and its global training batches included); evaluators write to ``out_dir``."""
-    cfg = restored.config
-    _, num_classes, input_shape = dataset_info(cfg)
-    load = make_loader(cfg)
-
-    def train_batch(step: int) -> dict:
-        # Built on first use: most evaluators never replay training.
-        nonlocal sampler
-        if sampler is None:
-            data = load(cfg.data.train_split)
-            if cfg.data.erasure:  # the trainer trains on the erased split
-                from dsb.data.transforms import erase_split
-
-                data = erase_split(data, cfg.data.erasure, num_classes, cfg.data.erasure_shrinkage)
-            sampler = BatchSampler(
-                data,
-                cfg.data.batch_size,
-                seed=cfg.data.shuffle_seed,
-                reshuffle_each_epoch=cfg.data.reshuffle_each_epoch,
-            )
-        return sampler(step)
-
-    sampler = None
-    return EvalContext(
-        load_split=load,
-        train_split=cfg.data.train_split,
-        num_classes=num_classes,
-        input_shape=input_shape,
-        run_dir=Path(out_dir),
-        seed=cfg.seed,
-        config=cfg,
-        train_batch=train_batch,
-    )
+    run_dir = restored.run_dir if restored.run_dir is not None else Path(out_dir)
+    return RunContext(restored.config, run_dir, write_reports=False).eval_context(out_dir)
 
 
 def restored_snapshot(
@@ -99,34 +70,18 @@ def reevaluate(
 
     Returns one row per step: ``step`` and ``<key>/<name>`` for every value evaluated,
     plus ``time/eval_<key>_s``. An evaluator runs at the steps its ``when`` names, as in
-    the trainer (its columns are NaN elsewhere). Evaluators are built once and reused.
+    the trainer (its columns are NaN elsewhere). Evaluators are built once and reused;
+    the step-0 parameters are restored once, for evaluators that replay training.
     """
-    run_dir = Path(run_dir)
-    first = load_checkpoint(run_dir)  # the newest: its config and the list of steps
-    steps = first.available_steps if steps is None else list(steps)
-    evals = first.config.evals if evals is None else evals
-    ctx = eval_context(first, run_dir if out_dir is None else out_dir)
-    evaluators = {}
-    for key, entry in evals.items():  # split as the trainer does: type, when, options
-        type_name, when, options = split_entry(key, entry)
-        evaluators[key] = (when, build_evaluator(ctx, key, type_name, options))
-    total = first.config.train.total_steps
-    # The step-0 parameters, for evaluators that replay training (training_jacobian).
-    init_params = None
-    if 0 in first.available_steps:
-        init_params = (first if first.step == 0 else load_checkpoint(run_dir, 0)).state["params"]
-    rows, predict = [], None
-    for step in steps:
-        restored = first if step == first.step else load_checkpoint(run_dir, step)
-        snap = restored_snapshot(restored, predict=predict, init_params=init_params)
-        predict = snap.predict.func
-        row: dict[str, Any] = {"step": step}
-        for key, (when, ev) in evaluators.items():
-            if not runs_at(when, step, total):
-                continue
-            t0 = time.perf_counter()
-            for name, value in ev.run(snap):
-                row[f"{key}/{name}"] = float(value)
-            row[f"time/eval_{key}_s"] = time.perf_counter() - t0
-        rows.append(row)
+    with OpenRun(run_dir) as run:
+        ctx = run.context
+        evals = run.config.evals if evals is None else evals
+        suite = EvalSuite(ctx.eval_context(out_dir), evals, ctx.schedule)
+        init_params = run.restore(0).state.params if 0 in run.steps else None
+        predict = run.predict()
+        rows = []
+        for step in run.steps if steps is None else steps:
+            restored = run.restore(step)
+            snapshot = restored_snapshot(restored, predict=predict, init_params=init_params)
+            rows.append({"step": step, **suite.run(snapshot)})
     return pd.DataFrame(rows)

@@ -198,6 +198,7 @@ def validate(cfg: Config) -> None:
     from dsb.data.registry import get_dataset_spec
     from dsb.evals.base import check_evaluator_options, split_entry
     from dsb.models.registry import check_model_kwargs
+    from dsb.schedule import Schedule, check_when
 
     for key, allowed in _CHOICES.items():
         *path, attr = key.split(".")
@@ -260,8 +261,10 @@ def validate(cfg: Config) -> None:
         ):
             raise ValueError("data.augment: image augmentation does not apply to text data")
     check_model_kwargs(cfg.model.name, cfg.model.kwargs)
+    checkpoints = Schedule.from_config(cfg).checkpoints
     for key, entry in cfg.evals.items():
-        type_name, _, options = split_entry(key, entry)
+        type_name, when, options = split_entry(key, entry)
+        check_when(key, when, checkpoints)
         check_evaluator_options(key, type_name, options)
 
 

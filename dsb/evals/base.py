@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from dsb.registry import Registry
+from dsb.schedule import check_when
 
 __all__ = [
     "EVALUATORS",
@@ -33,7 +34,6 @@ __all__ = [
     "build_evaluator",
     "check_evaluator_options",
     "register_evaluator",
-    "runs_at",
     "split_entry",
 ]
 
@@ -48,21 +48,8 @@ def split_entry(key: str, entry: Any) -> tuple[str, Any, dict[str, Any]]:
     if not isinstance(entry, dict) or "type" not in entry:
         raise ValueError(f"evals.{key}: must be a mapping with a 'type' key")
     when = entry.get("when", "all")
-    if not (
-        when in ("all", "last")
-        or (isinstance(when, list) and all(isinstance(s, int) for s in when))
-    ):
-        raise ValueError(f"evals.{key}.when={when!r}: must be 'all', 'last' or a list of steps")
+    check_when(key, when)
     return entry["type"], when, {k: v for k, v in entry.items() if k not in TRAINER_KEYS}
-
-
-def runs_at(when: Any, step: int, total_steps: int) -> bool:
-    """Whether an evaluator with this ``when`` runs at checkpoint ``step``."""
-    if when == "all":
-        return True
-    if when == "last":
-        return step == total_steps
-    return step in when
 
 
 @dataclasses.dataclass
@@ -70,13 +57,15 @@ class EvalContext:
     """What the trainer gives every evaluator when it is built.
 
     ``load_split(name)`` returns the whole split as host arrays: ``{"image": [n, h, w, c]
-    float32 in [0, 1], "label": [n] int32}`` (LM datasets: ``{"tokens": [n, t] int32}``).
-    Results are cached, so evaluators may call it freely.
+    float32 in [0, 1], "label": [n] int32}`` (text datasets: ``{"tokens": [n, t] int32}``).
+    Results are cached, so evaluators may call it freely. ``num_classes`` is the number of
+    classes of image data (``None`` for text), ``vocab_size`` the vocabulary of text data
+    (``None`` for images).
     """
 
     load_split: Callable[[str], dict[str, np.ndarray]]
     train_split: str
-    num_classes: int
+    num_classes: int | None
     input_shape: tuple[int, ...]
     run_dir: Path
     seed: int
@@ -85,6 +74,7 @@ class EvalContext:
     # batch update ``step + 1`` was computed on), for evaluators that replay training.
     config: Any = None
     train_batch: Callable[[int], dict[str, np.ndarray]] | None = None
+    vocab_size: int | None = None
 
 
 @dataclasses.dataclass

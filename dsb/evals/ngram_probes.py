@@ -97,7 +97,9 @@ class NgramProbes:
         self.out_dir = Path(ctx.run_dir) / "ngram_probes"
 
         train = np.asarray(ctx.load_split(ctx.train_split)["tokens"])
-        self.model = NgramModel.fit(train, vocab_size=ctx.num_classes, max_order=self.orders[-1])
+        if ctx.vocab_size is None:
+            raise ValueError("ngram_probes: needs text data (data.name=text)")
+        self.model = NgramModel.fit(train, vocab_size=ctx.vocab_size, max_order=self.orders[-1])
         cache_path = self.out_dir / "sets.npz" if cache else None
         self.sets = cached_ngram_sets(
             self.model, self.orders, int(num_sequences), self.seq_len, int(seed), cache_path
@@ -110,7 +112,7 @@ class NgramProbes:
         for i in range(0, len(tokens), self.batch_size):
             sl = slice(i, i + self.batch_size)
             logits = np.asarray(snapshot.predict(tokens[sl]), dtype=np.float32)
-            if logits.shape != (*tokens[sl].shape, self.ctx.num_classes):
+            if logits.shape != (*tokens[sl].shape, self.ctx.vocab_size):
                 raise ValueError(f"ngram_probes: predict returned shape {logits.shape}")
             yield sl, logits
 

@@ -25,7 +25,7 @@ for model in ("mlp", "resnet"):
         cfg = tiny_config("train.total_steps=6", "figures=false", f"parallel.num_devices={n}",
                           "optim=sgd", "optim.learning_rate=0.05", *extra)
         res = train(cfg, f"{root}/dp_{model}_{n}")
-        leaves = jax.tree.leaves((res.state["params"], res.state["rest"]))
+        leaves = jax.tree.leaves((res.state.params, res.state.rest))
         finals[n] = [np.asarray(x) for x in leaves]
     diffs = [float(np.max(np.abs(a - b)) / (np.max(np.abs(a)) + 1e-12))
              for a, b in zip(finals[1], finals[4])]

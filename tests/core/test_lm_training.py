@@ -4,7 +4,8 @@ import numpy as np
 from dsb_testing import TINY_LM, tiny_config
 
 from dsb.metrics import read_metrics
-from dsb.train import load_checkpoint, train
+from dsb.runtime import load_checkpoint
+from dsb.train import train
 
 
 def test_transformer_trains_on_the_default_corpus_with_ngram_probes(tmp_path, monkeypatch):

@@ -58,7 +58,7 @@ def test_randaugment_is_deterministic_per_key_and_varies_across_keys():
 
 def test_augment_batch_applies_randaugment():
     from dsb.config import AugmentConfig
-    from dsb.train import augment_batch
+    from dsb.step import augment_batch
 
     x = jnp.asarray(RNG.uniform(size=(4, 8, 8, 1)), jnp.float32)
     aug = AugmentConfig(randaugment_num_ops=2, randaugment_magnitude=15)

@@ -9,7 +9,8 @@ import pytest
 from dsb_testing import tiny_config
 
 from dsb.metrics import NonFiniteLossError, read_metrics
-from dsb.train import load_checkpoint, train
+from dsb.runtime import load_checkpoint
+from dsb.train import train
 
 
 def _params_close(a, b, rtol=0.0, atol=0.0):
@@ -36,7 +37,7 @@ def test_end_to_end_smoke(tmp_path, tfds_dir):
     # Rerunning in the same directory resumes at the end and does no work.
     again = train(cfg, run)
     assert again.resumed_from == 20
-    _params_close(again.state["params"], result.state["params"])
+    _params_close(again.state.params, result.state.params)
     assert [r["step"] for r in read_metrics(run)] == [r["step"] for r in records]
 
 
@@ -82,7 +83,7 @@ def test_corrupt_latest_checkpoint_falls_back_and_resume_matches(tmp_path, tfds_
     with pytest.warns(RuntimeWarning, match="step 16 .* unreadable"):
         resumed = train(cfg, run)
     assert resumed.resumed_from == 8
-    _params_close(resumed.state["params"], full.state["params"])
+    _params_close(resumed.state.params, full.state.params)
 
 
 def test_load_checkpoint_on_cpu_without_mesh(tmp_path, tfds_dir):
@@ -90,9 +91,9 @@ def test_load_checkpoint_on_cpu_without_mesh(tmp_path, tfds_dir):
     result = train(cfg, tmp_path / "run")
     restored = load_checkpoint(tmp_path / "run")
     assert restored.step == 16 and restored.available_steps == [0, 1, 2, 4, 8, 16]
-    _params_close(restored.state["params"], result.state["params"])
+    _params_close(restored.state.params, result.state.params)
     early = load_checkpoint(tmp_path / "run", step=2)
-    assert int(early.state["step"]) == 2 and early.meta["data"]["next_step"] == 2
+    assert int(early.state.step) == 2 and early.meta["data"]["next_step"] == 2
     from dsb.data.digits import digits_arrays
 
     x, y = digits_arrays()["test"]
@@ -107,7 +108,7 @@ def test_augmentation_is_per_example_and_deterministic():
     import jax.numpy as jnp
 
     from dsb.config import AugmentConfig
-    from dsb.train import augment_batch
+    from dsb.step import augment_batch
 
     x = jnp.arange(2 * 4 * 4 * 1, dtype=jnp.float32).reshape(2, 4, 4, 1) + 1
     aug = AugmentConfig(crop_padding=1, horizontal_flip=True)

@@ -1,4 +1,4 @@
-"""The pure run replays dsb.train.make_train_step exactly (same batches, same optimizer)."""
+"""The pure run replays dsb.step.make_train_step exactly (same batches, same optimizer)."""
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +9,8 @@ from flax import nnx
 from dsb import parallel
 from dsb.jacobian import cross_entropy_loss, fixed_minibatches, make_training_run, nnx_apply
 from dsb.models import build_model
-from dsb.train import make_train_step
+from dsb.runtime import TrainState
+from dsb.step import make_train_step
 
 
 def test_pure_run_equals_trainer_steps():
@@ -30,13 +31,13 @@ def test_pure_run_equals_trainer_steps():
     tx = optax.sgd(optax.cosine_decay_schedule(0.1, steps), momentum=0.9)
     mesh = parallel.make_mesh(1)
     step_fn = make_train_step(graphdef, tx, mesh)
-    state = {
-        "params": params,
-        "rest": rest,
-        "opt_state": tx.init(params),
-        "step": jnp.zeros((), jnp.int32),
-        "rng": jax.random.key(0),
-    }
+    state = TrainState(
+        params=params,
+        rest=rest,
+        opt_state=tx.init(params),
+        step=jnp.zeros((), jnp.int32),
+        rng=jax.random.key(0),
+    )
     state = parallel.put_replicated(state, mesh)
     batches = fixed_minibatches(x, y, 8)
     apply, params0 = nnx_apply(model)
@@ -46,5 +47,5 @@ def test_pure_run_equals_trainer_steps():
     for i in range(steps):
         b = {"image": np.asarray(batches["image"][i % 4]), "label": y[(i % 4) * 8 :][:8]}
         state, _ = step_fn(state, parallel.put_global_batch(b, mesh))
-    want = jax.flatten_util.ravel_pytree(state["params"])[0]
+    want = jax.flatten_util.ravel_pytree(state.params)[0]
     np.testing.assert_allclose(run(theta0), want, rtol=1e-5, atol=1e-6)

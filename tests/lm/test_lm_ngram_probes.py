@@ -28,7 +28,8 @@ def _ctx(tmp_path, t=16):
     return EvalContext(
         load_split=lambda s: splits[s],
         train_split="train",
-        num_classes=4,
+        num_classes=None,
+        vocab_size=4,
         input_shape=(t,),
         run_dir=tmp_path,
         seed=123,

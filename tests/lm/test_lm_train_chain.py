@@ -25,9 +25,8 @@ def test_transformer_learns_markov_chain_entropy_rate(tmp_path):
     pi = stationary(p)
     rate = entropy_rate(p)
     h1 = float(-(pi * np.log(pi)).sum())
-    train = BatchSampler(
-        {"tokens": Windows(sample_markov_chain(p, 200_000, seed=1), t).all()}, 64, 0
-    )
+    windows = Windows(sample_markov_chain(p, 200_000, seed=1), seq_len=t).all()
+    train = BatchSampler({"tokens": windows}, 64, seed=0)
     val = Windows(sample_markov_chain(p, 256 * t, seed=2), seq_len=t).all()
 
     model = Transformer(
@@ -59,9 +58,10 @@ def test_transformer_learns_markov_chain_entropy_rate(tmp_path):
     assert val_loss < rate + 0.03 and val_loss < h1 - 0.2
 
     ctx = EvalContext(
-        load_split=lambda s: {"tokens": train.all() if s == "train" else val},
+        load_split=lambda s: {"tokens": windows if s == "train" else val},
         train_split="train",
-        num_classes=v,
+        num_classes=None,
+        vocab_size=v,
         input_shape=(t,),
         run_dir=tmp_path,
         seed=0,

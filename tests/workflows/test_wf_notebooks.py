@@ -11,7 +11,8 @@ from nbclient import NotebookClient
 
 from dsb.analysis import reevaluate, restored_snapshot
 from dsb.metrics import read_metrics
-from dsb.train import load_checkpoint, train
+from dsb.runtime import load_checkpoint
+from dsb.train import train
 
 NOTEBOOKS = ROOT / "notebooks"
 

@@ -16,7 +16,7 @@ from dsb.aggregate import collect
 from dsb.config import to_config
 from dsb.data.registry import DATASETS
 from dsb.models import available_models
-from dsb.train import load_checkpoint
+from dsb.runtime import load_checkpoint
 
 SWEEPS = {  # experiment -> number of jobs in its grid
     "sweep_dsb_probes": 4 * 9 * 3,
@@ -86,7 +86,7 @@ def test_local_multirun_end_to_end_then_resume(tmp_path, tfds_dir):
     # The two seeds really are different runs.
     last = df[df["step"] == 4].set_index("seed")
     assert last.loc[0, "train/loss"] != last.loc[1, "train/loss"]
-    before = {r: load_checkpoint(r).state["params"] for r in runs.index}
+    before = {r: load_checkpoint(r).state.params for r in runs.index}
     # Job 1 was preempted after its step-2 checkpoint: its step-4 checkpoint and summary
     # never got written.
     job1 = sweep / "1"
@@ -101,6 +101,6 @@ def test_local_multirun_end_to_end_then_resume(tmp_path, tfds_dir):
     untimed = [c for c in df.columns if not c.startswith("time/") and "per_s" not in c]
     pd.testing.assert_frame_equal(collect(sweep)[untimed], df[untimed], rtol=1e-6)
     for r, params in before.items():
-        after = load_checkpoint(r).state["params"]
+        after = load_checkpoint(r).state.params
         for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(after), strict=True):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -1,0 +1,106 @@
+"""The configured data, as the trainer and the notebook helpers see it.
+
+``data_info(cfg)`` says what the data is (``DataInfo``: image classification or text),
+``split_loader(cfg)`` returns ``split -> host arrays`` and ``training_split(cfg, ...)`` the
+training split the trainer samples from (concept-erased when ``data.erasure`` is set).
+Batches are typed by the data's kind: ``ImageBatch`` or ``TokenBatch``; the train step is
+built for one kind (``DataInfo.kind``) and never inspects a batch's keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal, TypedDict
+
+import numpy as np
+
+from dsb.config import Config
+from dsb.data.registry import get_dataset_spec
+from dsb.data.sources import load_split
+
+__all__ = [
+    "DataInfo",
+    "ImageBatch",
+    "TokenBatch",
+    "data_info",
+    "split_loader",
+    "training_split",
+]
+
+
+class ImageBatch(TypedDict):
+    """Image classification: ``image [B, H, W, C]`` float32 in [0, 1], ``label [B]`` int32."""
+
+    image: np.ndarray
+    label: np.ndarray
+
+
+class TokenBatch(TypedDict):
+    """Language modelling: ``tokens [B, T]`` int32 windows; position t predicts t + 1."""
+
+    tokens: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class DataInfo:
+    """What the configured data is.
+
+    ``kind`` is ``"image"`` (batches are ``ImageBatch``, ``num_classes`` classes) or
+    ``"text"`` (``TokenBatch``, a vocabulary of ``vocab_size`` tokens); ``input_shape`` is
+    (H, W, C) or (context_length,).
+    """
+
+    kind: Literal["image", "text"]
+    input_shape: tuple[int, ...]
+    num_classes: int | None = None
+    vocab_size: int | None = None
+
+    @property
+    def num_outputs(self) -> int:
+        """Logits per input (classes, or vocabulary entries per position)."""
+        return self.vocab_size if self.kind == "text" else self.num_classes
+
+
+def data_info(cfg: Config) -> DataInfo:
+    """``DataInfo`` of ``cfg.data`` (a text corpus is tokenized on first use)."""
+    spec = get_dataset_spec(cfg.data.name)
+    if spec.kind == "text":
+        from dsb.data.text import vocab_size
+
+        vocab = vocab_size(cfg.data.text)
+        return DataInfo("text", (cfg.data.text.context_length,), vocab_size=vocab)
+    return DataInfo("image", tuple(spec.input_shape), num_classes=spec.num_classes)
+
+
+def split_loader(cfg: Config) -> Callable[[str], dict[str, np.ndarray]]:
+    """``split -> host arrays`` of the configured dataset (cached): ``ImageBatch``-like
+    ``{"image", "label"}`` or ``TokenBatch``-like ``{"tokens"}`` dicts of whole splits."""
+    if get_dataset_spec(cfg.data.name).kind == "text":
+        from dsb.data.text import load_text_split
+
+        return functools.cache(functools.partial(load_text_split, cfg.data.text))
+    return functools.partial(load_split, cfg.data.name, data_dir=cfg.data.data_dir)
+
+
+def training_split(
+    cfg: Config,
+    load: Callable[[str], dict[str, np.ndarray]],
+    report_path: str | Path | None = None,
+) -> dict[str, np.ndarray]:
+    """The split the trainer samples from: ``data.train_split``, with LEACE / QLEACE
+    applied when ``data.erasure`` is set (what was fitted is written to ``report_path``)."""
+    data = load(cfg.data.train_split)
+    if not cfg.data.erasure:
+        return data
+    from dsb.data.transforms import erase_split
+
+    return erase_split(
+        data,
+        cfg.data.erasure,
+        get_dataset_spec(cfg.data.name).num_classes,
+        cfg.data.erasure_shrinkage,
+        report_path=report_path,
+    )
