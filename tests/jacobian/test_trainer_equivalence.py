@@ -4,12 +4,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 from dsb import parallel
 from dsb.jacobian import cross_entropy_loss, fixed_minibatches, make_training_run, nnx_apply
 from dsb.models import build_model
 from dsb.train import make_train_step
+
+# With jax x64 on, as every dsb.jacobian test runs.
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def test_pure_run_equals_trainer_steps():
