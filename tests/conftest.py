@@ -1,9 +1,16 @@
-"""Fixtures shared by every test folder (helpers live in ``dsb_testing``)."""
+"""Fixtures shared by every test folder (helpers live in ``dsb_testing``).
+
+This is the only conftest: a fixture that one folder needs is requested by name in its
+files (``pytestmark = pytest.mark.usefixtures(...)``), so each file says what it relies on.
+"""
 
 import sys
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # makes ``dsb_testing`` importable
 
@@ -18,3 +25,38 @@ def tfds_dir(tmp_path_factory, monkeypatch):
     d = tmp_path_factory.getbasetemp() / "tfds"
     monkeypatch.setenv("TFDS_DATA_DIR", str(d))
     return str(d)
+
+
+@pytest.fixture
+def float64():
+    """jax x64 for one test, for comparisons against float64 ground truth (a session-wide
+    switch would leak float64 into every other test)."""
+    with jax.enable_x64(True):
+        yield
+
+
+@pytest.fixture(scope="module")
+def one_blas_thread():
+    """One BLAS thread for a whole module: on small matrices on a shared 2-core box,
+    threaded OpenBLAS spins and runs ~100x slower."""
+    with threadpool_limits(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def digits_train_flat():
+    """The digits train split as ``(x [1600, 64] float64, y [1600])``."""
+    from dsb.data.digits import digits_arrays
+
+    x, y = digits_arrays()["train"]
+    return x.reshape(len(x), -1).astype(np.float64), y
+
+
+@pytest.fixture(scope="module")
+def digits_train_test_flat():
+    """Both digits splits, flattened: ``(x float64, y, x_test float32, y_test)``."""
+    from dsb.data.digits import digits_arrays
+
+    d = digits_arrays()
+    (x, y), (xt, yt) = d["train"], d["test"]
+    return x.reshape(len(x), -1).astype(np.float64), y, xt.reshape(len(xt), -1), yt

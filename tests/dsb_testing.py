@@ -1,4 +1,5 @@
-"""Shared test helpers: compose real configs from conf/ and run tiny trainings.
+"""Shared test helpers: compose real configs from conf/, run tiny trainings, and sample
+Markov chains with known statistics.
 
 A module with a unique name (several test folders have a ``conftest.py``, so
 ``from conftest import ...`` would resolve to whichever was imported first)."""
@@ -9,6 +10,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = str(ROOT / "conf")
@@ -54,19 +57,67 @@ def tiny_config(*overrides: str):
     return to_config(compose([*TINY, *model, *overrides]))
 
 
-def run_python(code: str, devices: int = 1, timeout: int = 600, env: dict | None = None):
-    """Run ``code`` in a fresh interpreter with ``devices`` simulated CPU devices."""
-    full_env = {
+def simulated_devices_env(devices: int, env: dict | None = None) -> dict[str, str]:
+    """The environment of a child interpreter that sees ``devices`` simulated CPU devices:
+    this process's environment, XLA_FLAGS and JAX_PLATFORMS replaced, then ``env``.
+
+    The same dict is written out in experiments/data_parallel/equivalence.py (``run_one``)
+    and benchmarks/train_throughput.py (its device rows), which do not import tests/."""
+    return {
         **os.environ,
         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
         "JAX_PLATFORMS": "cpu",
         **(env or {}),
     }
+
+
+def run_python(code: str, devices: int = 1, timeout: int = 600, env: dict | None = None):
+    """Run ``code`` in a fresh interpreter with ``devices`` simulated CPU devices."""
     return subprocess.run(
         [sys.executable, "-c", code],
-        env=full_env,
+        env=simulated_devices_env(devices, env),
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=ROOT,
     )
+
+
+# Synthetic token sources with known statistics: first-order Markov chains, the ground truth
+# for the n-gram machinery and for LM training. A chain with transition matrix
+# ``P[a, b] = P(x_{t+1} = b | x_t = a)`` has stationary law ``pi`` (``pi P = pi``) and entropy
+# rate ``H = -sum_a pi_a sum_b P_ab log P_ab`` (nats), the best achievable per-token loss.
+
+
+def stationary(p_VxV: np.ndarray) -> np.ndarray:
+    """Stationary distribution ``pi [V]`` of a row-stochastic matrix (irreducible chains)."""
+    w, v = np.linalg.eig(np.asarray(p_VxV, dtype=np.float64).T)
+    pi = np.abs(np.real(v[:, np.argmin(np.abs(w - 1))]))
+    return pi / pi.sum()
+
+
+def entropy_rate(p_VxV: np.ndarray) -> float:
+    p = np.asarray(p_VxV, dtype=np.float64)
+    logp = np.log(np.where(p > 0, p, 1.0))
+    return float(-(stationary(p)[:, None] * p * logp).sum())
+
+
+def random_transition_matrix(vocab_size: int, concentration: float, seed: int) -> np.ndarray:
+    """Rows drawn from a symmetric Dirichlet (small ``concentration`` = peaky rows)."""
+    rng = np.random.default_rng(seed)
+    return rng.dirichlet(np.full(vocab_size, concentration), size=vocab_size)
+
+
+def sample_markov_chain(
+    p_VxV: np.ndarray, length: int, seed: int, start: int | None = None
+) -> np.ndarray:
+    """One trajectory ``[length]`` int64; ``x_0 ~ pi`` unless ``start`` is given."""
+    p = np.asarray(p_VxV, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    cdf = np.cumsum(p, axis=1)
+    x = np.empty(length, dtype=np.int64)
+    x[0] = rng.choice(len(p), p=stationary(p)) if start is None else start
+    u = rng.random(length)
+    for t in range(1, length):
+        x[t] = min(np.searchsorted(cdf[x[t - 1]], u[t], side="right"), len(p) - 1)
+    return x

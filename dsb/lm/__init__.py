@@ -2,7 +2,6 @@
 
 Modules: ``corpus`` (where text comes from, incl. the embedded default corpus),
 ``tokenizers`` (byte-level and BPE), ``data`` (flat token arrays and deterministic windows),
-``ngram`` (n-gram counts, entropy floors, sampler, KL), ``markov`` (synthetic Markov-chain
-sources with known entropy rate), ``plots`` (training curves). The checkpoint evaluator is
-``dsb.evals.ngram_probes``; the model is ``dsb.models.transformer``.
+``ngram`` (n-gram counts, entropy floors, sampler, KL), ``plots`` (training curves). The
+checkpoint evaluator is ``dsb.evals.ngram_probes``; the model is ``dsb.models.transformer``.
 """

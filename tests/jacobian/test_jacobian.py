@@ -24,6 +24,9 @@ from dsb.jacobian import (
     subspace_overlap,
 )
 
+# Compared against float64 ground truth: x64 for each test of this file.
+pytestmark = pytest.mark.usefixtures("float64")
+
 
 class TinyMLP(nnx.Module):
     def __init__(self, d_in, width, k, *, rngs):

@@ -1,9 +1,7 @@
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+from dsb_testing import run_python
 
 SCRIPT = textwrap.dedent(
     """
@@ -29,8 +27,5 @@ SCRIPT = textwrap.dedent(
 
 @pytest.mark.multidevice
 def test_dense_chunks_split_over_two_devices():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    out = subprocess.run(
-        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300
-    )
+    out = run_python(SCRIPT, devices=2, timeout=300)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]

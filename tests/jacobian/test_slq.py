@@ -11,6 +11,9 @@ import pytest
 
 from dsb.jacobian import JacobianOperator, SLQResult, slq_spectrum
 
+# Compared against float64 ground truth: x64 for each test of this file.
+pytestmark = pytest.mark.usefixtures("float64")
+
 
 def diagonal_operator(d: np.ndarray, dtype=jnp.float64, shift: float = 0.0) -> JacobianOperator:
     diag = jnp.asarray(d, dtype)

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 from dsb import parallel
@@ -11,6 +12,9 @@ from dsb.jacobian import cross_entropy_loss, fixed_minibatches, make_training_ru
 from dsb.models import build_model
 from dsb.runtime import TrainState
 from dsb.step import make_train_step
+
+# With jax x64 on, as every dsb.jacobian test runs.
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def test_pure_run_equals_trainer_steps():

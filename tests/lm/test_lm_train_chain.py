@@ -8,13 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from dsb_testing import entropy_rate, random_transition_matrix, sample_markov_chain, stationary
 from flax import nnx
 
 from dsb.data.loader import BatchSampler
 from dsb.data.text.windows import Windows
 from dsb.evals.base import EvalContext, Snapshot
 from dsb.evals.ngram_probes import NgramProbes
-from dsb.lm.markov import entropy_rate, random_transition_matrix, sample_markov_chain, stationary
 from dsb.models.transformer import Transformer
 
 

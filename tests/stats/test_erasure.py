@@ -3,29 +3,15 @@
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
-from threadpoolctl import threadpool_limits
 
-from dsb.data.digits import digits_arrays
 from dsb.stats import erasure
 from dsb.stats.moments import ClassStats, fit_class_stats
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_blas_thread():
-    # Small matrices on a shared 2-core box: threaded OpenBLAS spins and runs ~100x slower.
-    with threadpool_limits(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
-@pytest.fixture(scope="module")
-def digits():
-    d = digits_arrays()
-    (x, y), (xt, yt) = d["train"], d["test"]
-    return x.reshape(len(x), -1).astype(np.float64), y, xt.reshape(len(xt), -1), yt
-
-
-def test_leace_equalises_class_means_and_kills_linear_probe(digits):
-    x, y, xt, yt = digits
+def test_leace_equalises_class_means_and_kills_linear_probe(digits_train_test_flat):
+    x, y, xt, yt = digits_train_test_flat
     st = fit_class_stats([(x, y)], 10)
     eraser = erasure.fit_leace(st)
     assert eraser.left_DxR.shape[1] <= 9
@@ -124,8 +110,8 @@ def test_barycenter_agrees_with_ott():
     np.testing.assert_allclose(ours, theirs, atol=1e-4)
 
 
-def test_qleace_on_digits_with_shrinkage(digits):
-    x, y, xt, yt = digits
+def test_qleace_on_digits_with_shrinkage(digits_train_test_flat):
+    x, y, xt, yt = digits_train_test_flat
     st = fit_class_stats([(x, y)], 10, shrinkage=(1.0, 0.05))
     eraser = erasure.fit_eraser("qleace", st)
     # Exact for the (shrunk) Gaussian model the maps were built for.
@@ -140,8 +126,8 @@ def test_qleace_on_digits_with_shrinkage(digits):
         erasure.fit_eraser("nope", st)
 
 
-def test_total_covariance_is_pooled_covariance(digits):
-    x, y, *_ = digits
+def test_total_covariance_is_pooled_covariance(digits_train_test_flat):
+    x, y, *_ = digits_train_test_flat
     st = fit_class_stats([(x, y)], 10)
     np.testing.assert_allclose(erasure.total_covariance(st), np.cov(x.T, bias=True), atol=1e-12)
     assert isinstance(st, ClassStats)

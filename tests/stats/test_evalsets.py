@@ -2,18 +2,12 @@
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 
 from dsb.data.digits import digits_arrays
 from dsb.stats.evalsets import build_maxent_set, build_ot_set
 from dsb.stats.moments import fit_class_stats
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_blas_thread():
-    # Small matrices on a shared 2-core box: threaded OpenBLAS spins and runs ~100x slower.
-    with threadpool_limits(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 from scipy import integrate
-from threadpoolctl import threadpool_limits
 
 from dsb.data.digits import digits_arrays
 from dsb.stats import maxent
@@ -28,11 +27,7 @@ MUS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_blas_thread():
-    # Small matrices on a shared 2-core box: threaded OpenBLAS spins and runs ~100x slower.
-    with threadpool_limits(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 def _quad_mean(b: float) -> float:

@@ -2,31 +2,18 @@
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 
-from dsb.data.digits import digits_arrays
 from dsb.stats.moments import (
     fit_class_stats,
     marginal_quantile,
     projected_third_moments,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_blas_thread():
-    # Small matrices on a shared 2-core box: threaded OpenBLAS spins and runs ~100x slower.
-    with threadpool_limits(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
-@pytest.fixture(scope="module")
-def digits():
-    x, y = digits_arrays()["train"]
-    return x.reshape(len(x), -1).astype(np.float64), y
-
-
-def test_streaming_equals_one_shot(digits):
-    x, y = digits
+def test_streaming_equals_one_shot(digits_train_flat):
+    x, y = digits_train_flat
     one = fit_class_stats([(x, y)], 10)
     for bs in (1, 37, 500):
         st = fit_class_stats(((x[i : i + bs], y[i : i + bs]) for i in range(0, len(y), bs)), 10)
@@ -38,8 +25,8 @@ def test_streaming_equals_one_shot(digits):
         np.testing.assert_allclose(st.proj_skew_KxR, one.proj_skew_KxR, atol=1e-10)
 
 
-def test_moments_match_numpy(digits):
-    x, y = digits
+def test_moments_match_numpy(digits_train_flat):
+    x, y = digits_train_flat
     st = fit_class_stats([(x, y)], 10)
     np.testing.assert_allclose(st.priors_K, np.bincount(y) / len(y))
     for k in range(10):
@@ -51,10 +38,10 @@ def test_moments_match_numpy(digits):
         )
 
 
-def test_marginal_tables_are_the_empirical_marginals(digits):
+def test_marginal_tables_are_the_empirical_marginals(digits_train_flat):
     # Digits take values k/16: each of the 256 bins holds at most one value, so the
     # inverse CDF at the mid-ranks (i + 1/2)/n must return the sorted data exactly.
-    x, y = digits
+    x, y = digits_train_flat
     st = fit_class_stats([(x, y)], 10)
     for k in (0, 7):
         xk = x[y == k]
@@ -63,8 +50,8 @@ def test_marginal_tables_are_the_empirical_marginals(digits):
         np.testing.assert_allclose(marginal_quantile(st, k, u), np.sort(xk, axis=0), atol=1e-12)
 
 
-def test_shrinkage_recorded_and_applied(digits):
-    x, y = digits
+def test_shrinkage_recorded_and_applied(digits_train_flat):
+    x, y = digits_train_flat
     st = fit_class_stats([(x, y)], 10, shrinkage=(0.9, 0.1))
     assert st.shrinkage == (0.9, 0.1)
     s = st.cov_KxDxD[3]
@@ -73,8 +60,8 @@ def test_shrinkage_recorded_and_applied(digits):
     assert st.with_shrinkage(None).content_hash != st.content_hash
 
 
-def test_content_hash_stable(digits):
-    x, y = digits
+def test_content_hash_stable(digits_train_flat):
+    x, y = digits_train_flat
     a = fit_class_stats([(x, y)], 10)
     b = fit_class_stats([(x[:800], y[:800]), (x[800:], y[800:])], 10)
     c = fit_class_stats([(x[:-1], y[:-1])], 10)
@@ -85,10 +72,10 @@ def test_content_hash_stable(digits):
     assert isinstance(b.content_hash, str) and len(b.content_hash) == 64
 
 
-def test_accumulator_is_spent_after_finalize(digits):
+def test_accumulator_is_spent_after_finalize(digits_train_flat):
     from dsb.stats.moments import StatsAccumulator
 
-    x, y = digits
+    x, y = digits_train_flat
     acc = StatsAccumulator(10, 64)
     acc.update(x, y)
     acc.finalize()

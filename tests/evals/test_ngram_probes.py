@@ -4,13 +4,13 @@ import json
 
 import numpy as np
 import pytest
+from dsb_testing import sample_markov_chain
 
 from dsb.evals.base import EvalContext, Snapshot
 from dsb.evals.ngram_probes import NgramProbes, summary_positions
-from dsb.lm.markov import sample_markov_chain
 from dsb.lm.ngram import NgramModel
 
-# the asymmetric 4-state chain of test_lm_ngram
+# the asymmetric 4-state chain of tests/lm/test_ngram.py
 P = np.array(
     [
         [0.05, 0.70, 0.15, 0.10],

@@ -6,19 +6,13 @@ import json
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
-from threadpoolctl import threadpool_limits
 
 import dsb.evals.dsb_probes as probes
 from dsb.data.digits import digits_arrays
 from dsb.evals.base import EvalContext, Snapshot
 from dsb.stats.plots import plot_probe_curves
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_blas_thread():
-    # Small matrices on a shared 2-core box: threaded OpenBLAS spins and runs ~100x slower.
-    with threadpool_limits(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 def _ctx(tmp_path):

@@ -1,11 +1,15 @@
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 from dsb.evals.base import EvalContext, Snapshot
 from dsb.evals.jacobian_probe import TrainingJacobianProbe
 from dsb.jacobian import cross_entropy_loss, fixed_minibatches, make_training_run, nnx_apply
 from dsb.models import build_model
+
+# With jax x64 on, as every dsb.jacobian test runs.
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def test_probe_replays_and_reports(tmp_path):
