@@ -1,7 +1,7 @@
-"""Language-model side of dsb: text corpora, tokenizers, token windows, n-gram statistics.
+"""Language-model side of dsb: n-gram statistics of text and the n-gram probe figures.
 
-Modules: ``corpus`` (where text comes from, incl. the embedded default corpus),
-``tokenizers`` (byte-level and BPE), ``data`` (flat token arrays and deterministic windows),
-``ngram`` (n-gram counts, entropy floors, sampler, KL), ``plots`` (training curves). The
-checkpoint evaluator is ``dsb.evals.ngram_probes``; the model is ``dsb.models.transformer``.
+Modules: ``ngram`` (n-gram counts, entropy floors, sampler, KL) and ``plots`` (n-gram probe
+figures). The text data itself (corpora, tokenizers, token windows) is ``dsb.data.text``;
+the checkpoint evaluator is ``dsb.evals.ngram_probes``; the model is
+``dsb.models.transformer``.
 """

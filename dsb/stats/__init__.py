@@ -6,5 +6,5 @@ ot        CQN, bounded mean shift, Gaussian (Bures) OT edits
 erasure   LEACE and QLEACE erasers as dataset transforms
 report    MomentReport: achieved moment errors of every generated / edited set
 evalsets  fixed evaluation sets cached on disk by content hash
-plots     plot_probe_curves for metrics.jsonl records
+plots     plot_probe_curves for metrics.jsonl records, dsb_probe_figures (run figures)
 """

@@ -1,4 +1,9 @@
-"""Plots of DSB probe metrics over training (x = step on a log2 axis)."""
+"""Plots of DSB probe metrics over training (x = step on a log2 axis).
+
+``dsb_probe_figures`` draws the run figures of one ``dsb_probes`` evaluator entry (what
+``dsb.plots.plot_run`` calls for that type); ``plot_probe_curves`` draws one of them from
+any metrics records.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,17 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["collect_probe_curves", "plot_probe_curves"]
+from matplotlib.figure import Figure
+
+from dsb.figures import setup_step_axis
+
+__all__ = ["collect_probe_curves", "dsb_probe_figures", "plot_probe_curves"]
+
+# The figures of a dsb_probes entry: file stem and title, per kind of probe.
+PROBE_FIGURES = {
+    "maxent": ("maxent_across_time", "max-ent sets across time"),
+    "ot": ("ot_across_time", "OT-edited sets across time"),
+}
 
 _PATTERNS = {
     "maxent": re.compile(r"(?:^|/)maxent/([^/]+)/(accuracy|loss)$"),
@@ -36,27 +51,25 @@ def plot_probe_curves(
     metrics_records: Sequence[dict],
     out_png: str | Path,
     kind: str = "maxent",
-    num_classes: int = 10,
+    num_classes: int | None = 10,
     title: str | None = None,
-):
-    """Two rows (accuracy, loss), one line per set, dashed chance lines at 1/K and ln K.
+) -> Figure:
+    """Two rows (accuracy, loss), one line per set, dashed chance lines at 1/K and ln K
+    (none if ``num_classes`` is None), saved to ``out_png``.
 
     OT sets: target accuracy solid, source accuracy dotted in the same colour. The step
-    axis is ``dsb.plots.setup_step_axis`` (log2, step 0 shown). Returns the figure.
+    axis is ``dsb.figures.setup_step_axis`` (log2, step 0 shown). Returns the figure (a
+    ``matplotlib.figure.Figure``, not registered with pyplot: no backend is involved).
     """
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from dsb.plots import setup_step_axis
 
     if kind not in _PATTERNS:
         raise ValueError(f"kind must be 'maxent' or 'ot', got {kind!r}")
     curves = collect_probe_curves(metrics_records, kind)
     sets = sorted({s for s, _ in curves})
-    fig, (ax_acc, ax_loss) = plt.subplots(2, 1, figsize=(6.5, 6.5), sharex=True)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig = Figure(figsize=(6.5, 6.5))
+    ax_acc, ax_loss = fig.subplots(2, 1, sharex=True)
+    colours = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     all_steps = {st for pts in curves.values() for st, _ in pts}
 
     for i, name in enumerate(sets):
@@ -75,8 +88,9 @@ def plot_probe_curves(
         pts = curves.get((name, "loss"))
         if pts:
             ax_loss.plot(*zip(*pts), "-", color=c, marker=".", label=name)
-    ax_acc.axhline(1.0 / num_classes, ls="--", color="gray", lw=1, label="chance")
-    ax_loss.axhline(math.log(num_classes), ls="--", color="gray", lw=1, label="ln K")
+    if num_classes:
+        ax_acc.axhline(1.0 / num_classes, ls="--", color="gray", lw=1, label="chance")
+        ax_loss.axhline(math.log(num_classes), ls="--", color="gray", lw=1, label="ln K")
     ax_acc.set_ylabel("accuracy")
     ax_loss.set_ylabel("cross-entropy")
     setup_step_axis(ax_loss, all_steps)
@@ -88,5 +102,34 @@ def plot_probe_curves(
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=120)
-    plt.close(fig)
     return fig
+
+
+def dsb_probe_figures(
+    records: Sequence[dict],
+    key: str,
+    out_dir: str | Path,
+    *,
+    title: str = "",
+    num_classes: int | None = None,
+) -> list[Path]:
+    """The figures of the ``dsb_probes`` evaluator entry ``key`` (metrics ``<key>/maxent/...``
+    and ``<key>/ot/...``): ``<out_dir>/maxent_across_time.png`` and
+    ``<out_dir>/ot_across_time.png``, each only if that kind of probe was logged. ``title``
+    (e.g. the run name) prefixes the figure titles. Returns the paths written."""
+    prefix = f"{key}/"
+    own = [
+        {"step": r["step"], **{k[len(prefix) :]: v for k, v in r.items() if k.startswith(prefix)}}
+        for r in records
+        if "step" in r
+    ]
+    out = []
+    for kind, (stem, what) in PROBE_FIGURES.items():
+        if collect_probe_curves(own, kind):
+            path = Path(out_dir) / f"{stem}.png"
+            plot_probe_curves(
+                own, path, kind=kind, num_classes=num_classes,
+                title=f"{title}: {what}" if title else what,
+            )  # fmt: skip
+            out.append(path)
+    return out

@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from dsb.aggregate import load_table, over_seeds, sweep_plot_args, variant_columns
-from dsb.plots import finish_sweep_figure, plot_seed_band, save_figure, setup_step_axis
+from dsb.figures import finish_sweep_figure, plot_seed_band, save_figure, setup_step_axis
 
 ORDER = ["unigram", "bigram", "trigram"]
 
