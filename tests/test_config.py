@@ -1,13 +1,37 @@
-"""Config composition, validation errors, and every experiment file."""
+"""Config composition, validation errors, every experiment file, and the shared pieces
+(conf/recipe/, conf/evals/) that experiments include through their defaults lists."""
 
 from pathlib import Path
 
 import pytest
+import yaml
 from dsb_testing import CONF_DIR, compose, tiny_config
+from omegaconf import OmegaConf
 
 from dsb.config import Config, to_config
 
-EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
+# Every experiment, by name: adding or removing a file in conf/experiment/ means updating
+# this list (and the README experiment table or docs/sweeps_slurm.md).
+EXPECTED_EXPERIMENTS = {
+    "cifar10_resnet18",
+    "digits_lenet5",
+    "digits_resnet18",
+    "dsb_cifar10",
+    "dsb_digits",
+    "jacobian_digits",
+    "lm_ngram_cluster",
+    "lm_ngram_default",
+    "mnist_lenet5",
+    "sweep_dsb_probes",
+    "sweep_dsb_probes_local",
+    "sweep_lm_ngram",
+    "sweep_lm_ngram_local",
+}
+EXPERIMENT_FILES = {p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml")}
+# Both sets, so that a file missing from the list is still composed and vice versa.
+EXPERIMENTS = sorted(EXPECTED_EXPERIMENTS | EXPERIMENT_FILES)
+LM_EXPERIMENTS = {e for e in EXPECTED_EXPERIMENTS if "lm_ngram" in e}
+VAL = {"type": "classification", "split": "test"}  # conf/evals/classification.yaml
 
 
 def test_default_config_is_the_digits_experiment():
@@ -25,8 +49,121 @@ def test_every_experiment_composes_and_validates(name):
     assert cfg.train.total_steps > 0
 
 
-def test_experiments_exist():
-    assert len(EXPERIMENTS) >= 3
+def test_experiment_files_are_exactly_the_expected_ones():
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    assert EXPERIMENT_FILES == EXPECTED_EXPERIMENTS, (
+        f"not in conf/experiment/: {sorted(EXPECTED_EXPERIMENTS - EXPERIMENT_FILES)}; "
+        f"not in EXPECTED_EXPERIMENTS: {sorted(EXPERIMENT_FILES - EXPECTED_EXPERIMENTS)}"
+    )
+    # ... and they are what Hydra offers as `experiment=<name>`.
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        options = GlobalHydra.instance().config_loader().get_group_options("experiment")
+    assert set(options) == EXPECTED_EXPERIMENTS
+
+
+def _composed(overrides: list[str]) -> dict:
+    return OmegaConf.to_container(compose(overrides), resolve=True)
+
+
+def _pick(cfg: dict, keys: list[str]) -> dict:
+    out = {}
+    for key in keys:
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+        out[key] = node
+    return out
+
+
+# conf/recipe/dsb_cifar10.yaml: the DSB paper's CIFAR-10 recipe.
+DSB_RECIPE_KEYS = ["data.batch_size", "data.augment", "optim", "train", "evals"]
+# conf/recipe/lm_ngram_cluster.yaml: the GPU language-model recipe (depth and width are
+# each experiment's own).
+LM_RECIPE_KEYS = [
+    "data.batch_size",
+    "data.text",
+    "model.kwargs.num_heads",
+    "model.kwargs.positional",
+    "optim",
+    "train",
+    "evals",
+]
+
+
+@pytest.mark.parametrize(
+    ("experiments", "keys"),
+    [
+        (("dsb_cifar10", "sweep_dsb_probes"), DSB_RECIPE_KEYS),
+        (("lm_ngram_cluster", "sweep_lm_ngram"), LM_RECIPE_KEYS),
+    ],
+    ids=["dsb_cifar10", "lm_ngram_cluster"],
+)
+def test_experiments_sharing_a_recipe_agree_on_it(experiments, keys):
+    first, *rest = [_pick(_composed([f"experiment={e}"]), keys) for e in experiments]
+    for other in rest:
+        assert other == first
+
+
+def test_dsb_cifar10_recipe_is_the_papers():
+    cfg = to_config(compose(["experiment=sweep_dsb_probes"]))
+    assert (cfg.data.batch_size, cfg.train.total_steps) == (128, 65536)
+    aug = cfg.data.augment
+    assert (aug.crop_padding, aug.horizontal_flip) == (4, True)
+    assert (aug.randaugment_num_ops, aug.randaugment_magnitude) == (2, 9)
+    o = cfg.optim
+    assert (o.name, o.learning_rate, o.b1, o.b2, o.weight_decay) == ("adamw", 1e-3, 0.9, 0.95, 0.05)
+    assert (o.schedule, o.warmup_steps) == ("warmup_cosine", 2000)
+    assert cfg.evals["dsb"]["maxent_sets"] == ["ics", "box1", "gaussian", "box2", "box3"]
+    assert cfg.evals["dsb"]["num_samples"] == 10000
+
+
+# The evaluators each experiment brings itself, whatever the `evals` group says (its own
+# keys and the shared conf/evals/ files in its defaults list): what `~evals` leaves.
+OWN_EVALS = {
+    "dsb_cifar10": {"val", "dsb"},
+    "dsb_digits": {"val", "dsb"},
+    "jacobian_digits": {"val", "jac"},
+    "sweep_dsb_probes": {"val", "dsb"},
+    "sweep_dsb_probes_local": {"val", "dsb"},
+    "sweep_lm_ngram_local": {"ngram"},  # num_sequences only, on top of evals/ngram.yaml
+}
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_val_evaluator_entry(name):
+    evals = _composed([f"experiment={name}"])["evals"]
+    if name in LM_EXPERIMENTS:
+        assert "val" not in evals
+    else:
+        assert evals["val"] == VAL
+    own = _composed([f"experiment={name}", "~evals"])["evals"]
+    assert set(own) == OWN_EVALS.get(name, set())
+    if "val" in own:
+        assert own["val"] == VAL
+
+
+def _yaml_mappings(node):
+    if isinstance(node, dict):
+        yield node
+        for v in node.values():
+            yield from _yaml_mappings(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _yaml_mappings(v)
+
+
+def test_val_entry_is_written_once():
+    """`{type: classification, split: test}` lives in conf/evals/classification.yaml only;
+    other configs include that file."""
+    conf = Path(CONF_DIR)
+    found = sorted(
+        str(p.relative_to(conf))
+        for p in conf.rglob("*.yaml")
+        if any(m == VAL for m in _yaml_mappings(yaml.safe_load(p.read_text())))
+    )
+    assert found == ["evals/classification.yaml"]
 
 
 def _error_text(excinfo) -> str:
@@ -79,7 +216,13 @@ def test_tiny_config_helper():
 
 def test_slurm_launcher_composes():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    launchers = {}
     for launcher in ("slurm", "slurm_multigpu"):
         cfg = compose([f"hydra/launcher={launcher}"], return_hydra_config=True)
         assert "submitit" in cfg.hydra.launcher._target_.lower()
         assert cfg.hydra.launcher.gpus_per_node >= 1
+        launchers[launcher] = OmegaConf.to_container(cfg.hydra.launcher)
+    # slurm_multigpu is slurm.yaml (which it includes) with one task per GPU on 8 GPUs.
+    multi = {"tasks_per_node": 8, "gpus_per_node": 8, "mem_gb": 256}
+    assert launchers["slurm_multigpu"] == {**launchers["slurm"], **multi}
+    assert launchers["slurm"]["timeout_min"] == 720
