@@ -165,8 +165,9 @@ class LoggingConfig:
     # W&B user or team; null: the default entity of the logged-in account.
     wandb_entity: str | None = None
     # online | offline (sync later with `wandb sync <run dir>/wandb/offline-run-*`) |
-    # disabled (W&B is not called at all).
-    wandb_mode: str = "online"
+    # disabled (W&B is not called at all) | null: W&B's default, the WANDB_MODE
+    # environment variable or else online. (Values set here win over WANDB_* variables.)
+    wandb_mode: str | None = None
     wandb_tags: list[str] = field(default_factory=list)
     # Display name of the W&B run; null: the run directory's name.
     wandb_name: str | None = None
@@ -214,8 +215,8 @@ _CHOICES = {
     "optim.schedule": ("constant", "cosine", "warmup_cosine"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "data.text.tokenizer": ("byte", "bpe"),
-    "logging.wandb_mode": ("online", "offline", "disabled"),
 }
+_WANDB_MODES = ("online", "offline", "disabled")
 
 
 def validate(cfg: Config) -> None:
@@ -232,6 +233,11 @@ def validate(cfg: Config) -> None:
         value = getattr(node, attr)
         if value not in allowed:
             raise ValueError(f"{key}={value!r}: must be one of {', '.join(allowed)}")
+    if cfg.logging.wandb_mode is not None and cfg.logging.wandb_mode not in _WANDB_MODES:
+        raise ValueError(
+            f"logging.wandb_mode={cfg.logging.wandb_mode!r}: must be null or one of "
+            f"{', '.join(_WANDB_MODES)}"
+        )
     positive = {
         "train.total_steps": cfg.train.total_steps,
         "train.log_every_steps": cfg.train.log_every_steps,

@@ -139,8 +139,8 @@ class WandbWriter:
     a resumed run continues the same W&B run (``resume="allow"``).
 
     Resuming: W&B's steps must increase, and it cannot rewrite a step it already holds
-    (it drops such a log with a warning per step; rewinding a run needs a server-side
-    preview feature, and offline mode cannot rewind at all). ``wandb_run.json`` records the
+    (it drops such a log with a warning per step; rewinding a run, ``resume_from``, is a
+    server-side preview feature). ``wandb_run.json`` records the
     last step sent to W&B, so a resumed run that re-logs steps up to that one skips them
     explicitly, with one warning: W&B keeps the values the first attempt logged (the
     same, but for timings, since a resumed run reproduces an uninterrupted one), the

@@ -163,7 +163,8 @@ def test_logging_config_composes_and_validates():
     )
     assert cfg.logging == LoggingConfig(tensorboard=False, wandb_project="p", wandb_tags=["x", "y"])
     assert to_config(compose()).logging == LoggingConfig()
-    with pytest.raises(ValueError, match=r"logging\.wandb_mode='cloud'.*online, offline, disabled"):
+    match = r"logging\.wandb_mode='cloud'.*null or one of online, offline, disabled"
+    with pytest.raises(ValueError, match=match):
         to_config(compose(["logging.wandb_mode=cloud"]))
 
 
@@ -266,3 +267,12 @@ def test_wandb_writer_is_the_sink(tmp_path, fake_wandb):
     (run,) = fake_wandb
     assert run.logged == [(3, {"x": 1.0})] and run.finished
     assert run.init_kwargs["config"] is None and run.init_kwargs["name"] == tmp_path.name
+
+
+def test_defaults_leave_mode_and_entity_to_wandb(tmp_path, fake_wandb):
+    """Null mode and entity are passed as None: WANDB_MODE / WANDB_ENTITY then apply."""
+    WandbWriter(tmp_path, LoggingConfig(wandb=True)).close()
+    (run,) = fake_wandb
+    kw = run.init_kwargs
+    assert kw["mode"] is None and kw["entity"] is None and kw["project"] == "dsb"
+    assert kw["tags"] == [] and kw["group"] is None
