@@ -24,6 +24,7 @@ __all__ = [
     "CheckpointConfig",
     "Config",
     "DataConfig",
+    "LoggingConfig",
     "ModelConfig",
     "OptimConfig",
     "ParallelConfig",
@@ -152,6 +153,29 @@ class TrainConfig:
 
 
 @dataclass
+class LoggingConfig:
+    """Where metrics go besides ``metrics.jsonl`` (always written; the source of truth)."""
+
+    # TensorBoard event files in <run dir>/tensorboard/.
+    tensorboard: bool = True
+    # Also send every metrics.jsonl record to Weights & Biases; needs the extra
+    # `pip install -e '.[wandb]'`. A resumed run continues the same W&B run.
+    wandb: bool = False
+    wandb_project: str = "dsb"
+    # W&B user or team; null: the default entity of the logged-in account.
+    wandb_entity: str | None = None
+    # online | offline (sync later with `wandb sync <run dir>/wandb/offline-run-*`) |
+    # disabled (W&B is not called at all) | null: W&B's default, the WANDB_MODE
+    # environment variable or else online. (Values set here win over WANDB_* variables.)
+    wandb_mode: str | None = None
+    wandb_tags: list[str] = field(default_factory=list)
+    # Display name of the W&B run; null: the run directory's name.
+    wandb_name: str | None = None
+    # W&B group, e.g. one per sweep; null: no group.
+    wandb_group: str | None = None
+
+
+@dataclass
 class Config:
     name: str = "default"
     seed: int = 0
@@ -163,6 +187,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     # Evaluators run at every checkpoint: {key: {type: <registered type>, **options}}.
     evals: dict[str, Any] = field(default_factory=dict)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     # Write PNG figures at the end of the run.
     figures: bool = True
 
@@ -191,6 +216,7 @@ _CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "data.text.tokenizer": ("byte", "bpe"),
 }
+_WANDB_MODES = ("online", "offline", "disabled")
 
 
 def validate(cfg: Config) -> None:
@@ -208,6 +234,11 @@ def validate(cfg: Config) -> None:
         value = getattr(node, attr)
         if value not in allowed:
             raise ValueError(f"{key}={value!r}: must be one of {', '.join(allowed)}")
+    if cfg.logging.wandb_mode is not None and cfg.logging.wandb_mode not in _WANDB_MODES:
+        raise ValueError(
+            f"logging.wandb_mode={cfg.logging.wandb_mode!r}: must be null or one of "
+            f"{', '.join(_WANDB_MODES)}"
+        )
     positive = {
         "train.total_steps": cfg.train.total_steps,
         "train.log_every_steps": cfg.train.log_every_steps,
@@ -260,6 +291,13 @@ def validate(cfg: Config) -> None:
             or cfg.data.augment.randaugment_num_ops
         ):
             raise ValueError("data.augment: image augmentation does not apply to text data")
+    if cfg.logging.wandb and cfg.logging.wandb_mode != "disabled":
+        from dsb.metrics import import_wandb
+
+        try:
+            import_wandb()
+        except ImportError as e:
+            raise ValueError(str(e)) from e
     check_model_kwargs(cfg.model.name, cfg.model.kwargs)
     checkpoints = Schedule.from_config(cfg).checkpoints
     for key, entry in cfg.evals.items():

@@ -1,13 +1,29 @@
-"""Metric writers (process 0 only): ``metrics.jsonl`` and TensorBoard event files."""
+"""Metric writers (process 0 only): ``metrics.jsonl``, TensorBoard event files and,
+optionally, Weights & Biases.
+
+``metrics.jsonl`` is the source of truth; TensorBoard and W&B are views of it.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import math
+import os
+import uuid
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["MetricsWriter", "NonFiniteLossError", "read_metrics"]
+if TYPE_CHECKING:
+    from dsb.config import LoggingConfig
+
+__all__ = ["MetricsWriter", "NonFiniteLossError", "WandbWriter", "import_wandb", "read_metrics"]
+
+log = logging.getLogger(__name__)
+
+WANDB_EXTRA_HINT = "pip install -e '.[wandb]'"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -22,25 +38,55 @@ class NonFiniteLossError(FloatingPointError):
         self.step = step
 
 
+def import_wandb():
+    """The ``wandb`` module, or an ImportError that names the extra to install."""
+    try:
+        import wandb
+    except ImportError as e:
+        raise ImportError(
+            f"logging.wandb=true needs the wandb package, which is not installed: "
+            f"{WANDB_EXTRA_HINT} (or pip install wandb), or set logging.wandb=false"
+        ) from e
+    return wandb
+
+
 class MetricsWriter:
-    """Writes one JSON object per logged step to ``metrics.jsonl``, plus TensorBoard.
+    """Writes one JSON object per logged step to ``metrics.jsonl``, plus TensorBoard and,
+    when ``wandb`` asks for it, Weights & Biases.
 
     Values written for the same step (training metrics, then evaluations) are merged into
-    one line, flushed when a later step is written or on ``flush``/``close``.
+    one line, flushed when a later step is written or on ``flush``/``close``. TensorBoard
+    receives each value as it is written; W&B receives each merged line as it is flushed
+    (``WandbWriter``). Nothing is written when ``enabled`` is false (every process but 0).
+
+    ``wandb``: the run's ``LoggingConfig`` (``cfg.logging``) or None; W&B is used when its
+    ``wandb`` is true and its ``wandb_mode`` is not ``disabled``. ``config``: the run's
+    resolved config as a dict (or a dataclass), recorded as the W&B run's config.
     """
 
-    def __init__(self, run_dir: str | Path, enabled: bool = True, tensorboard: bool = True):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        enabled: bool = True,
+        tensorboard: bool = True,
+        wandb: LoggingConfig | None = None,
+        config: Mapping[str, Any] | Any | None = None,
+    ):
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
         self._pending: dict[str, Any] | None = None
         self._tb = None
+        self._wandb: WandbWriter | None = None
         if enabled and tensorboard:
             from tensorboardX import SummaryWriter
 
             self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        if enabled and wandb is not None and wandb.wandb and wandb.wandb_mode != "disabled":
+            self._wandb = WandbWriter(run_dir, wandb, config)
 
     def truncate_after(self, step: int) -> None:
-        """Drop lines logged after ``step`` (a resumed run rewrites them)."""
+        """Drop lines logged after ``step`` (a resumed run rewrites them). W&B cannot drop
+        steps it already holds; ``WandbWriter`` documents what it does instead."""
         if not self.enabled or not self.path.exists():
             return
         kept = [r for r in read_metrics(self.path) if r["step"] <= step]
@@ -66,6 +112,9 @@ class MetricsWriter:
         if self.enabled and self._pending is not None:
             with self.path.open("a") as f:
                 f.write(json.dumps(self._pending) + "\n")
+            if self._wandb is not None:
+                values = {k: v for k, v in self._pending.items() if k != "step"}
+                self._wandb.log(self._pending["step"], values)
             self._pending = None
         if self._tb is not None:
             self._tb.flush()
@@ -75,6 +124,91 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        if self._wandb is not None:
+            self._wandb.close()
+            self._wandb = None
+
+
+class WandbWriter:
+    """Sends the records of ``metrics.jsonl`` to a Weights & Biases run.
+
+    Each record goes to ``run.log(values, step=step)`` with exactly the values of its
+    ``metrics.jsonl`` line, non-finite values included as the same strings ("nan",
+    "inf"). The W&B run lives in ``<run_dir>/wandb/``, is named after the run directory
+    (or ``logging.wandb_name``), and its id is kept in ``<run_dir>/wandb_run.json`` so that
+    a resumed run continues the same W&B run (``resume="allow"``).
+
+    Resuming: W&B's steps must increase, and it cannot rewrite a step it already holds
+    (it drops such a log with a warning per step; rewinding a run, ``resume_from``, is a
+    server-side preview feature). ``wandb_run.json`` records the
+    last step sent to W&B, so a resumed run that re-logs steps up to that one skips them
+    explicitly, with one warning: W&B keeps the values the first attempt logged (the
+    same, but for timings, since a resumed run reproduces an uninterrupted one), the
+    resumed run's values for those steps are in ``metrics.jsonl``, and W&B continues
+    with the first step after.
+    """
+
+    STATE_FILE = "wandb_run.json"
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        options: LoggingConfig,
+        config: Mapping[str, Any] | Any | None = None,
+    ):
+        wandb = import_wandb()
+        run_dir = Path(run_dir)
+        self.state_path = run_dir / self.STATE_FILE
+        state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+        self.run_id: str = state.get("id") or uuid.uuid4().hex[:16]
+        # Steps up to this one were sent by an earlier attempt and are skipped.
+        self.resumed_through: int | None = state.get("last_step")
+        self.last_step: int | None = self.resumed_through
+        self._warned = False
+        self._save_state()  # the id is kept even if this attempt dies before logging
+        if dataclasses.is_dataclass(config) and not isinstance(config, type):
+            config = dataclasses.asdict(config)
+        self.run = wandb.init(
+            project=options.wandb_project,
+            entity=options.wandb_entity,
+            mode=options.wandb_mode,
+            dir=str(run_dir),
+            config=dict(config) if config is not None else None,
+            name=options.wandb_name or run_dir.resolve().name,
+            group=options.wandb_group,
+            tags=list(options.wandb_tags),
+            id=self.run_id,
+            resume="allow",
+        )
+
+    def log(self, step: int, values: dict[str, Any]) -> None:
+        step = int(step)
+        if self.resumed_through is not None and step <= self.resumed_through:
+            if not self._warned:
+                log.warning(
+                    "W&B run %s already holds steps up to %d from before this run resumed; "
+                    "W&B cannot rewrite logged steps, so steps %d..%d are not sent again "
+                    "(metrics.jsonl has their resumed values) and W&B continues from step %d",
+                    self.run_id,
+                    self.resumed_through,
+                    step,
+                    self.resumed_through,
+                    self.resumed_through + 1,
+                )
+                self._warned = True
+            return
+        self.run.log(values, step=step)
+        if self.last_step is None or step > self.last_step:
+            self.last_step = step
+            self._save_state()
+
+    def close(self) -> None:
+        self.run.finish()
+
+    def _save_state(self) -> None:
+        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
+        tmp.write_text(json.dumps({"id": self.run_id, "last_step": self.last_step}) + "\n")
+        os.replace(tmp, self.state_path)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
