@@ -219,6 +219,21 @@ _CHOICES = {
 _WANDB_MODES = ("online", "offline", "disabled")
 
 
+WANDB_EXTRA_HINT = "pip install -e '.[wandb]'"
+
+
+def import_wandb():
+    """The ``wandb`` module, or an ImportError that names the extra to install."""
+    try:
+        import wandb
+    except ImportError as e:
+        raise ImportError(
+            f"logging.wandb=true needs the wandb package, which is not installed: "
+            f"{WANDB_EXTRA_HINT} (or pip install wandb), or set logging.wandb=false"
+        ) from e
+    return wandb
+
+
 def validate(cfg: Config) -> None:
     """Semantic checks beyond types; raise ValueError naming the offending key."""
     from dsb.data.registry import get_dataset_spec
@@ -292,8 +307,6 @@ def validate(cfg: Config) -> None:
         ):
             raise ValueError("data.augment: image augmentation does not apply to text data")
     if cfg.logging.wandb and cfg.logging.wandb_mode != "disabled":
-        from dsb.metrics import import_wandb
-
         try:
             import_wandb()
         except ImportError as e:

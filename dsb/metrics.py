@@ -14,16 +14,13 @@ import os
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from dsb.config import LoggingConfig
+from dsb.config import LoggingConfig, import_wandb
 
 __all__ = ["MetricsWriter", "NonFiniteLossError", "WandbWriter", "import_wandb", "read_metrics"]
 
 log = logging.getLogger(__name__)
-
-WANDB_EXTRA_HINT = "pip install -e '.[wandb]'"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -36,18 +33,6 @@ class NonFiniteLossError(FloatingPointError):
             "optim.grad_clip_norm, or check the data for NaNs."
         )
         self.step = step
-
-
-def import_wandb():
-    """The ``wandb`` module, or an ImportError that names the extra to install."""
-    try:
-        import wandb
-    except ImportError as e:
-        raise ImportError(
-            f"logging.wandb=true needs the wandb package, which is not installed: "
-            f"{WANDB_EXTRA_HINT} (or pip install wandb), or set logging.wandb=false"
-        ) from e
-    return wandb
 
 
 class MetricsWriter:

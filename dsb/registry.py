@@ -1,10 +1,12 @@
 """Named registries of constructors: models, evaluator types and datasets share one helper.
 
-A ``Registry`` maps a name to a constructor (or a spec), imports the package whose modules
-register the built-in entries on first lookup, and checks configured options against the
-constructor's signature before any compute, with errors that name the config key::
+A ``Registry`` maps a name to a constructor (or a spec) and checks configured options
+against the constructor's signature before any compute, with errors that name the config
+key. A registry lives in a package's ``registry``/``base`` module and the package's
+``__init__`` imports every module that registers a built-in entry; since importing any
+submodule imports its package first, a lookup always sees every built-in::
 
-    MODELS = Registry("model", populate="dsb.models")
+    MODELS = Registry("model")
 
     @MODELS.register("mlp")
     class MLP(nnx.Module): ...
@@ -14,7 +16,6 @@ constructor's signature before any compute, with errors that name the config key
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
@@ -31,13 +32,11 @@ def signature_of(fn: Callable) -> inspect.Signature:
 
 
 class Registry(Generic[T]):
-    """``name -> entry``, filled by ``register``; ``populate`` names the package whose
-    import registers the built-in entries (imported on the first lookup)."""
+    """``name -> entry``, filled by ``register``."""
 
-    def __init__(self, kind: str, populate: str | None = None, config_key: str | None = None):
+    def __init__(self, kind: str, config_key: str | None = None):
         self.kind = kind  # "model", "evaluator type", "dataset": used in messages
         self.config_key = config_key  # e.g. "data.name", for messages about a bad name
-        self._populate = populate
         self._entries: dict[str, T] = {}
 
     def register(self, name: str, entry: T | None = None):
@@ -51,23 +50,16 @@ class Registry(Generic[T]):
 
         return add if entry is None else add(entry)
 
-    def _ensure_populated(self) -> None:
-        if self._populate is not None:
-            importlib.import_module(self._populate)
-
     def names(self) -> list[str]:
-        self._ensure_populated()
         return sorted(self._entries)
 
     def items(self) -> list[tuple[str, T]]:
         return [(name, self._entries[name]) for name in self.names()]
 
     def __contains__(self, name: str) -> bool:
-        self._ensure_populated()
         return name in self._entries
 
     def get(self, name: str) -> T:
-        self._ensure_populated()
         try:
             return self._entries[name]
         except KeyError:

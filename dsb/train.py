@@ -68,7 +68,13 @@ def train(cfg: Config, run_dir: str | Path) -> TrainResult:
     init_params = jax.tree.map(jnp.copy, model.params)  # for the training-Jacobian hook
 
     checkpoints = RunCheckpoints(ctx)
-    writer = MetricsWriter(ctx.run_dir, enabled=ctx.is_main_process)
+    writer = MetricsWriter(
+        ctx.run_dir,
+        enabled=ctx.is_main_process,
+        tensorboard=cfg.logging.tensorboard,
+        wandb=cfg.logging,
+        config=cfg,
+    )
     start, resumed_from = 0, None
     resumed = checkpoints.resume(TrainState.abstract(model, tx, sharding=rep))
     if resumed is not None:
@@ -128,7 +134,7 @@ def train(cfg: Config, run_dir: str | Path) -> TrainResult:
     if cfg.figures and ctx.is_main_process:
         from dsb.plots import plot_run
 
-        figures = plot_run(ctx.run_dir, num_classes=ctx.info.num_classes)
+        figures = plot_run(ctx.run_dir, evals=suite.types, num_classes=ctx.info.num_classes)
     if ctx.is_main_process:
         summary = json.dumps({"final_step": total, **last}, indent=2)
         (ctx.run_dir / "summary.json").write_text(summary)

@@ -65,9 +65,7 @@ def test_sigkill_and_restart_equals_uninterrupted(tmp_path, tfds_dir):
 
     a, b = load_checkpoint(tmp_path / "ref"), load_checkpoint(run)
     assert a.step == b.step == 3000
-    for x, y in zip(
-        jax.tree.leaves(a.state.params), jax.tree.leaves(b.state.params), strict=True
-    ):
+    for x, y in zip(jax.tree.leaves(a.state.params), jax.tree.leaves(b.state.params), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     # Metrics were rewritten from the checkpoint on, one object per step.
     import json

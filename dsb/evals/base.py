@@ -100,7 +100,7 @@ class Evaluator(Protocol):
     def run(self, snapshot: Snapshot) -> Iterable[tuple[str, float]]: ...
 
 
-EVALUATORS: Registry[type] = Registry("evaluator type", populate="dsb.evals")
+EVALUATORS: Registry[type] = Registry("evaluator type")
 
 
 def register_evaluator(name: str) -> Callable[[type], type]:

@@ -35,7 +35,7 @@ __all__ = [
     "register_variant",
 ]
 
-MODELS: Registry[Callable[..., nnx.Module]] = Registry("model", populate="dsb.models")
+MODELS: Registry[Callable[..., nnx.Module]] = Registry("model")
 
 # Arguments supplied by the trainer, never by the model's config entry.
 _RESERVED = {"num_classes", "input_shape", "rngs", "norm_axis_name"}
