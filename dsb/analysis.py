@@ -27,7 +27,7 @@ from dsb.evals.base import EvalContext, Snapshot
 from dsb.runtime import EvalSuite, OpenRun, RestoredRun, RunContext
 from dsb.step import make_predict
 
-__all__ = ["eval_context", "reevaluate", "restored_snapshot"]
+__all__ = ["eval_context", "eval_suite", "reevaluate", "restored_snapshot"]
 
 
 def eval_context(restored: RestoredRun, out_dir: str | Path) -> EvalContext:
@@ -35,6 +35,19 @@ def eval_context(restored: RestoredRun, out_dir: str | Path) -> EvalContext:
     config and its global training batches included); evaluators write to ``out_dir``."""
     run_dir = restored.run_dir if restored.run_dir is not None else Path(out_dir)
     return RunContext(restored.config, run_dir, write_reports=False).eval_context(out_dir)
+
+
+def eval_suite(
+    restored: RestoredRun,
+    evals: dict[str, dict[str, Any]] | None = None,
+    out_dir: str | Path | None = None,
+) -> EvalSuite:
+    """The ``EvalSuite`` the trainer ran: ``evals`` (default: the run's own entries) over
+    the run's schedule and ``eval_context``; ``suite.run(restored_snapshot(r))`` evaluates
+    a restored checkpoint ``r`` exactly as the trainer did at that step."""
+    ctx = RunContext(restored.config, restored.run_dir or Path(out_dir), write_reports=False)
+    evals = restored.config.evals if evals is None else evals
+    return EvalSuite(ctx.eval_context(out_dir), evals, ctx.schedule)
 
 
 def restored_snapshot(
