@@ -36,7 +36,9 @@ def test_jacobian_hook_replays_the_run_and_tracks_the_spectrum(tmp_path, tfds_di
 
 
 def test_jacobian_hook_refuses_augmentation():
-    cfg = tiny_config("experiment=jacobian_digits", "data.augment.crop_padding=1")
+    cfg = tiny_config(
+        "experiment=jacobian_digits", "evals.jac.when=last", "data.augment.crop_padding=1"
+    )
     from dsb.evals.base import EvalContext
     from dsb.evals.jacobian_probe import TrainingJacobianProbe
 

@@ -98,7 +98,7 @@ leaves = jax.tree.leaves((res.state.params, res.state.rest))
 np.savez(out + ".final.npz", *[np.asarray(x) for x in leaves])
 from dsb.runtime import load_checkpoint
 early = load_checkpoint(run_dir, EARLY_STEP).state
-leaves = jax.tree.leaves((early["params"], early["rest"]))
+leaves = jax.tree.leaves((early.params, early.rest))
 np.savez(out + ".early.npz", *[np.asarray(x) for x in leaves])
 print("RESULT", json.dumps({"seconds": time.perf_counter() - t0,
       "final_step": res.final_step, "train_loss": res.last_metrics.get("train/loss")}))
