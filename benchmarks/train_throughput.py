@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -47,6 +46,7 @@ from dsb.data.digits import digits_arrays  # noqa: E402
 from dsb.metrics import read_metrics  # noqa: E402
 from dsb.models.registry import build_model  # noqa: E402
 from dsb.optim import make_optimizer  # noqa: E402
+from dsb.parallel import simulated_devices_env  # noqa: E402
 from dsb.train import train  # noqa: E402
 
 MODELS = {
@@ -147,11 +147,7 @@ def device_rows(steps: int, repeats: int) -> dict:
     for name in MODELS:
         per_n = {}
         for n in (1, 4):
-            env = {
-                **os.environ,
-                "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}",
-                "JAX_PLATFORMS": "cpu",
-            }
+            env = simulated_devices_env(n)
             cmd = [sys.executable, __file__, "--worker", name, "--steps", str(steps)]
             vals = []
             for _ in range(repeats):

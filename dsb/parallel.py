@@ -12,6 +12,7 @@ tools can call the same model as a plain ``params -> outputs`` function.
 from __future__ import annotations
 
 import logging
+import os
 
 import jax
 import numpy as np
@@ -31,6 +32,7 @@ __all__ = [
     "put_global_batch",
     "put_replicated",
     "replicated",
+    "simulated_devices_env",
 ]
 
 DATA_AXIS = "data"
@@ -96,3 +98,16 @@ def gather_to_host(x) -> np.ndarray:
     if jax.process_count() > 1:
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
+
+
+def simulated_devices_env(devices: int, env: dict | None = None) -> dict[str, str]:
+    """The environment of a child interpreter that sees ``devices`` simulated CPU devices
+    (``--xla_force_host_platform_device_count``): this process's environment with
+    ``XLA_FLAGS`` and ``JAX_PLATFORMS`` replaced, then ``env``. XLA reads the flag when the
+    backend starts, so it only works in a fresh process."""
+    return {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "JAX_PLATFORMS": "cpu",
+        **(env or {}),
+    }

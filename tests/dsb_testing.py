@@ -6,12 +6,13 @@ A module with a unique name (several test folders have a ``conftest.py``, so
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from dsb.parallel import simulated_devices_env
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = str(ROOT / "conf")
@@ -55,20 +56,6 @@ def tiny_config(*overrides: str):
     custom = any(o.startswith(("model=", "experiment=")) for o in overrides)
     model = [] if custom else ["model.kwargs.widths=[32]"]
     return to_config(compose([*TINY, *model, *overrides]))
-
-
-def simulated_devices_env(devices: int, env: dict | None = None) -> dict[str, str]:
-    """The environment of a child interpreter that sees ``devices`` simulated CPU devices:
-    this process's environment, XLA_FLAGS and JAX_PLATFORMS replaced, then ``env``.
-
-    The same dict is written out in experiments/data_parallel/equivalence.py (``run_one``)
-    and benchmarks/train_throughput.py (its device rows), which do not import tests/."""
-    return {
-        **os.environ,
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-        "JAX_PLATFORMS": "cpu",
-        **(env or {}),
-    }
 
 
 def run_python(code: str, devices: int = 1, timeout: int = 600, env: dict | None = None):

@@ -46,6 +46,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dsb.parallel import simulated_devices_env
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 # Each experiment as a user would run it, shortened to --steps; the language model is
@@ -109,11 +111,7 @@ def run_one(overrides, ndev: int, workdir: Path, tag: str, perturb: bool, timeou
     """One training run in a fresh interpreter: ``(info, {"early": leaves, "final": leaves})``
     or ``(info, None)`` when it did not finish."""
     out = workdir / tag
-    env = {
-        **os.environ,
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={ndev}",
-        "JAX_PLATFORMS": "cpu",
-    }
+    env = simulated_devices_env(ndev)
     args = json.dumps([overrides, str(workdir / tag), str(out), ndev, perturb])
     t0 = time.perf_counter()
     try:

@@ -1,6 +1,6 @@
 """Reproduce the training-Jacobian figures of Belrose & Scherlis (arXiv 2412.07003) on digits.
 
-    python experiments/training_jacobian/run.py [--cache runs/training_jacobian] [--quick]
+    python experiments/training_jacobian/run.py [--cache runs/training_jacobian] [--float64-check]
 
 Reference setup (SCIENCE.md): MLP 64-GELU-10 (P = 4810, biases N(0, 0.125^2)) on sklearn
 digits / 16, 1600/197 split, 25 fixed minibatches of 64 in the same order every epoch,
