@@ -276,3 +276,25 @@ def test_defaults_leave_mode_and_entity_to_wandb(tmp_path, fake_wandb):
     kw = run.init_kwargs
     assert kw["mode"] is None and kw["entity"] is None and kw["project"] == "dsb"
     assert kw["tags"] == [] and kw["group"] is None
+
+
+def test_a_training_run_with_logging_wandb_sends_metrics_jsonl(tmp_path, fake_wandb, tfds_dir):
+    """train() wires the sinks: logging.wandb=true sends exactly the run's metrics.jsonl
+    lines, with the run's resolved config, and closes the W&B run; logging.tensorboard is
+    honoured."""
+    from dsb_testing import tiny_config
+
+    from dsb.train import train
+
+    cfg = tiny_config(
+        "train.total_steps=4",
+        "optim.warmup_steps=1",
+        "logging.wandb=true",
+        "logging.wandb_mode=offline",
+        "logging.tensorboard=false",
+    )
+    train(cfg, tmp_path / "run")
+    (run,) = fake_wandb
+    assert run.finished and run.init_kwargs["config"]["train"]["total_steps"] == 4
+    assert run.logged == _as_logged(read_metrics(tmp_path / "run"))
+    assert not (tmp_path / "run" / "tensorboard").exists()  # logging.tensorboard=false
