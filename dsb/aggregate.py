@@ -192,13 +192,24 @@ _FIRST = ["run_dir", "status", "step"]
 
 # Config keys that differ between runs of one variant without defining it.
 _NOT_VARIANT = ("seed", "data.shuffle_seed", "data.data_dir", "data.text.corpus_dir")
+# Where and how a run reports (TensorBoard, W&B names and tags) does not change what it
+# computes, so runs differing only there are seeds of one variant.
+_NOT_VARIANT_PREFIXES = ("logging.",)
 
 
 def variant_columns(df: pd.DataFrame) -> list[str]:
-    """The config columns that vary across the runs of ``df``, except seeds and paths:
-    what tells one variant of a sweep (dataset, model, size, ...) from another."""
+    """The config columns that vary across the runs of ``df``, except seeds, paths and
+    ``logging.*``: what tells one variant of a sweep (dataset, model, size, ...) from
+    another."""
     runs = df.drop_duplicates("run_dir")
-    config = [c for c in df.columns if c not in _FIRST and "/" not in c and c not in _NOT_VARIANT]
+    config = [
+        c
+        for c in df.columns
+        if c not in _FIRST
+        and "/" not in c
+        and c not in _NOT_VARIANT
+        and not c.startswith(_NOT_VARIANT_PREFIXES)
+    ]
     return [c for c in config if runs[c].astype(str).nunique() > 1]
 
 

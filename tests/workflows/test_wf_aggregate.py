@@ -143,6 +143,9 @@ def test_over_seeds_means_bands_and_variants(runs):
     df = collect([runs / "sweep" / "0", runs / "sweep" / "1"])
     # The two runs differ by seed (not a variant) and learning rate (a variant).
     assert variant_columns(df) == ["optim.learning_rate"]
+    # Where a run reports is not a variant either.
+    tagged = df.assign(**{"logging.wandb_name": df["run_dir"].astype(str)})
+    assert variant_columns(tagged) == ["optim.learning_rate"]
     both = over_seeds(df, ["val/accuracy", "train/loss"], by=[])
     at16 = both[both["step"] == 16].iloc[0]
     vals = df[df["step"] == 16]["val/accuracy"]
