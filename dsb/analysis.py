@@ -14,7 +14,6 @@ cached, so the numbers are those the run logged.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from flax import nnx
 
 from dsb import parallel
 from dsb.evals.base import EvalContext, Snapshot
-from dsb.runtime import EvalSuite, OpenRun, RestoredRun, RunContext
+from dsb.runtime import EvalSuite, OpenRun, RestoredRun, RunContext, snapshot
 from dsb.step import make_predict
 
 __all__ = ["eval_context", "eval_suite", "reevaluate", "restored_snapshot"]
@@ -62,14 +61,7 @@ def restored_snapshot(
     if predict is None:
         batch = eval_batch_size or restored.config.train.eval_batch_size
         predict = make_predict(graphdef, parallel.make_mesh(1), batch)
-    return Snapshot(
-        step=restored.step,
-        predict=functools.partial(predict, params, rest),
-        graphdef=graphdef,
-        params=params,
-        rest=rest,
-        init_params=init_params,
-    )
+    return snapshot(restored.step, graphdef, params, rest, predict, init_params)
 
 
 def reevaluate(
@@ -95,6 +87,6 @@ def reevaluate(
         rows = []
         for step in run.steps if steps is None else steps:
             restored = run.restore(step)
-            snapshot = restored_snapshot(restored, predict=predict, init_params=init_params)
-            rows.append({"step": step, **suite.run(snapshot)})
+            snap = restored_snapshot(restored, predict=predict, init_params=init_params)
+            rows.append({"step": step, **suite.run(snap)})
     return pd.DataFrame(rows)

@@ -33,6 +33,7 @@ from dsb.config import Config, to_config
 from dsb.data.loader import BatchSampler
 from dsb.data.pipeline import DataInfo, data_info, split_loader, training_split
 from dsb.evals.base import EvalContext, Snapshot, build_evaluator, split_entry
+from dsb.metrics import MetricsWriter
 from dsb.optim import make_optimizer
 from dsb.schedule import Schedule
 from dsb.step import Model, init_model, make_predict
@@ -46,6 +47,7 @@ __all__ = [
     "TrainState",
     "load_checkpoint",
     "read_config",
+    "snapshot",
 ]
 
 log = logging.getLogger(__name__)
@@ -143,6 +145,23 @@ class RunContext:
             self.config, self.load_split, self.run_dir / "erasure.json" if report else None
         )
 
+    def create_run_dir(self) -> None:
+        """Process 0: make the run directory and write the run's ``config.yaml``."""
+        if self.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            yaml = OmegaConf.to_yaml(OmegaConf.structured(self.config))
+            (self.run_dir / "config.yaml").write_text(yaml)
+
+    def metrics_writer(self) -> MetricsWriter:
+        """``metrics.jsonl`` plus the sinks ``logging`` asks for, written by process 0."""
+        return MetricsWriter(
+            self.run_dir,
+            enabled=self.is_main_process,
+            tensorboard=self.config.logging.tensorboard,
+            wandb=self.config.logging,
+            config=self.config,
+        )
+
     def sampler(self, process_index: int = 0, process_count: int = 1) -> BatchSampler:
         """Batch ``s`` of the run (this process's part of it), as the trainer draws it."""
         d = self.config.data
@@ -186,6 +205,19 @@ def read_config(run_dir: str | Path) -> Config:
 
 
 # ---------------------------------------------------------------------- the evaluators
+def snapshot(step: int, graphdef, params, rest, predict, init_params=None) -> Snapshot:
+    """The model at checkpoint ``step`` as evaluators see it; ``predict(params, rest, x)``
+    is a compiled forward (``dsb.step.make_predict``), bound here to this step's state."""
+    return Snapshot(
+        step=step,
+        predict=functools.partial(predict, params, rest),
+        graphdef=graphdef,
+        params=params,
+        rest=rest,
+        init_params=init_params,
+    )
+
+
 class EvalSuite:
     """The evaluators of an ``evals`` config, ``{key: {type, when, **options}}``.
 

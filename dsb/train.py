@@ -11,7 +11,6 @@ compiled programs live in ``dsb.step``.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import math
@@ -21,14 +20,12 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from omegaconf import OmegaConf
 
 from dsb import parallel
 from dsb.config import Config
-from dsb.evals.base import Snapshot
-from dsb.metrics import MetricsWriter, NonFiniteLossError
+from dsb.metrics import NonFiniteLossError
 from dsb.optim import make_optimizer, make_schedule
-from dsb.runtime import EvalSuite, RunCheckpoints, RunContext, TrainState
+from dsb.runtime import EvalSuite, RunCheckpoints, RunContext, TrainState, snapshot
 from dsb.step import init_model, make_predict, make_train_step
 
 __all__ = ["MAX_CPU_STEPS_IN_FLIGHT", "TrainResult", "train"]
@@ -55,9 +52,7 @@ def train(cfg: Config, run_dir: str | Path) -> TrainResult:
     """Train ``cfg`` in ``run_dir``, resuming from its newest readable checkpoint."""
     parallel.initialize(cfg.parallel)
     ctx = RunContext(cfg, Path(run_dir).absolute(), is_main_process=jax.process_index() == 0)
-    if ctx.is_main_process:
-        ctx.run_dir.mkdir(parents=True, exist_ok=True)
-        (ctx.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    ctx.create_run_dir()
     mesh = _make_mesh(cfg)
     sampler = ctx.sampler(jax.process_index(), jax.process_count())
     total, schedule = cfg.train.total_steps, ctx.schedule
@@ -68,13 +63,7 @@ def train(cfg: Config, run_dir: str | Path) -> TrainResult:
     init_params = jax.tree.map(jnp.copy, model.params)  # for the training-Jacobian hook
 
     checkpoints = RunCheckpoints(ctx)
-    writer = MetricsWriter(
-        ctx.run_dir,
-        enabled=ctx.is_main_process,
-        tensorboard=cfg.logging.tensorboard,
-        wandb=cfg.logging,
-        config=cfg,
-    )
+    writer = ctx.metrics_writer()
     start, resumed_from = 0, None
     resumed = checkpoints.resume(TrainState.abstract(model, tx, sharding=rep))
     if resumed is not None:
@@ -87,15 +76,8 @@ def train(cfg: Config, run_dir: str | Path) -> TrainResult:
     def checkpoint_and_evaluate(step: int, state: TrainState) -> dict[str, float]:
         if step != resumed_from:
             checkpoints.save(step, state)
-        snapshot = Snapshot(
-            step=step,
-            predict=functools.partial(predict, state.params, state.rest),
-            graphdef=model.graphdef_eval,
-            params=state.params,
-            rest=state.rest,
-            init_params=init_params,
-        )
-        values = suite.run(snapshot)
+        graphdef = model.graphdef_eval
+        values = suite.run(snapshot(step, graphdef, state.params, state.rest, predict, init_params))
         writer.write(step, values)
         writer.flush()
         return values
