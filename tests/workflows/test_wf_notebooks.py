@@ -142,7 +142,7 @@ def test_training_jacobian_notebook(digits_run, tmp_path, monkeypatch):
 
 def test_reevaluate_honours_when_and_replays_the_training_jacobian(tmp_path, tfds_dir):
     """A run whose evaluators use ``when`` (reevaluate used to refuse the key), with the
-    training-Jacobian hook, which needs the step-0 parameters."""
+    training-Jacobian hook, dense and matrix-free, which needs the step-0 parameters."""
     run = tmp_path / "jac"
     cfg = tiny_config(
         "experiment=jacobian_digits",
@@ -150,10 +150,13 @@ def test_reevaluate_honours_when_and_replays_the_training_jacobian(tmp_path, tfd
         "train.total_steps=8",
         "evals.jac.when=[0,8]",
         "+evals.train_acc={type: classification, split: train, when: last}",
+        # The matrix-free path, which every model above max_dense_params takes.
+        "+evals.jacmf={type: training_jacobian, when: [8], max_dense_params: 0}",
     )
     train(cfg, run)
     logged = {r["step"]: r for r in read_metrics(run)}
-    df = reevaluate(run, steps=[0, 4, 8], evals={k: cfg.evals[k] for k in ("jac", "train_acc")})
+    keys = ("jac", "train_acc", "jacmf")
+    df = reevaluate(run, steps=[0, 4, 8], evals={k: cfg.evals[k] for k in keys})
     rows = {int(r["step"]): r for _, r in df.iterrows()}
     assert np.isnan(rows[0]["train_acc/accuracy"]) and np.isnan(rows[4]["train_acc/accuracy"])
     assert rows[8]["train_acc/accuracy"] == pytest.approx(logged[8]["train_acc/accuracy"])
@@ -162,3 +165,7 @@ def test_reevaluate_honours_when_and_replays_the_training_jacobian(tmp_path, tfd
         assert rows[step]["jac/replay_rel_error"] < 1e-5
         assert rows[step]["jac/sigma_1"] == pytest.approx(logged[step]["jac/sigma_1"], rel=1e-5)
     assert rows[8]["jac/sigma_1"] > 1.01
+    assert np.isnan(rows[0]["jacmf/sigma_1"])
+    assert rows[8]["jacmf/replay_rel_error"] < 1e-5
+    assert rows[8]["jacmf/sigma_1"] == pytest.approx(logged[8]["jacmf/sigma_1"], rel=1e-5)
+    assert rows[8]["jacmf/sigma_1"] == pytest.approx(rows[8]["jac/sigma_1"], rel=1e-3)
