@@ -2,9 +2,9 @@
 
 Each example gets ``num_ops`` operations drawn uniformly (with replacement) from ``OPS``,
 each at the global ``magnitude`` M in [0, 30] (m = M / 30), with a random sign for the
-signed ones. Images are float [0, 1], HWC with C = 1 or 3. Under ``vmap`` the op choice
-is a ``lax.switch``, which XLA evaluates as a select over all branches: cheap at the small
-image sizes dsb trains on.
+signed ones. Images are float [0, 1], HWC with C = 1 or 3. The op choice computes every
+op and selects one (``lax.select_n``), which is what XLA makes of a vmapped
+``lax.switch`` too: cheap at the small image sizes dsb trains on.
 
 Ranges follow the paper's table (rotate +-30 deg, shear +-0.3, translate +-45% of the size
 ... at m = 1; enhance factors 1 +- 0.9 m; solarize threshold 1 - m; posterize 8 - 4 m
@@ -125,5 +125,9 @@ def randaugment(x_HxWxC: jax.Array, key: jax.Array, num_ops: int = 2, magnitude:
     for key_op in jax.random.split(key, num_ops):
         k_choice, k_sign = jax.random.split(key_op)
         index = jax.random.randint(k_choice, (), 0, len(branches))
-        x_HxWxC = jax.lax.switch(index, branches, x_HxWxC, k_sign)
+        # Every op, then a select: what XLA makes of a vmapped ``lax.switch`` anyway. The
+        # switch itself fails to trace inside the data-parallel step (jax 0.10.2, vmap of
+        # switch under shard_map: "Primitive mul requires varying manual axes to match").
+        outs = [branch(x_HxWxC, k_sign) for branch in branches]
+        x_HxWxC = jax.lax.select_n(index, *outs)
     return x_HxWxC

@@ -64,3 +64,46 @@ def test_augment_batch_applies_randaugment():
     aug = AugmentConfig(randaugment_num_ops=2, randaugment_magnitude=15)
     out = jax.jit(lambda x: augment_batch(x, jax.random.key(0), jnp.arange(4), aug))(x)
     assert out.shape == x.shape and not np.allclose(out, x)
+
+
+def _switch_reference(x, key, num_ops, magnitude):
+    """RandAugment written with ``lax.switch`` (the textbook form), outside any mesh."""
+    m = jnp.clip(magnitude / 30.0, 0.0, 1.0)
+    branches = [lambda x, k, f=f: f(x, m, k).astype(x.dtype) for f in OPS.values()]
+    for key_op in jax.random.split(key, num_ops):
+        k_choice, k_sign = jax.random.split(key_op)
+        index = jax.random.randint(k_choice, (), 0, len(branches))
+        x = jax.lax.switch(index, branches, x, k_sign)
+    return x
+
+
+def test_randaugment_inside_the_data_parallel_step_equals_the_switch_form():
+    """Training with RandAugment used to fail to compile: a vmapped ``lax.switch`` inside
+    ``shard_map`` ("Primitive mul requires varying manual axes to match"). The step's
+    augmentation must be the textbook switch form, per example."""
+    from jax.sharding import PartitionSpec as P
+
+    from dsb import parallel
+    from dsb.config import AugmentConfig
+    from dsb.step import augment_batch
+
+    aug = AugmentConfig(randaugment_num_ops=3, randaugment_magnitude=20)
+    mesh = parallel.make_mesh(1)
+    key = jax.random.key(5)
+
+    def per_device(x):
+        ids = jax.lax.axis_index(parallel.DATA_AXIS) * x.shape[0] + jnp.arange(x.shape[0])
+        return augment_batch(x, key, ids, aug)
+
+    step = parallel.data_parallel(
+        per_device, mesh, in_specs=(P(parallel.DATA_AXIS),), out_specs=P(parallel.DATA_AXIS)
+    )
+    x = RNG.uniform(size=(16, 8, 8, 3)).astype(np.float32)
+    got = np.asarray(jax.jit(step)(parallel.put_global_batch(x, mesh)))
+    # augment_batch folds the example id into the key, then splits off the crop and flip
+    # keys; RandAugment draws from fold_in(flip key, 7).
+    for i in range(len(x)):
+        _, k_flip = jax.random.split(jax.random.fold_in(key, i))
+        want = _switch_reference(jnp.asarray(x[i]), jax.random.fold_in(k_flip, 7), 3, 20)
+        np.testing.assert_allclose(got[i], want, atol=1e-6)
+    assert len({got[i].tobytes() for i in range(len(x))}) == len(x)
