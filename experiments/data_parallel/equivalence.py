@@ -107,11 +107,21 @@ print("RESULT", json.dumps({"seconds": time.perf_counter() - t0,
 """
 
 
-def run_one(overrides, ndev: int, workdir: Path, tag: str, perturb: bool, timeout: int):
+def run_one(
+    overrides,
+    ndev: int,
+    workdir: Path,
+    tag: str,
+    perturb: bool,
+    timeout: int,
+    device_env=simulated_devices_env,
+):
     """One training run in a fresh interpreter: ``(info, {"early": leaves, "final": leaves})``
-    or ``(info, None)`` when it did not finish."""
+    or ``(info, None)`` when it did not finish. ``device_env(ndev)`` is the child's
+    environment, which must show it exactly ``ndev`` devices (default: simulated CPU
+    devices; ``benchmarks/gpu_smoke.py`` passes one that selects GPUs)."""
     out = workdir / tag
-    env = simulated_devices_env(ndev)
+    env = device_env(ndev)
     args = json.dumps([overrides, str(workdir / tag), str(out), ndev, perturb])
     t0 = time.perf_counter()
     try:
@@ -160,8 +170,18 @@ def param_diff(a_leaves, b_leaves) -> dict[str, float]:
 
 
 def check(
-    experiments, devices, steps: int, control: bool = True, timeout: int = 1200, log=print
+    experiments,
+    devices,
+    steps: int,
+    control: bool = True,
+    timeout: int = 1200,
+    log=print,
+    device_env=simulated_devices_env,
+    extra_overrides=(),
 ) -> dict:
+    """Run each experiment on 1 device and on each count in ``devices`` (and the 1-ulp
+    control), and compare parameters; ``device_env`` as in ``run_one``;
+    ``extra_overrides`` are appended to every run's overrides."""
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in experiments:
@@ -170,16 +190,21 @@ def check(
                 f"train.total_steps={steps}",
                 "train.progress_bar=false",
                 "figures=false",
+                *extra_overrides,
             ]
             workdir = Path(tmp) / name
             workdir.mkdir()
             runs, leaves = {}, {}
             for n in sorted(set([1, *devices])):
-                runs[n], leaves[n] = run_one(overrides, n, workdir, f"dev{n}", False, timeout)
+                runs[n], leaves[n] = run_one(
+                    overrides, n, workdir, f"dev{n}", False, timeout, device_env
+                )
                 log(f"{name}: {n} device(s): {runs[n]['status']}", flush=True)
             ctrl = None
             if control and leaves[1] is not None:
-                info, ctrl_leaves = run_one(overrides, 1, workdir, "control", True, timeout)
+                info, ctrl_leaves = run_one(
+                    overrides, 1, workdir, "control", True, timeout, device_env
+                )
                 if ctrl_leaves is not None:
                     ctrl = {w: param_diff(leaves[1][w], ctrl_leaves[w]) for w in ctrl_leaves}
                 log(f"{name}: 1-ulp control: {info['status']}, drift {ctrl}", flush=True)
