@@ -17,8 +17,7 @@ Steps, each timed, its status recorded (``ok``; ``failed`` with the tail of the 
   chance), in a subprocess. Reduced probe config: every max-ent set (box3 included) and
   OT edit, with ``num_samples=2000`` instead of 10^4; 5000 mock examples per split.
   ``--quick``: ResNet width 8, batch 16, 8 steps, probes ``ics``/``box1`` and
-  ``mean_shift`` with 64 samples, 64 mock examples, and no RandAugment (it fails to
-  trace under ``shard_map`` with jax 0.10.2; the full run keeps it).
+  ``mean_shift`` with 64 samples, 64 mock examples (RandAugment included).
 - ``jacobian_dense``: the training Jacobian d theta_T / d theta_0 of the reference setup
   (MLP 64-GELU-10, P = 4810, T = 625; ``experiments/training_jacobian/run.py``'s
   ``setup``) by ``dsb.jacobian.jacobian_forward``, timed twice (first call includes
@@ -166,10 +165,6 @@ CIFAR_QUICK = [
     "evals.dsb.ot_sets=[mean_shift]",
     "evals.dsb.num_samples=64",
     "figures=false",
-    # RandAugment inside the data-parallel step fails to trace with jax 0.10.2 ("Primitive
-    # mul requires varying manual axes to match", from lax.switch in dsb/data/randaugment.py);
-    # the full run keeps it, so a GPU run records that failure until it is fixed.
-    "data.augment.randaugment_num_ops=0",
 ]
 
 
