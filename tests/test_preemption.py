@@ -185,6 +185,8 @@ def test_submitit_local_preemption_requeues(tmp_path, tfds_dir):
     produce exactly one). Only the sender of the signal is the test rather than SLURM
     (``--signal=USR2@90``), and the requeue is the local controller's restart rather than
     ``scontrol requeue``; the handler, the checkpoint pickle and the rerun are submitit's.
+    The signal usually lands while the host waits at a logging step; the in-process
+    tests above cover the steps between them.
     """
     env = _env(tfds_dir)
     open_source(tiny_config().data.name, "train", tfds_dir)  # built once, not twice at once
