@@ -269,11 +269,18 @@ class EvalSuite:
 # ------------------------------------------------------------------------ checkpoints
 class RunCheckpoints:
     """A run's checkpoints: the ``TrainState`` at each scheduled step, with the position
-    of the data stream it was written at (``meta["data"]``)."""
+    of the data stream it was written at (``meta["data"]``).
+
+    A checkpoint written on preemption (``dsb.preemption``) may be at any step; it also
+    holds the training metrics of the steps since the last logging step
+    (``meta["train_window"]``), which ``resume`` hands back as ``resumed_window`` so that
+    the resumed run logs the same means.
+    """
 
     def __init__(self, ctx: RunContext, read_only: bool = False):
         cfg = ctx.config
         self.ctx = ctx
+        self.resumed_window: dict[str, Any] = {}
         with _quiet_read_only(read_only):
             self.checkpointer = Checkpointer(
                 Path(ctx.run_dir) / "checkpoints",
@@ -290,7 +297,10 @@ class RunCheckpoints:
     def steps(self) -> list[int]:
         return self.checkpointer.all_steps()
 
-    def save(self, step: int, state: TrainState) -> None:
+    def save(self, step: int, state: TrainState, train_window: dict | None = None) -> None:
+        """Save ``state`` after ``step`` updates; ``train_window``: the host metrics of the
+        steps not yet logged (``dsb.train._InFlight.window``), for a preemption checkpoint.
+        """
         d = self.ctx.config.data
         meta = {
             "step": step,
@@ -300,7 +310,13 @@ class RunCheckpoints:
                 "global_batch_size": d.batch_size,
             },
         }
+        if train_window:
+            meta["train_window"] = train_window
         self.checkpointer.save(step, state.to_dict(), meta)
+
+    def wait(self) -> None:
+        """Block until every checkpoint saved so far is on disk."""
+        self.checkpointer.wait()
 
     def restore(self, step: int, target: TrainState) -> tuple[TrainState, dict[str, Any]]:
         state, meta = self.checkpointer.restore(step, target.to_dict())
@@ -322,6 +338,7 @@ class RunCheckpoints:
             raise ValueError(
                 f"checkpoint {start} was written by a run with another data order: {meta['data']}"
             )
+        self.resumed_window = meta.get("train_window", {})
         log.info("resumed from checkpoint %d in %s", start, self.directory)
         return start, TrainState(**state)
 

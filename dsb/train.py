@@ -2,10 +2,11 @@
 
 ``train(cfg, run_dir)``: set up the mesh, the data and the model; resume from the run
 directory's newest readable checkpoint if there is one; run data-parallel optimizer steps;
-at each scheduled step save a checkpoint and run the configured evaluators; write metrics
-and figures; return a summary. What happens at a checkpoint (the state, the evaluator
-suite, saving and restoring) lives in ``dsb.runtime``, shared with ``dsb.analysis``; the
-compiled programs live in ``dsb.step``.
+at each scheduled step save a checkpoint and run the configured evaluators; on the
+preemption signal (``dsb.preemption``) save a checkpoint at the current step and let the
+job be requeued; write metrics and figures; return a summary. What happens at a
+checkpoint (the state, the evaluator suite, saving and restoring) lives in
+``dsb.runtime``, shared with ``dsb.analysis``; the compiled programs live in ``dsb.step``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dsb import parallel
 from dsb.config import Config
 from dsb.metrics import NonFiniteLossError
 from dsb.optim import make_optimizer, make_schedule
+from dsb.preemption import Preemption
 from dsb.runtime import EvalSuite, RunCheckpoints, RunContext, TrainState, snapshot
 from dsb.step import init_model, make_predict, make_train_step
 
@@ -86,27 +88,38 @@ def train(cfg: Config, run_dir: str | Path) -> TrainResult:
         model.graphdef_train, tx, mesh, cfg.data.augment, lr, kind=ctx.info.kind
     )
     # Step 0 is the initialisation; a resumed run re-evaluates its restored step, since a
-    # kill between saving a checkpoint and finishing its evaluations loses them.
-    last = checkpoint_and_evaluate(start, state)
+    # kill between saving a checkpoint and finishing its evaluations loses them (a
+    # preemption checkpoint off the schedule has none).
+    last = checkpoint_and_evaluate(start, state) if schedule.is_checkpoint(start) else {}
     progress = _Progress(total, start, cfg.train.progress_bar and ctx.is_main_process)
-    in_flight = _InFlight(cfg.train.max_steps_in_flight)
+    in_flight = _InFlight(cfg.train.max_steps_in_flight, checkpoints.resumed_window)
+    # One process only: the processes of a multi-process run would each see the signal
+    # at another step, and saving is collective.
+    preemption = Preemption(enabled=jax.process_count() == 1)
     try:
-        for batch_index in range(start, total):
-            batch = parallel.put_global_batch(sampler(batch_index), mesh)
-            in_flight.wait_for_room()
-            state, metrics = train_step(state, batch)
-            step = batch_index + 1
-            in_flight.add(step, metrics)
-            if not (schedule.is_log(step) or schedule.is_checkpoint(step)):
-                continue
-            train_values = in_flight.drain()
-            writer.write(step, train_values)
-            last.update(train_values)
-            progress.update(step, train_values)
-            if schedule.is_checkpoint(step):
-                last.update(checkpoint_and_evaluate(step, state))
-                progress.report(step, last)
-                in_flight.restart_clock()  # evaluation time is not training speed
+        with preemption:
+            for batch_index in range(start, total):
+                batch = parallel.put_global_batch(sampler(batch_index), mesh)
+                in_flight.wait_for_room()
+                state, metrics = train_step(state, batch)
+                step = batch_index + 1
+                in_flight.add(step, metrics)
+                if schedule.is_log(step) or schedule.is_checkpoint(step):
+                    train_values = in_flight.drain()
+                    writer.write(step, train_values)
+                    last.update(train_values)
+                    progress.update(step, train_values)
+                if schedule.is_checkpoint(step):
+                    last.update(checkpoint_and_evaluate(step, state))
+                    progress.report(step, last)
+                    in_flight.restart_clock()  # evaluation time is not training speed
+                if preemption.requested:
+                    if not schedule.is_checkpoint(step):  # else saved just above
+                        checkpoints.save(step, state, in_flight.window())
+                    checkpoints.wait()  # on disk before the job is requeued
+                    writer.flush()
+                    log.warning("preempted: saved checkpoint %d", step)
+                    preemption.hand_over()  # submitit's handler requeues and exits
     finally:
         progress.close()
         checkpoints.close()
@@ -164,9 +177,13 @@ class _InFlight:
     holds every step since the last host sync, so it holds every step in flight.
     """
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, window: dict | None = None):
         self.limit = limit
         self.pending: list[tuple[int, dict[str, jax.Array]]] = []
+        if window:  # the steps a preemption checkpoint saved before they were logged
+            dtypes, values = window["dtypes"], window["values"]
+            for i, s in enumerate(window["steps"]):
+                self.add(s, {k: np.asarray(values[k][i], dtype) for k, dtype in dtypes.items()})
         self.restart_clock()
 
     def restart_clock(self) -> None:
@@ -174,10 +191,22 @@ class _InFlight:
 
     def wait_for_room(self) -> None:
         if len(self.pending) >= self.limit:
-            self.pending[-self.limit][1]["loss"].block_until_ready()
+            jax.block_until_ready(self.pending[-self.limit][1]["loss"])
 
     def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
         self.pending.append((step, metrics))
+
+    def window(self) -> dict:
+        """The pending steps and their metrics on the host, as JSON (``{}`` if none): what
+        a preemption checkpoint keeps so that the resumed run logs the same means."""
+        if not self.pending:
+            return {}
+        host = jax.device_get([m for _, m in self.pending])
+        return {
+            "steps": [s for s, _ in self.pending],
+            "dtypes": {k: str(np.asarray(v).dtype) for k, v in host[0].items()},
+            "values": {k: [float(m[k]) for m in host] for k in host[0]},
+        }
 
     def drain(self) -> dict[str, float]:
         """``train/<name>``: each metric's mean over the pending steps, and the steps per
