@@ -268,9 +268,12 @@ def test_two_processes_of_two_devices_train_checkpoint_and_resume(tmp_path):
     killed_at = max(_steps(killed))
     assert killed_at < STEPS, killed_at
     again = _finish(_launch_2x2(killed, tmp_path / "out", tfds_dir, tag="again"))
+    assert again[0]["resumed_from"] == again[1]["resumed_from"], again
     for r in again:
         assert r["final_step"] == STEPS and r["resumed_from"] is not None, r
         assert killed_at <= r["resumed_from"] < STEPS, (killed_at, r)
+    written = again[1]["written"]
+    assert not [f for f in written if not f.startswith(("dsb_probe_sets/", "checkpoints/"))]
     for a, b in zip(p0, _leaves(tmp_path / "out" / "again.p0.npz"), strict=True):
         np.testing.assert_array_equal(a, b)
     steps = [json.loads(ln)["step"] for ln in (killed / "metrics.jsonl").read_text().splitlines()]
