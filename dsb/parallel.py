@@ -45,9 +45,9 @@ def initialize(cfg: ParallelConfig) -> None:
     """Start JAX's multi-host runtime when asked; must run before anything touches devices.
 
     ``jax.distributed.initialize`` gets ``distributed_args(cfg)``: what the config or the
-    environment names; JAX detects the rest on SLURM, Open MPI and TPU pods. Cross-process
-    collectives on CPU use JAX's default implementation, gloo (``jax_cpu_collectives_
-    implementation``; the 2-process CPU test in tests/test_multihost.py runs on it).
+    environment names; JAX detects the rest on SLURM, Open MPI and TPU pods. Collectives
+    across CPU processes need no setting: ``jax_cpu_collectives_implementation`` defaults
+    to gloo (JAX 0.10), which tests/test_multihost.py runs on.
     """
     global _initialized
     if cfg.distributed and not _initialized:
