@@ -120,8 +120,15 @@ class OptimConfig:
 @dataclass
 class ParallelConfig:
     # Call jax.distributed.initialize() before touching devices (multi-host runs;
-    # on SLURM it discovers the coordinator from the environment).
+    # on SLURM, Open MPI and TPU pods JAX discovers the three keys below by itself).
     distributed: bool = False
+    # "host:port" of process 0's coordinator (null: $JAX_COORDINATOR_ADDRESS, else
+    # detected); every process passes the same one.
+    coordinator_address: str | None = None
+    # How many processes, and which one this is (0 .. num_processes - 1); null:
+    # $JAX_NUM_PROCESSES / $JAX_PROCESS_ID, else detected.
+    num_processes: int | None = None
+    process_id: int | None = None
     # Use only the first N devices (None = every device of every host).
     num_devices: int | None = None
 
@@ -276,6 +283,22 @@ def validate(cfg: Config) -> None:
     if cfg.optim.grad_clip_norm is not None and cfg.optim.grad_clip_norm <= 0:
         raise ValueError(
             f"optim.grad_clip_norm={cfg.optim.grad_clip_norm}: must be positive or null"
+        )
+    par = cfg.parallel
+    for key in ("coordinator_address", "num_processes", "process_id"):
+        if getattr(par, key) is not None and not par.distributed:
+            raise ValueError(
+                f"parallel.{key}={getattr(par, key)!r}: needs parallel.distributed=true "
+                "(parallel=multihost)"
+            )
+    if par.num_processes is not None and par.num_processes <= 0:
+        raise ValueError(f"parallel.num_processes={par.num_processes}: must be positive")
+    if par.process_id is not None and not (
+        0 <= par.process_id < (par.num_processes or par.process_id + 1)
+    ):
+        raise ValueError(
+            f"parallel.process_id={par.process_id}: must be in 0 .. num_processes - 1 "
+            f"(parallel.num_processes={par.num_processes})"
         )
     if cfg.ckpt.every_steps is not None and cfg.ckpt.every_steps <= 0:
         raise ValueError(f"ckpt.every_steps={cfg.ckpt.every_steps}: must be positive or null")

@@ -26,6 +26,7 @@ __all__ = [
     "DATA_AXIS",
     "batch_sharding",
     "data_parallel",
+    "distributed_args",
     "gather_to_host",
     "initialize",
     "make_mesh",
@@ -41,10 +42,16 @@ _initialized = False
 
 
 def initialize(cfg: ParallelConfig) -> None:
-    """Start JAX's multi-host runtime when asked; must run before anything touches devices."""
+    """Start JAX's multi-host runtime when asked; must run before anything touches devices.
+
+    ``jax.distributed.initialize`` gets ``distributed_args(cfg)``: what the config or the
+    environment names; JAX detects the rest on SLURM, Open MPI and TPU pods. Collectives
+    across CPU processes need no setting: ``jax_cpu_collectives_implementation`` defaults
+    to gloo (JAX 0.10), which tests/test_multihost.py runs on.
+    """
     global _initialized
     if cfg.distributed and not _initialized:
-        jax.distributed.initialize()
+        jax.distributed.initialize(**distributed_args(cfg))
         _initialized = True
         log.info(
             "jax.distributed: process %d of %d, %d local / %d global devices",
@@ -53,6 +60,40 @@ def initialize(cfg: ParallelConfig) -> None:
             jax.local_device_count(),
             jax.device_count(),
         )
+
+
+def distributed_args(cfg: ParallelConfig, environ: dict | None = None) -> dict:
+    """The arguments of ``jax.distributed.initialize`` that are known: each of
+    ``coordinator_address``, ``num_processes`` and ``process_id`` from ``parallel.*`` if
+    set, else from ``$JAX_COORDINATOR_ADDRESS``, ``$JAX_NUM_PROCESSES``, ``$JAX_PROCESS_ID``
+    (``environ``, default ``os.environ``); those in neither are left to JAX to detect."""
+    env = os.environ if environ is None else environ
+    args = {
+        "coordinator_address": cfg.coordinator_address or env.get("JAX_COORDINATOR_ADDRESS"),
+        "num_processes": _int_or_env(cfg.num_processes, env, "JAX_NUM_PROCESSES"),
+        "process_id": _int_or_env(cfg.process_id, env, "JAX_PROCESS_ID"),
+    }
+    n, i = args["num_processes"], args["process_id"]
+    if n is not None and n <= 0:
+        raise ValueError(f"num_processes={n} (parallel.num_processes or $JAX_NUM_PROCESSES)")
+    if i is not None and not 0 <= i < (n if n is not None else i + 1):
+        raise ValueError(
+            f"process_id={i} (parallel.process_id or $JAX_PROCESS_ID): must be in "
+            f"0 .. num_processes - 1 (num_processes={n})"
+        )
+    return {k: v for k, v in args.items() if v not in (None, "")}
+
+
+def _int_or_env(value: int | None, env, name: str) -> int | None:
+    if value is not None:
+        return value
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"${name}={raw!r}: must be an integer") from None
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:

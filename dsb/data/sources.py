@@ -39,7 +39,15 @@ def open_source(name: str, split: str, data_dir: str | None = None):
         builder = digits.SklearnDigits(data_dir=data_dir, file_format="array_record")
         if not builder.is_prepared():
             log.info("building %s offline into %s", spec.tfds_name, builder.data_dir)
-            builder.download_and_prepare()
+            try:
+                builder.download_and_prepare()
+            except FileExistsError:
+                # Another process (of a multi-host run) built it first: TFDS builds into
+                # a temporary directory and the second rename onto the same name fails.
+                builder = digits.SklearnDigits(data_dir=data_dir, file_format="array_record")
+                if not builder.is_prepared():
+                    raise
+                log.info("%s was built by another process", spec.tfds_name)
     else:
         builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
     try:
