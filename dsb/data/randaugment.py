@@ -119,11 +119,17 @@ OPS = {
 
 
 def randaugment(x_HxWxC: jax.Array, key: jax.Array, num_ops: int = 2, magnitude: float = 9.0):
-    """RandAugment of one image (vmap it over a batch with one key per example)."""
+    """RandAugment of one image (vmap it over a batch with one key per example).
+
+    Each of the ``num_ops`` rounds computes all ops and keeps the drawn one.
+    """
     m = jnp.clip(magnitude / 30.0, 0.0, 1.0)
     branches = [lambda x, k, f=f: f(x, m, k).astype(x.dtype) for f in OPS.values()]
     for key_op in jax.random.split(key, num_ops):
         k_choice, k_sign = jax.random.split(key_op)
         index = jax.random.randint(k_choice, (), 0, len(branches))
-        x_HxWxC = jax.lax.switch(index, branches, x_HxWxC, k_sign)
+        # Every op, then a select: what ``vmap`` makes of ``lax.switch`` with a per-example
+        # index anyway, written out because under ``shard_map`` the batched switch fails
+        # JAX's varying-axes check on the geometric ops (rotate, shear, translate).
+        x_HxWxC = jax.lax.select_n(index, *(b(x_HxWxC, k_sign) for b in branches))
     return x_HxWxC

@@ -64,3 +64,23 @@ def test_augment_batch_applies_randaugment():
     aug = AugmentConfig(randaugment_num_ops=2, randaugment_magnitude=15)
     out = jax.jit(lambda x: augment_batch(x, jax.random.key(0), jnp.arange(4), aug))(x)
     assert out.shape == x.shape and not np.allclose(out, x)
+
+
+def test_randaugment_runs_inside_shard_map():
+    # The trainer vmaps it under shard_map (dsb.step); a batched lax.switch there failed
+    # JAX's varying-axes check on the geometric ops, so the CIFAR recipe could not train.
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    mesh = jax.make_mesh((1,), ("data",))
+    spec = NamedSharding(mesh, P("data"))
+
+    def per_device(x, keys):
+        return jax.vmap(lambda a, k: randaugment(a, k, 2, 9.0))(x, keys)
+
+    step = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=P("data"), out_specs=P("data")))
+    x = np.stack([IMG] * 8)
+    keys = jax.random.split(jax.random.key(0), 8)
+    out = step(jax.device_put(x, spec), jax.device_put(keys, spec))
+    want = jax.jit(per_device)(x, keys)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(want), atol=1e-5)
