@@ -39,6 +39,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -358,6 +359,7 @@ def main() -> None:
             runs.append({"n": n} | res)
         builds[f"ot/{kind}"] = runs
     result["builds"] = builds
+    shutil.rmtree(tmp, ignore_errors=True)  # the saved statistics: ~0.8 GiB
     result["projection"] = project(result, opts)
     result["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
     result["total_seconds"] = round(time.perf_counter() - t0, 1)
