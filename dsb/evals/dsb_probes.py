@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -29,6 +30,20 @@ from dsb.stats.moments import fit_class_stats
 __all__ = ["DsbProbes"]
 
 MOMENTS_FILE = "dsb_probes_moments.json"
+
+
+CACHE_SUBDIR = "dsb_probe_sets"
+
+
+def _cache_dir(ctx: EvalContext, cache_dir: str | None) -> Path | None:
+    if cache_dir is None:
+        return ctx.run_dir / CACHE_SUBDIR
+    if str(cache_dir).lower() == "none":
+        return None
+    if str(cache_dir) == "data_dir":
+        data_dir = getattr(getattr(ctx.config, "data", None), "data_dir", None)
+        return ctx.run_dir / CACHE_SUBDIR if data_dir is None else Path(data_dir) / CACHE_SUBDIR
+    return Path(cache_dir)
 
 
 @register_evaluator("dsb_probes")
@@ -44,8 +59,12 @@ class DsbProbes:
         Gaussian / particle samplers and the Gaussian OT map.
       clip: clamp Gaussian samples and Gaussian OT edits to [0, 1] (reported either way).
       source_split: split whose images the OT sets edit.
-      cache_dir: where the sets are cached (default ``<run_dir>/dsb_probe_sets``; the
-        string "none" disables the cache).
+      cache_dir: where the sets are cached: default ``<run_dir>/dsb_probe_sets``; the
+        string "none" disables the cache; "data_dir" means ``<data.data_dir>/dsb_probe_sets``
+        (the run dir's default when ``data.data_dir`` is unset), a directory every job of a
+        sweep reads, so each set is built once per (statistics, seed, options) and the
+        other jobs load it (concurrent jobs wait on a lock; see ``dsb.stats.evalsets``);
+        any other string is the directory itself.
       particle_steps: Adam steps of the box2 / box3 particle samplers (cost per step
         ~ n_y d^2 per class: seconds on digits, a GPU job at CIFAR size).
       fit_batch_size: batch size of the streaming statistics fit.
@@ -78,12 +97,7 @@ class DsbProbes:
         # Only the sets are kept: the K d^2 covariances (0.75 GB at CIFAR size) are freed
         # when __init__ returns.
         self.stats_hash = stats.content_hash
-        if cache_dir is None:
-            cache = ctx.run_dir / "dsb_probe_sets"
-        elif str(cache_dir).lower() == "none":
-            cache = None
-        else:
-            cache = cache_dir
+        cache = _cache_dir(ctx, cache_dir)
         self.maxent: list[EvalSet] = []
         for kind in maxent_sets:
             opts = {}

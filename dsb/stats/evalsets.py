@@ -4,16 +4,22 @@ The cache key is a sha256 of the statistics' ``content_hash``, the set kind, its
 (size, seed, options) and, for OT edits, the bytes of the source images; the file is
 ``<cache_dir>/<kind>-<key[:20]>.npz`` holding ``x`` (float32 ``[n, d]``), ``y``, ``src``
 (OT only) and the moment report as JSON. Every checkpoint therefore sees the same samples,
-and a second run with the same inputs loads instead of re-sampling.
+and a second run with the same inputs loads instead of re-sampling. Files are written to a
+temporary name and renamed into place (a reader never sees a partial file), and a process
+builds a missing set under an exclusive lock on ``<file>.lock``, so the jobs of a sweep that
+share ``cache_dir`` build each set once and the others load it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -68,28 +74,64 @@ def _save(path: Path, es: EvalSet) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Write-then-rename so a concurrent reader never sees a half-written file.
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    os.close(fd)
-    with open(tmp, "wb") as f:
-        np.savez(
-            f,
-            x=es.x_NxD,
-            y=es.y_N,
-            src=np.zeros(0, np.int32) if es.src_N is None else es.src_N,
-            report=json.dumps(es.report, default=float),
-            key=es.key,
-        )
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(
+                f,
+                x=es.x_NxD,
+                y=es.y_N,
+                src=np.zeros(0, np.int32) if es.src_N is None else es.src_N,
+                report=json.dumps(es.report, default=float),
+                key=es.key,
+            )
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def _build_lock(path: Path):
+    """Exclusive ``flock`` on ``<path>.lock`` while one process builds ``path``.
+
+    Jobs of a sweep that start together and share ``cache_dir`` then build each set once:
+    the first takes the lock and builds, the others wait and load its file. Where the
+    directory cannot hold a lock file (read-only) or the file system has no ``flock``,
+    every process builds for itself (the write-then-rename still keeps files whole).
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _cached(cache_dir, prefix, name, key, build) -> EvalSet:
-    path = None if cache_dir is None else Path(cache_dir) / f"{prefix}-{key[:20]}.npz"
-    if path is not None:
-        hit = _load(path, name, key)
+    if cache_dir is None:
+        return build()
+    path = Path(cache_dir) / f"{prefix}-{key[:20]}.npz"
+    hit = _load(path, name, key)
+    if hit is not None:
+        return hit
+    with _build_lock(path):
+        hit = _load(path, name, key)  # built by another process while we waited
         if hit is not None:
             return hit
-    es = build()
-    if path is not None:
-        _save(path, es)
+        es = build()
+        try:
+            _save(path, es)
+        except OSError as e:
+            warnings.warn(f"could not cache evaluation set {name!r} in {path}: {e}", stacklevel=3)
     return es
 
 

@@ -67,6 +67,37 @@ def test_evaluator_names_values_and_moment_file(tmp_path):
     assert dict(ev2.run(_snapshot())) == out
 
 
+def test_sweep_jobs_share_the_data_dir_cache(tmp_path):
+    # cache_dir="data_dir": two jobs (run dirs) with the same statistics, seed and options
+    # build once and load the same arrays; another seed builds new sets.
+    import types
+
+    opts = dict(maxent_sets=["ics", "gaussian"], ot_sets=["mean_shift"], num_samples=200)
+    cfg = types.SimpleNamespace(data=types.SimpleNamespace(data_dir=str(tmp_path / "data")))
+
+    def ctx(run):
+        c = _ctx(tmp_path / run)
+        c.config = cfg
+        return c
+
+    a = probes.DsbProbes(ctx("job0"), cache_dir="data_dir", **opts)
+    b = probes.DsbProbes(ctx("job1"), cache_dir="data_dir", **opts)
+    assert not any(s.from_cache for s in a.maxent + a.ot)
+    assert all(s.from_cache for s in b.maxent + b.ot)
+    for sa, sb in zip(a.maxent + a.ot, b.maxent + b.ot, strict=True):
+        np.testing.assert_array_equal(sa.x_NxD, sb.x_NxD)
+    shared = tmp_path / "data" / probes.CACHE_SUBDIR
+    assert len(list(shared.glob("*.npz"))) == 3
+    assert not (tmp_path / "job0" / "run" / probes.CACHE_SUBDIR).exists()
+    c = probes.DsbProbes(ctx("job2"), cache_dir="data_dir", seed=1, **opts)
+    assert not any(s.from_cache for s in c.maxent + c.ot)
+    assert len(list(shared.glob("*.npz"))) == 6
+    # Without data.data_dir the run dir's cache is used, as with the default.
+    d = probes.DsbProbes(_ctx(tmp_path / "job3"), cache_dir="data_dir", **opts)
+    assert not any(s.from_cache for s in d.maxent)
+    assert (tmp_path / "job3" / "run" / probes.CACHE_SUBDIR).is_dir()
+
+
 def test_cross_entropy_and_accuracy():
     logits = np.log(np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]]))
     loss, acc = probes.cross_entropy_and_accuracy(logits, np.array([0, 0]))

@@ -64,3 +64,57 @@ def test_unknown_kind_rejected(data):
         build_maxent_set(st, "nope", 10)
     with pytest.raises(ValueError):
         build_ot_set(st, "nope", xt, yt)
+
+
+def test_concurrent_builders_share_one_build(data, tmp_path):
+    # Two builders of one set (threads here: flock locks open file descriptions, so two
+    # threads conflict like two jobs do): one builds, the other waits and loads the file.
+    import threading
+    import time
+
+    from dsb.stats import evalsets
+
+    st, *_ = data
+    calls = []
+    real = evalsets.SAMPLERS["gaussian"]
+
+    def slow_sampler(*a, **kw):
+        calls.append(1)
+        time.sleep(0.5)  # both threads are inside build_maxent_set by now
+        return real(*a, **kw)
+
+    out = [None, None]
+
+    def job(i):
+        out[i] = build_maxent_set(st, "gaussian", 300, seed=5, cache_dir=tmp_path)
+
+    evalsets.SAMPLERS["gaussian"] = slow_sampler
+    try:
+        threads = [threading.Thread(target=job, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        evalsets.SAMPLERS["gaussian"] = real
+    assert len(calls) == 1
+    assert sorted(o.from_cache for o in out) == [False, True]
+    np.testing.assert_array_equal(out[0].x_NxD, out[1].x_NxD)
+    assert not list(tmp_path.glob("*.tmp"))  # no temporary file left behind
+    # Another seed is another set, built anew.
+    other = build_maxent_set(st, "gaussian", 300, seed=6, cache_dir=tmp_path)
+    assert not other.from_cache and not np.array_equal(other.x_NxD, out[0].x_NxD)
+
+
+def test_unwritable_cache_warns_and_still_returns_the_set(data, tmp_path, monkeypatch):
+    from dsb.stats import evalsets
+
+    st, *_ = data
+
+    def fail(*a, **kw):
+        raise PermissionError("read-only")
+
+    monkeypatch.setattr(evalsets, "_save", fail)
+    with pytest.warns(UserWarning, match="could not cache"):
+        s = build_maxent_set(st, "ics", 50, seed=0, cache_dir=tmp_path)
+    assert s.x_NxD.shape == (50, 64) and not s.from_cache
