@@ -31,6 +31,10 @@ from dsb.stats.ot import OT_EDITS, draw_targets
 __all__ = ["EvalSet", "build_maxent_set", "build_ot_set", "eval_set_key"]
 
 _VERSION = "evalset-v1"
+# Bumped when a sampler's output changes, so one cache key never names two different sets:
+# the particle samplers' hand-written gradient (box2, box3) moved their samples at
+# rounding level.
+_SAMPLER_VERSIONS = {"box2": 2, "box3": 2}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +152,8 @@ def build_maxent_set(
     if kind not in SAMPLERS:
         raise ValueError(f"unknown max-ent set {kind!r}; known: {sorted(SAMPLERS)}")
     config = {"n": num_samples, "seed": seed, **options}
+    if kind in _SAMPLER_VERSIONS:
+        config["sampler_version"] = _SAMPLER_VERSIONS[kind]
     key = eval_set_key(stats, f"maxent/{kind}", config)
 
     def build():
