@@ -38,7 +38,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -47,36 +46,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import procmem  # benchmarks/procmem.py (the script directory is on sys.path)
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "results" / "dsb_probe_sets.json"
 K, D = 10, 3072
-
-
-def _status(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _rss() -> int:
-    return _status("VmRSS")
-
-
-def _reset_hwm() -> bool:
-    """Reset the RSS high-water mark (VmHWM) so it covers the build only."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _maxrss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def recipe_options() -> dict:
@@ -147,8 +121,8 @@ def worker(spec: dict) -> dict:
     import gc
 
     gc.collect()
-    rss0, maxrss0 = _rss(), _maxrss()
-    hwm_reset = _reset_hwm()
+    rss0, maxrss0 = procmem.status("VmRSS"), procmem.maxrss()
+    hwm_reset = procmem.reset_hwm()
     t = time.perf_counter()
     if spec["group"] == "maxent":
         es = build_maxent_set(st, spec["kind"], spec["n"], 0, **spec["options"])
@@ -159,12 +133,12 @@ def worker(spec: dict) -> dict:
     sec = time.perf_counter() - t
     out = {
         "seconds": round(sec, 3),
-        "maxrss_gib": round(_maxrss() / 2**30, 3),
+        "maxrss_gib": round(procmem.maxrss() / 2**30, 3),
         "maxrss_before_build_gib": round(maxrss0 / 2**30, 3),
         "rss_before_build_gib": round(rss0 / 2**30, 3),
         # VmHWM since the reset: the build's own peak (the stats load peaks higher).
-        "build_peak_rss_gib": round(_status("VmHWM") / 2**30, 3) if hwm_reset else None,
-        "build_peak_over_before_gib": round((_status("VmHWM") - rss0) / 2**30, 3)
+        "build_peak_rss_gib": round(procmem.status("VmHWM") / 2**30, 3) if hwm_reset else None,
+        "build_peak_over_before_gib": round((procmem.status("VmHWM") - rss0) / 2**30, 3)
         if hwm_reset
         else None,
         "rows": len(es.y_N),

@@ -35,38 +35,17 @@ import argparse
 import json
 import os
 import platform
-import resource
 import time
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
+import procmem  # benchmarks/procmem.py (the script directory is on sys.path)
 
 from dsb.stats.moments import fit_class_stats
 from dsb.stats.ot import draw_targets, gaussian_ot_edit
 
 GIB = 2.0**30
-
-
-def _status(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _reset_hwm() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _maxrss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 def batches(k, d, rank, per_class, batch, seed):
@@ -103,7 +82,7 @@ def main() -> None:
     args = p.parse_args()
     k, d = args.classes, args.dim
 
-    rss_start = _status("VmRSS")
+    rss_start = procmem.status("VmRSS")
     tracemalloc.start()
     t0 = time.perf_counter()
     extra = {} if args.full_stats else {"num_bins": 0, "num_projections": 0}
@@ -129,9 +108,9 @@ def main() -> None:
         gen = batches(k, d, args.rank, int(m.sum()), int(m.sum()), args.seed + 7)
         x[m] = next(xb for xb, yb in gen if yb[0] == c)
 
-    rss_after_fit = _status("VmRSS")
-    maxrss_fit = _maxrss()  # fit plus building the rows to edit
-    reset = _reset_hwm()
+    rss_after_fit = procmem.status("VmRSS")
+    maxrss_fit = procmem.maxrss()  # fit plus building the rows to edit
+    reset = procmem.reset_hwm()
     t0 = time.perf_counter()
     edited = gaussian_ot_edit(
         stats, x, src, tgt, factor_dtype=np.dtype(args.factor_dtype), pair_driver=args.pair_driver
@@ -139,8 +118,8 @@ def main() -> None:
     edit_s = time.perf_counter() - t0
     _, tm_edit = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    hwm_edit = _status("VmHWM")
-    maxrss = max(maxrss_fit, _maxrss())
+    hwm_edit = procmem.status("VmHWM")
+    maxrss = max(maxrss_fit, procmem.maxrss())
     pairs = int(edited.report.extra["pairs"])
     result = {
         "label": args.label,
@@ -165,7 +144,7 @@ def main() -> None:
         "process_maxrss_bytes": int(maxrss),
         "process_maxrss_gib": round(maxrss / GIB, 3),
         "process_maxrss_before_edit_gib": round(maxrss_fit / GIB, 3),
-        "process_maxrss_end_gib": round(_maxrss() / GIB, 3),
+        "process_maxrss_end_gib": round(procmem.maxrss() / GIB, 3),
         "edit_hwm_gib": round(hwm_edit / GIB, 3) if reset else None,
         "edit_peak_over_fit_gib": round((hwm_edit - rss_after_fit) / GIB, 3) if reset else None,
         "tracemalloc_fit_peak_gib": round(tm_fit / GIB, 3),
