@@ -29,11 +29,15 @@ from dsb.step import make_predict
 __all__ = ["eval_context", "eval_suite", "reevaluate", "restored_snapshot"]
 
 
+def _run_context(restored: RestoredRun, out_dir: str | Path | None) -> RunContext:
+    run_dir = restored.run_dir if restored.run_dir is not None else Path(out_dir)
+    return RunContext(restored.config, run_dir, write_reports=False)
+
+
 def eval_context(restored: RestoredRun, out_dir: str | Path) -> EvalContext:
     """The ``EvalContext`` the trainer builds for the restored run's config (the run's
     config and its global training batches included); evaluators write to ``out_dir``."""
-    run_dir = restored.run_dir if restored.run_dir is not None else Path(out_dir)
-    return RunContext(restored.config, run_dir, write_reports=False).eval_context(out_dir)
+    return _run_context(restored, out_dir).eval_context(out_dir)
 
 
 def eval_suite(
@@ -44,9 +48,7 @@ def eval_suite(
     """The ``EvalSuite`` the trainer ran: ``evals`` (default: the run's own entries) over
     the run's schedule and ``eval_context``; ``suite.run(restored_snapshot(r))`` evaluates
     a restored checkpoint ``r`` exactly as the trainer did at that step."""
-    ctx = RunContext(restored.config, restored.run_dir or Path(out_dir), write_reports=False)
-    evals = restored.config.evals if evals is None else evals
-    return EvalSuite(ctx.eval_context(out_dir), evals, ctx.schedule)
+    return _run_context(restored, out_dir).eval_suite(evals, out_dir)
 
 
 def restored_snapshot(
@@ -79,14 +81,13 @@ def reevaluate(
     the step-0 parameters are restored once, for evaluators that replay training.
     """
     with OpenRun(run_dir) as run:
-        ctx = run.context
-        evals = run.config.evals if evals is None else evals
-        suite = EvalSuite(ctx.eval_context(out_dir), evals, ctx.schedule)
-        init_params = run.restore(0).state.params if 0 in run.steps else None
+        suite = run.context.eval_suite(evals, out_dir)
+        first = run.restore(0) if 0 in run.steps else None
+        init_params = None if first is None else first.state.params
         predict = run.predict()
         rows = []
         for step in run.steps if steps is None else steps:
-            restored = run.restore(step)
+            restored = first if step == 0 and first is not None else run.restore(step)
             snap = restored_snapshot(restored, predict=predict, init_params=init_params)
             rows.append({"step": step, **suite.run(snap)})
     return pd.DataFrame(rows)

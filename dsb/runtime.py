@@ -197,6 +197,14 @@ class RunContext:
             vocab_size=info.vocab_size,
         )
 
+    def eval_suite(
+        self, evals: Mapping[str, Any] | None = None, out_dir: str | Path | None = None
+    ) -> EvalSuite:
+        """The evaluator suite of ``evals`` (default: the run's own ``evals`` entries) over
+        the run's schedule, built with ``eval_context(out_dir)``."""
+        evals = self.config.evals if evals is None else evals
+        return EvalSuite(self.eval_context(out_dir), evals, self.schedule)
+
 
 def read_config(run_dir: str | Path) -> Config:
     """The validated ``Config`` a run directory was written with."""
@@ -322,12 +330,21 @@ class RunCheckpoints:
         state, meta = self.checkpointer.restore(step, target.to_dict())
         return TrainState(**state), meta
 
+    def restore_latest(
+        self, target: TrainState, max_step: int | None = None
+    ) -> tuple[int, TrainState, dict[str, Any]] | None:
+        """The newest readable checkpoint (up to ``max_step``): ``(step, state, meta)``,
+        or ``None``; unreadable ones are skipped with a warning."""
+        restored = self.checkpointer.restore_latest(target.to_dict(), max_step=max_step)
+        if restored is None:
+            return None
+        step, state, meta = restored
+        return step, TrainState(**state), meta
+
     def resume(self, target: TrainState) -> tuple[int, TrainState] | None:
         """The newest readable checkpoint up to the last step, or ``None``. Later (damaged)
         checkpoints are deleted, since the run retrains and saves them anew."""
-        restored = self.checkpointer.restore_latest(
-            target.to_dict(), max_step=self.ctx.schedule.total_steps
-        )
+        restored = self.restore_latest(target, max_step=self.ctx.schedule.total_steps)
         if restored is None:
             return None
         start, state, meta = restored
@@ -340,7 +357,7 @@ class RunCheckpoints:
             )
         self.resumed_window = meta.get("train_window", {})
         log.info("resumed from checkpoint %d in %s", start, self.directory)
-        return start, TrainState(**state)
+        return start, state
 
     def close(self) -> None:
         self.checkpointer.close()
@@ -399,11 +416,10 @@ class OpenRun:
     def restore(self, step: int | None = None) -> RestoredRun:
         """Checkpoint ``step`` (default: the newest readable one)."""
         if step is None:
-            restored = self.checkpoints.checkpointer.restore_latest(self._target.to_dict())
+            restored = self.checkpoints.restore_latest(self._target)
             if restored is None:
                 raise RuntimeError(f"no readable checkpoint in {self.checkpoints.directory}")
             step, state, meta = restored
-            state = TrainState(**state)
         elif step not in self.steps:
             raise ValueError(f"no checkpoint at step {step}; available: {self.steps}")
         else:

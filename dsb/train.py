@@ -27,7 +27,7 @@ from dsb.config import Config
 from dsb.metrics import NonFiniteLossError
 from dsb.optim import make_optimizer, make_schedule
 from dsb.preemption import Preemption
-from dsb.runtime import EvalSuite, RunCheckpoints, RunContext, TrainState, snapshot
+from dsb.runtime import RunCheckpoints, RunContext, TrainState, snapshot
 from dsb.step import init_model, make_predict, make_train_step
 
 __all__ = ["MAX_CPU_STEPS_IN_FLIGHT", "TrainResult", "train"]
@@ -72,7 +72,7 @@ def train(cfg: Config, run_dir: str | Path) -> TrainResult:
         start, state = resumed
         resumed_from = start
         writer.truncate_after(start)
-    suite = EvalSuite(ctx.eval_context(), cfg.evals, schedule)
+    suite = ctx.eval_suite()
     predict = make_predict(model, mesh, cfg.train.eval_batch_size)
 
     def checkpoint_and_evaluate(step: int, state: TrainState) -> dict[str, float]:
