@@ -25,8 +25,10 @@ PROBE_FIGURES = {
 }
 
 _PATTERNS = {
-    "maxent": re.compile(r"(?:^|/)maxent/([^/]+)/(accuracy|loss)$"),
-    "ot": re.compile(r"(?:^|/)ot/([^/]+)/(target_accuracy|source_accuracy|loss|source_loss)$"),
+    "maxent": re.compile(r"(?:^|/)maxent/([^/]+)/(accuracy|loss|target_met)$"),
+    "ot": re.compile(
+        r"(?:^|/)ot/([^/]+)/(target_accuracy|source_accuracy|loss|source_loss|target_met)$"
+    ),
 }
 
 
@@ -74,11 +76,13 @@ def plot_probe_curves(
 
     for i, name in enumerate(sets):
         c = colours[i % len(colours)]
+        met = curves.get((name, "target_met"))
+        flag = " [MISSED TARGET]" if met and met[-1][1] < 1 else ""
         if kind == "maxent":
-            acc_lines = [("accuracy", "-", name)]
+            acc_lines = [("accuracy", "-", name + flag)]
         else:
             acc_lines = [
-                ("target_accuracy", "-", f"{name} (target)"),
+                ("target_accuracy", "-", f"{name} (target){flag}"),
                 ("source_accuracy", ":", f"{name} (source)"),
             ]
         for metric, ls, label in acc_lines:

@@ -3,12 +3,39 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 
 from dsb.stats.moments import ClassStats, projected_third_moments
 
-__all__ = ["MomentReport", "moment_report"]
+__all__ = ["MomentReport", "moment_report", "target_check", "unmet_checks", "warn_unmet"]
+
+log = logging.getLogger("dsb")
+
+
+def target_check(achieved: float, tol: float, why: str = "") -> dict:
+    """One stated target of an edit, sampler or eraser: the error ``achieved`` against its
+    tolerance ``tol``, whether it was met, and (when it was not) ``why``. NaN never meets."""
+    achieved = float(achieved)
+    return {"achieved": achieved, "tol": float(tol), "met": bool(achieved <= tol), "why": why}
+
+
+def unmet_checks(checks: dict) -> dict:
+    """The entries of ``{name: target_check(...)}`` that missed their tolerance."""
+    return {k: c for k, c in checks.items() if not c["met"]}
+
+
+def warn_unmet(what: str, checks: dict) -> bool:
+    """Log one warning per missed target of ``what``; True when every target was met."""
+    missed = unmet_checks(checks)
+    for name, c in missed.items():
+        why = f" ({c['why']})" if c.get("why") else ""
+        log.warning(
+            "%s: target %s missed: achieved %.3g > tolerance %.3g%s",
+            what, name, c["achieved"], c["tol"], why,
+        )  # fmt: skip
+    return not missed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,9 +57,17 @@ class MomentReport:
     coskew_rel_err_K: tuple[float, ...]
     count_K: tuple[int, ...]
     extra: dict = dataclasses.field(default_factory=dict)
+    checks: dict = dataclasses.field(default_factory=dict)
+    """``{name: target_check(...)}``: the method's own stated targets (convergence of its
+    solver, the moments it claims to reach) and what it achieved."""
+
+    @property
+    def met(self) -> bool:
+        """Every stated target reached (True when the method states none)."""
+        return not unmet_checks(self.checks)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return dataclasses.asdict(self) | {"met": self.met}
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
@@ -46,6 +81,7 @@ def moment_report(
     *,
     skew_cols: slice | None = None,
     extra: dict | None = None,
+    checks: dict | None = None,
 ) -> MomentReport:
     """Compare the empirical class moments of ``x [n, d]`` (labels ``y [n]``) to ``stats``.
 
@@ -89,4 +125,5 @@ def moment_report(
         coskew_rel_err_K=tuple(map(float, se)),
         count_K=tuple(cnt),
         extra=dict(extra or {}),
+        checks=dict(checks or {}),
     )

@@ -50,9 +50,14 @@ def test_evaluator_names_values_and_moment_file(tmp_path):
     for s in ("ics", "box1", "gaussian"):
         assert 0.0 <= out[f"maxent/{s}/accuracy"] <= 1.0 and out[f"maxent/{s}/loss"] > 0
     for s in ("cqn", "mean_shift", "gaussian"):
-        for m in ("loss", "target_accuracy", "source_loss", "source_accuracy"):
+        for m in ("loss", "target_accuracy", "source_loss", "source_accuracy", "target_met"):
             assert f"ot/{s}/{m}" in out
-    assert len(out) == 3 * 2 + 3 * 4
+    assert len(out) == 3 * 3 + 3 * 5
+    # target_met mirrors each set's stated checks in the moments file.
+    moments = json.loads((tmp_path / "run" / probes.MOMENTS_FILE).read_text())
+    for kind in ("maxent", "ot"):
+        for name, rep in moments[kind].items():
+            assert out[f"{kind}/{name}/target_met"] == float(rep["met"])
     # A trained linear model reads first-order ICS samples better than chance.
     assert out["maxent/ics/accuracy"] > 0.3
     # And the whole set is counted: accuracy is a multiple of 1/n.
