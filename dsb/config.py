@@ -91,10 +91,19 @@ class DataConfig:
     reshuffle_each_epoch: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # Train-time concept erasure of the training split (evaluation splits stay real):
-    # null, "leace" (class means made equal) or "qleace" (means and covariances equal).
+    # null, "leace" (class means made equal) or "qleace" (means and covariances equal,
+    # exactly, also for singular image covariances: OT maps on the common support of the
+    # class covariances, the rest replaced class-independently; dsb/stats/erasure.py).
+    # <run dir>/erasure.json records the residuals and checks them against 1e-6.
     erasure: str | None = None
-    # Covariance shrinkage (a, b): a S + b (tr S / d) I, for QLEACE on singular image
-    # covariances (e.g. [0.9, 0.1]); null uses the raw covariances.
+    # Class-covariance shrinkage (a, b): a S_y + b (tr S_y / d) I. null (default): the raw
+    # covariances, exact erasure. With shrinkage QLEACE is approximate (its maps are exact
+    # for the shrunk covariances only; erasure.json flags the covariance residual) and
+    # LEACE uses another metric (same equal class means, a different least change).
+    # concept-erasure's LEACE default shrinks the total covariance S (n samples, t = tr S)
+    # to alpha S + (1 - alpha)(t / d) I, alpha = 1 - t^2 / (n (||S||_F^2 - t^2 / d)); dsb
+    # reproduces it exactly with [1, (1 - alpha) t / (alpha tr W)], W the prior-weighted
+    # within-class covariance (data-dependent: dsb.stats.erasure.concept_erasure_shrinkage).
     erasure_shrinkage: list[float] | None = None
     text: TextConfig = field(default_factory=TextConfig)
 
