@@ -551,8 +551,9 @@ def gaussian_ot_edit(
     pair, ``cov:s->t`` (``||T Sigma_s T' - Sigma_t||_F / ||Sigma_t||_F`` from the applied
     factors; an unreachable pair, rank Sigma_t > rank Sigma_s, is mapped onto the best
     rank-r_s approximation of Sigma_t, misses the check, and its ``why`` gives the
-    Eckart-Young floor next to the achieved error). ``report.extra["pair_info"]`` lists per pair: s, t,
-    cov_err, floor, reachable, ranks, the rank of the Monge part and the filled dims.
+    Eckart-Young floor next to the achieved error). ``report.extra["pair_info"]`` lists
+    per pair: s, t, cov_err, floor, reachable, ranks, the rank of the Monge part and the
+    filled dims.
     These are about the map, i.e. the pushed Gaussian; the report's empirical moments
     describe the edited rows themselves (a random subset of class s is not Sigma_s).
 
