@@ -33,8 +33,9 @@ __all__ = ["EvalSet", "build_maxent_set", "build_ot_set", "eval_set_key"]
 _VERSION = "evalset-v1"
 # Bumped when a sampler's output changes, so one cache key never names two different sets:
 # the particle samplers' hand-written gradient (box2, box3) moved their samples at
-# rounding level.
-_SAMPLER_VERSIONS = {"box2": 2, "box3": 2}
+# rounding level. OT edits are keyed "ot/<kind>": version 2 is the lifted Gaussian map on
+# singular covariances, the bisection mean shift and the deterministic rank-based CQN.
+_SAMPLER_VERSIONS = {"box2": 2, "box3": 2, "ot/cqn": 2, "ot/mean_shift": 2, "ot/gaussian": 2}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,22 +177,21 @@ def build_ot_set(
 ) -> EvalSet:
     """OT-edited set ``kind`` in ``OT_EDITS`` of real ``x [n, d]`` with labels ``src [n]``.
 
-    Targets t != s come from ``draw_targets(src, K, seed)``; CQN's atom splitting uses
-    ``seed + 1``.
+    Targets t != s come from ``draw_targets(src, K, seed)``; the edits themselves are
+    deterministic.
     """
     if kind not in OT_EDITS:
         raise ValueError(f"unknown OT set {kind!r}; known: {sorted(OT_EDITS)}")
     x = np.ascontiguousarray(x_NxD, np.float32)
     src = np.ascontiguousarray(src_N, np.int32)
     config = {"n": len(src), "seed": seed, **options}
+    if f"ot/{kind}" in _SAMPLER_VERSIONS:
+        config["sampler_version"] = _SAMPLER_VERSIONS[f"ot/{kind}"]
     key = eval_set_key(stats, f"ot/{kind}", config, x.tobytes() + src.tobytes())
 
     def build():
         tgt = draw_targets(src, stats.num_classes, seed)
-        kw = dict(options)
-        if kind == "cqn":
-            kw.setdefault("seed", seed + 1)
-        e = OT_EDITS[kind](stats, x, src, tgt, **kw)
+        e = OT_EDITS[kind](stats, x, src, tgt, **options)
         rep = _jsonable(e.report.to_dict() | {"config": config})
         return EvalSet(kind, e.x_NxD, e.y_N, e.src_N, rep, key)
 
