@@ -138,12 +138,29 @@ class RunContext:
         return split_loader(self.config)
 
     @functools.cached_property
-    def train_data(self) -> dict[str, np.ndarray]:
-        """The training split as sampled (concept-erased when ``data.erasure`` is set)."""
+    def _train_data_and_report(self) -> tuple[dict[str, np.ndarray], dict | None]:
         report = self.write_reports and self.is_main_process and self.config.data.erasure
         return training_split(
             self.config, self.load_split, self.run_dir / "erasure.json" if report else None
         )
+
+    @property
+    def train_data(self) -> dict[str, np.ndarray]:
+        """The training split as sampled (concept-erased when ``data.erasure`` is set)."""
+        return self._train_data_and_report[0]
+
+    def erasure_metrics(self) -> dict[str, float]:
+        """The erasure's achieved residuals and ``target_met`` (1.0 when every check of
+        ``erasure.json`` met its tolerance) as ``erasure/...`` metrics; empty without
+        erasure. The trainer logs them with step 0."""
+        report = self._train_data_and_report[1]
+        if report is None:
+            return {}
+        out = {f"erasure/{k}": float(v) for k, v in report["residuals"].items()}
+        if "barycenter" in report:
+            out["erasure/barycenter_residual"] = float(report["barycenter"]["residual"])
+            out["erasure/barycenter_iterations"] = float(report["barycenter"]["iterations"])
+        return out | {"erasure/target_met": float(report["met"])}
 
     def create_run_dir(self) -> None:
         """Process 0: make the run directory and write the run's ``config.yaml``."""

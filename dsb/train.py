@@ -91,6 +91,9 @@ def train(cfg: Config, run_dir: str | Path) -> TrainResult:
     # kill between saving a checkpoint and finishing its evaluations loses them (a
     # preemption checkpoint off the schedule has none).
     last = checkpoint_and_evaluate(start, state) if schedule.is_checkpoint(start) else {}
+    if start == 0 and (erasure := ctx.erasure_metrics()):
+        writer.write(0, erasure)  # what the train-split erasure achieved (erasure.json)
+        writer.flush()
     progress = _Progress(total, start, cfg.train.progress_bar and ctx.is_main_process)
     in_flight = _InFlight(cfg.train.max_steps_in_flight, checkpoints.resumed_window)
     # One process only: the processes of a multi-process run would each see the signal

@@ -89,15 +89,16 @@ def training_split(
     cfg: Config,
     load: Callable[[str], dict[str, np.ndarray]],
     report_path: str | Path | None = None,
-) -> dict[str, np.ndarray]:
+) -> tuple[dict[str, np.ndarray], dict | None]:
     """The split the trainer samples from: ``data.train_split``, with LEACE / QLEACE
-    applied when ``data.erasure`` is set (what was fitted is written to ``report_path``)."""
+    applied when ``data.erasure`` is set, and the erasure's report (None without erasure;
+    see ``dsb.data.transforms.erase_split_with_report``), also written to ``report_path``."""
     data = load(cfg.data.train_split)
     if not cfg.data.erasure:
-        return data
-    from dsb.data.transforms import erase_split
+        return data, None
+    from dsb.data.transforms import erase_split_with_report
 
-    return erase_split(
+    return erase_split_with_report(
         data,
         cfg.data.erasure,
         get_dataset_spec(cfg.data.name).num_classes,
