@@ -33,9 +33,11 @@ __all__ = ["EvalSet", "build_maxent_set", "build_ot_set", "eval_set_key"]
 _VERSION = "evalset-v1"
 # Bumped when a sampler's output changes, so one cache key never names two different sets:
 # the particle samplers' hand-written gradient (box2, box3) moved their samples at
-# rounding level. OT edits are keyed "ot/<kind>": version 2 is the lifted Gaussian map on
-# singular covariances, the bisection mean shift and the deterministic rank-based CQN.
-_SAMPLER_VERSIONS = {"box2": 2, "box3": 2, "ot/cqn": 2, "ot/mean_shift": 2, "ot/gaussian": 2}
+# rounding level (v2); the entropy factor d, minibatched projections and the noise-floor
+# checks in the report (v3). OT edits are keyed "ot/<kind>": version 2 is the lifted
+# Gaussian map on singular covariances, the bisection mean shift and the deterministic
+# rank-based CQN.
+_SAMPLER_VERSIONS = {"box2": 3, "box3": 3, "ot/cqn": 2, "ot/mean_shift": 2, "ot/gaussian": 2}
 
 
 @dataclasses.dataclass(frozen=True)
