@@ -357,7 +357,7 @@ def kpm_counts_from_moments(
         high = (mean["hi"] + z_score * se["hi"]) / (1 - eps)
         low = float(np.clip(low, 0.0, num_params)) + extra
         high = float(np.clip(high, 0.0, num_params)) + extra
-        est = float(np.clip(mean["mid"], low, high)) if high >= low else mean["mid"] + extra
+        est = float(np.clip(mean["mid"] + extra, low, high))
         resolved = bool(phi_t > delta and high - low <= max(rel_width * est, abs_width))
         out[t] = CountEstimate(
             threshold=t,
@@ -567,8 +567,10 @@ def kpm_counts(
                 stop_reason = "max_seconds"
                 break
             if more_probes:
-                key, bkey = jax.random.split(key)
-                batches.append(start_batch(bkey, n_all, lsq))
+                # Double the probes, in batches of the first batch's size (one compile).
+                for _ in range(len(batches)):
+                    key, bkey = jax.random.split(key)
+                    batches.append(start_batch(bkey, num_probes, lsq))
             else:
                 deg = 2 * deg
         if not blown:
