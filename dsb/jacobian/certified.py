@@ -116,8 +116,18 @@ def triplet_residuals(op, U: np.ndarray, s: np.ndarray, Vt: np.ndarray):
     """``(||A v_i - s_i u_i||, ||A^T u_i - s_i v_i||)`` for ``A = op`` (``op.shift``
     included), by ``2k`` explicit products (vmapped), in float64 on the host."""
     dt = op.dtype
-    av = np.asarray(jax.jit(op.matmat)(jnp.asarray(Vt.T, dt)), np.float64)
-    atu = np.asarray(jax.jit(op.rmatmat)(jnp.asarray(U, dt)), np.float64)
+
+    # The linear map is a jit argument: closed over, its residuals (the activations of
+    # the whole run) would be baked into the program as constants.
+    @jax.jit
+    def products(f_jvp, v_kp, u_kp, shift):
+        f_vjp = jax.linear_transpose(f_jvp, v_kp[0])
+        av = jax.vmap(lambda v: f_jvp(v) - shift * v)(v_kp)
+        atu = jax.vmap(lambda u: f_vjp(u)[0] - shift * u)(u_kp)
+        return av, atu
+
+    av, atu = products(op._f_jvp, jnp.asarray(Vt, dt), jnp.asarray(U.T, dt), op.shift)
+    av, atu = np.asarray(av, np.float64).T, np.asarray(atu, np.float64).T
     r_left = np.linalg.norm(av - U * s, axis=0)
     r_right = np.linalg.norm(atu - Vt.T * s, axis=0)
     return r_left, r_right

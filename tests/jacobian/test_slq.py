@@ -190,6 +190,20 @@ def test_kpm_brackets_contain_the_exact_count_with_exact_moments(degree):
         assert not counts[1e-3].resolved and counts[1e-3].low == 0.0
 
 
+@pytest.mark.parametrize("degree", [800, 3000])
+def test_kpm_brackets_hold_with_clumps_hugging_the_threshold(degree):
+    # The adversarial case for a smoothed step: 300 values just above t and 300 just below.
+    # The smoothed count at t itself is off by about half of each clump; only filters
+    # shifted by the kernel's width (one each side) bound the count.
+    t = 0.05
+    rng = np.random.default_rng(degree)
+    d = np.concatenate(
+        [t * (1 + rng.uniform(0, 0.05, 300)), t * (1 - rng.uniform(0, 0.05, 300)), [0.9]]
+    )
+    counts = kpm_counts_from_moments(exact_moments(d, 1.0, degree), 1.0, (t,), num_params=601)
+    assert counts[t].low <= 300 <= counts[t].high, counts[t]
+
+
 def test_kpm_counts_resolve_the_bulk_at_0_1_within_2_percent():
     # rel_width 0.15: at P = 800 and 8 probes Hutchinson's 3-sigma band alone is ~10%.
     op, d = rotated_operator(np.random.default_rng(0))
