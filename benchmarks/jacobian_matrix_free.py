@@ -1,6 +1,8 @@
 """Matrix-free training-Jacobian spectrum of a P >= 60,000 model: wall time and peak memory.
 
     python benchmarks/jacobian_matrix_free.py                       # LeNet-5, float64
+    python benchmarks/jacobian_matrix_free.py --probe-steps --reps 1 --top-k 5 --deflate 5 \
+        --count-probes 4 --count-max-products 400 --count-max-seconds 900 --force
     python benchmarks/jacobian_matrix_free.py --model mlp --count-max-products 4000
     python benchmarks/jacobian_matrix_free.py --model lenet5 --dtype float32 --timing-only
     python benchmarks/jacobian_matrix_free.py --model lenet5-xla --dtype float32 --timing-only
