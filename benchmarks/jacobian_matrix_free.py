@@ -1,7 +1,9 @@
 """Matrix-free training-Jacobian spectrum of a P >= 60,000 model: wall time and peak memory.
 
     python benchmarks/jacobian_matrix_free.py                       # LeNet-5, float64
-    python benchmarks/jacobian_matrix_free.py --model mlp --slq-matvecs 200 --slq-probes 2
+    python benchmarks/jacobian_matrix_free.py --probe-steps --reps 1 --top-k 5 --deflate 5 \
+        --count-probes 4 --count-max-products 400 --count-max-seconds 900 --force
+    python benchmarks/jacobian_matrix_free.py --model mlp --count-max-products 4000
     python benchmarks/jacobian_matrix_free.py --model lenet5 --dtype float32 --timing-only
     python benchmarks/jacobian_matrix_free.py --model lenet5-xla --dtype float32 --timing-only
 
@@ -26,15 +28,19 @@ written to the JSON as it finishes (a killed run still leaves its numbers):
    product time scales with T.
 2. ``linearize`` at full T, then one jitted ``J v`` and one ``J^T u`` (compile and run timed
    apart; the jitted product is traced once and reused, trace counts recorded).
-3. Budget check: if the planned products (Golub-Kahan ``2 m_gk``, SLQ
-   ``2 m_slq probes``) times the measured per-product time exceed ``--budget-s``, the
-   analysis is skipped (unless ``--force``) and the extrapolated total is recorded.
-4. ``golub_kahan``: top-``k`` singular values of J.
-5. ``slq_D``: SLQ of ``D = J - I`` by Golub-Kahan quadrature (``slq_spectrum``'s default),
-   counts of singular values of D below 0.1 / 1e-2 / 1e-3 (the bulk size): the estimate,
-   its standard error over probes and the rigorous ``SLQResult.count_bounds`` bracket, the
-   smallest Ritz values, and the resolution floor ``eps(dtype) * sigma_1(D)`` under which
-   counts are rounding noise.
+3. Budget check: if the planned products (top-k: at most ``4 (2k + 10) + 2k``; counts:
+   ``--count-max-products``) times the measured per-product time exceed ``--budget-s``,
+   the analysis is skipped (unless ``--force``) and the extrapolated total is recorded.
+4. ``top_k``: ``top_singular_triplets`` of J (adaptive Golub-Kahan to relative residual
+   ``--top-rtol``): the singular values, their relative residuals, the converged flags,
+   products and time.
+5. ``counts_D``: ``kpm_counts`` of the singular values of ``D = J - I`` below 0.1 / 1e-2 /
+   1e-3 (kernel-polynomial step filters with Hutchinson probes after deflating the top
+   ``--deflate`` directions of D; ``dsb.jacobian.certified``), within
+   ``--count-max-products`` products and ``--count-max-seconds``: per threshold the
+   bracket, whether it is resolved (the estimate is ``null`` when not) and the resolution
+   reached, with the degree, probes, products, time and why it stopped. The record says
+   which thresholds were resolved.
 
 Dense comparison: the forward-mode dense Jacobian needs P column products (one JVP through
 training each), so ``dense_estimate_s = P * t(J v)``. Peak memory is the process
@@ -63,11 +69,11 @@ from dsb.jacobian import (
     JacobianOperator,
     cross_entropy_loss,
     fixed_minibatches,
-    golub_kahan_svd,
+    kpm_counts,
     make_training_run,
     nnx_apply,
     reference_optimizer,
-    slq_spectrum,
+    top_singular_triplets,
 )
 from dsb.models import build_model
 
@@ -167,10 +173,13 @@ def main():
     ap.add_argument("--dtype", choices=("float32", "float64"), default="float64")
     ap.add_argument("--probe-steps", type=int, nargs="*", default=(25,))
     ap.add_argument("--reps", type=int, default=2, help="timed repeats per product")
-    ap.add_argument("--top-k", type=int, default=5)
-    ap.add_argument("--gk-matvecs", type=int, default=20)
-    ap.add_argument("--slq-matvecs", type=int, default=30)
-    ap.add_argument("--slq-probes", type=int, default=4)
+    ap.add_argument("--top-k", type=int, default=20)
+    ap.add_argument("--top-rtol", type=float, default=1e-3)
+    ap.add_argument("--deflate", type=int, default=20)
+    ap.add_argument("--count-probes", type=int, default=8)
+    ap.add_argument("--count-max-products", type=int, default=2000)
+    ap.add_argument("--count-max-seconds", type=float, default=None)
+    ap.add_argument("--thresholds", type=float, nargs="+", default=(0.1, 1e-2, 1e-3))
     ap.add_argument("--budget-s", type=float, default=600.0, help="whole-run target")
     ap.add_argument("--force", action="store_true", help="run the analysis over budget")
     ap.add_argument("--timing-only", action="store_true")
@@ -240,19 +249,20 @@ def main():
         t_prod = 0.5 * (t_jv + t_jtu)
         log(f"  per product at T={T_FULL}: J v {t_jv:.3f}s, J^T u {t_jtu:.3f}s")
 
-    n_gk = 2 * args.gk_matvecs
-    n_slq = 2 * args.slq_matvecs * args.slq_probes
-    planned = (n_gk + n_slq) * t_prod
+    n_top = 4 * (2 * args.top_k + 10) + 2 * args.top_k
+    n_count = args.count_max_products
+    planned = (n_top + n_count) * t_prod
     elapsed = time.perf_counter() - t_start
     rec["per_product_s"] = {"J_v": t_jv, "Jt_u": t_jtu}
-    rec["planned_products"] = {"golub_kahan": n_gk, "slq": n_slq}
+    rec["planned_products"] = {"top_k": n_top, "counts_max": n_count}
     rec["extrapolated_analysis_s"] = planned
     rec["extrapolated_total_s"] = elapsed + planned
     rec["dense_forward_estimate_s"] = p * t_jv
     rec["dense_forward_estimate_days"] = p * t_jv / 86400
     log(
-        f"planned {n_gk} + {n_slq} products ~ {planned:.0f}s more (total ~ {elapsed + planned:.0f}s"
-        f" vs budget {args.budget_s:.0f}s); dense forward ~ P x t(J v) = {p * t_jv:.0f}s"
+        f"planned {n_top} + {n_count} products ~ {planned:.0f}s more (total ~ "
+        f"{elapsed + planned:.0f}s vs budget {args.budget_s:.0f}s); dense forward ~ "
+        f"P x t(J v) = {p * t_jv:.0f}s"
     )
     save()
     if args.timing_only:
@@ -264,39 +274,65 @@ def main():
         log("over budget: analysis skipped (see extrapolated_total_s)")
         return
 
-    with stage("golub_kahan") as info:
-        _, top, _ = golub_kahan_svd(op, args.top_k, num_matvecs=args.gk_matvecs)
-        info.update(products=n_gk, top_singular_values=[float(s) for s in top])
-        log(f"  top-{args.top_k} singular values of J: {np.round(top, 4)}")
-    info["s_per_product_incl_compile"] = info["seconds"] / n_gk
+    with stage("top_k") as info:
+        top = top_singular_triplets(op, args.top_k, rtol=args.top_rtol, max_products=n_top)
+        info.update(
+            products=top.products,
+            krylov_steps=top.num_krylov,
+            top_singular_values=top.s.tolist(),
+            rel_residuals=top.rel_residual.tolist(),
+            converged=top.converged.tolist(),
+            all_converged=top.all_converged,
+            rtol=args.top_rtol,
+            stop_reason=top.stop_reason,
+        )
+        log(
+            f"  top-{args.top_k} of J: {np.round(top.s[:5], 4)}...; all converged to "
+            f"{args.top_rtol:g}: {top.all_converged} ({top.products} products)"
+        )
 
-    with stage("slq_D") as info:
-        slq = slq_spectrum(
-            op.with_shift(1.0), num_matvecs=args.slq_matvecs, num_probes=args.slq_probes
+    with stage("counts_D") as info:
+        op_d = op.with_shift(1.0)
+        # D's top directions for the deflation: J's are not D's (D = J - I).
+        top_d = top_singular_triplets(
+            op_d, args.deflate + 1, rtol=args.top_rtol, max_products=args.count_max_products // 2
+        )
+        res = kpm_counts(
+            op_d,
+            args.thresholds,
+            deflate=args.deflate,
+            num_probes=args.count_probes,
+            max_products=args.count_max_products,
+            max_seconds=args.count_max_seconds,
+            top=top_d,
         )
         counts = {}
-        for thr in (0.1, 1e-2, 1e-3):
-            est, sem = slq.count_below(thr)
-            lo, hi = slq.count_bounds(thr)
-            counts[str(thr)] = {
-                "estimate": est,
-                "sem": sem,
-                "bracket_low_mean": float(lo.mean()),
-                "bracket_high_mean": float(hi.mean()),
-                "ritz_nodes_below_per_probe": (slq.sigma < thr).sum(1).tolist(),
-            }
-        k_show = min(4, slq.nodes.shape[1])
-        info["smallest_ritz_sigma_of_D_per_probe"] = slq.sigma[:, :k_show].tolist()
-        info["their_weights_per_probe"] = slq.weights[:, :k_show].tolist()
-        # Products of D carry an error ~ eps(run dtype) * sigma_1(D) (rounding amplified
-        # through the run); Golub-Kahan quadrature does not square it, so singular values
-        # of D above that floor are resolved, those below are noise.
-        sigma1_d = float(slq.sigma.max())
-        info["sigma1_D_from_slq"] = sigma1_d
-        info["resolution_floor_sigma_D"] = float(np.finfo(op.dtype).eps * sigma1_d)
-        info.update(products=n_slq, count_singular_values_of_D_below=counts)
-        log(f"  SLQ counts of sigma(D) below thresholds: {counts}")
-    info["s_per_product_incl_compile"] = info["seconds"] / n_slq
+        for t, c in res.counts.items():
+            d = c.as_dict()
+            d["estimate"] = None if not c.resolved else c.estimate  # JSON: no NaN
+            counts[f"{t:g}"] = d
+        resolved = [f"{t:g}" for t, c in res.counts.items() if c.resolved]
+        info.update(
+            counts_of_sigma_D_below=counts,
+            resolved_thresholds=resolved,
+            unresolved_thresholds=[f"{t:g}" for t, c in res.counts.items() if not c.resolved],
+            resolution_sigma_D=res.resolution,
+            degree=res.degree,
+            probes=res.num_probes,
+            deflated=res.deflated,
+            sigma_max_deflated_bound=res.sigma_max,
+            top_D_singular_values=top_d.s.tolist(),
+            top_D_converged=top_d.all_converged,
+            products=res.products,
+            stop_reason=res.stop_reason,
+        )
+        log(
+            f"  counts of sigma(D): resolved {resolved or 'none'}; resolution "
+            f"{res.resolution:.3g} at degree {res.degree}, {res.num_probes} probes, "
+            f"{res.products} products ({res.stop_reason})"
+        )
+        for t, c in res.counts.items():
+            log(f"    below {t:g}: [{c.low:.0f}, {c.high:.0f}] estimate {c.estimate}")
 
     rec["wall_s"] = time.perf_counter() - t_start
     rec["complete"] = True

@@ -20,14 +20,28 @@ refuses up front where it can tell).
 Small models (P <= ``max_dense_params``): dense forward-mode J and its float64 SVD;
 yields ``sigma_1``, ``sigma_min``, ``count_abs_s_minus_1_below_<thr>`` and the mean
 ``u.v`` over the ``num_bulk`` directions closest to 1, and saves the singular values to
-``run_dir/jacobian/step_<t>.npz``. Larger models: Golub-Kahan ``sigma_1`` and SLQ counts
-of the singular values of ``D = J - I`` below each threshold (``slq_count_D_below_<thr>``,
-with the mean Chebyshev-Markov-Stieltjes bracket ``..._bracket_low/high``) and
-``slq_resolution_floor`` (``eps * sigma_1(D)``: counts below it are rounding noise).
+``run_dir/jacobian/step_<t>.npz``. Larger models, matrix-free, each number with its
+certificate:
+
+* ``top_singular_triplets`` of J (adaptive Golub-Kahan to relative residual
+  ``top_rtol``): ``sigma_1``, ``top_converged`` (1 if all ``num_top`` triplets reached
+  ``top_rtol``), ``top_max_rel_residual``, ``top_products``.
+* ``kpm_counts`` of the singular values of ``D = J - I`` below each threshold (kernel
+  polynomial filters with Hutchinson probes after deflating the top ``count_deflate``
+  directions of D; see ``dsb.jacobian.certified``): ``count_D_below_<thr>`` is the count
+  when its bracket ``..._bracket_low/high`` is at most ``count_rel_width`` of it wide and
+  **NaN otherwise** (never a count the method did not resolve), ``..._resolved`` (1/0),
+  ``count_resolution`` (thresholds below it cannot be bracketed at the degree reached),
+  ``count_degree``, ``count_probes``, ``count_products``, ``count_all_resolved``. The
+  budget is ``count_max_products`` Jacobian products (default ``10 P``) and
+  ``count_max_seconds``; an unresolved count or unconverged top-k is also logged as a
+  warning.
 """
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Iterable, Sequence
 
 import jax
@@ -38,6 +52,8 @@ from flax import nnx
 from dsb.evals.base import EvalContext, Snapshot, register_evaluator
 
 __all__ = ["TrainingJacobianProbe"]
+
+log = logging.getLogger(__name__)
 
 
 @register_evaluator("training_jacobian")
@@ -55,8 +71,12 @@ class TrainingJacobianProbe:
         num_bulk: int = 1000,
         max_dense_params: int = 8000,
         num_top: int = 5,
-        slq_matvecs: int = 40,
-        slq_probes: int = 4,
+        top_rtol: float = 1e-3,
+        count_deflate: int = 20,
+        count_probes: int = 8,
+        count_rel_width: float = 0.1,
+        count_max_products: int | None = None,
+        count_max_seconds: float | None = 1800.0,
         save_spectrum: bool = True,
     ):
         self.ctx = ctx
@@ -85,8 +105,12 @@ class TrainingJacobianProbe:
         self.num_bulk = num_bulk
         self.max_dense_params = max_dense_params
         self.num_top = num_top
-        self.slq_matvecs = slq_matvecs
-        self.slq_probes = slq_probes
+        self.top_rtol = top_rtol
+        self.count_deflate = count_deflate
+        self.count_probes = count_probes
+        self.count_rel_width = count_rel_width
+        self.count_max_products = count_max_products
+        self.count_max_seconds = count_max_seconds
         self.save_spectrum = save_spectrum
         self._batches = None
 
@@ -157,16 +181,58 @@ class TrainingJacobianProbe:
             return
 
         op = jac.JacobianOperator(run, theta0)
-        _, top, _ = jac.golub_kahan_svd(op, self.num_top)
-        yield "sigma_1", float(top[0])
-        slq = jac.slq_spectrum(
-            op.with_shift(1.0), num_matvecs=self.slq_matvecs, num_probes=self.slq_probes
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", jac.UnconvergedWarning)  # logged below instead
+            top = jac.top_singular_triplets(op, self.num_top, rtol=self.top_rtol)
+        yield "sigma_1", float(top.s[0])
+        yield "top_converged", float(top.all_converged)
+        yield "top_max_rel_residual", float(top.rel_residual.max())
+        yield "top_products", float(top.products)
+        if not top.all_converged:
+            log.warning(
+                "training_jacobian step %s: top-%d singular values not converged to rtol=%g "
+                "(worst relative residual %.2e, stopped: %s)",
+                snapshot.step,
+                self.num_top,
+                self.top_rtol,
+                float(top.rel_residual.max()),
+                top.stop_reason,
+            )
+        op_d = op.with_shift(1.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", jac.UnconvergedWarning)
+            res = jac.kpm_counts(
+                op_d,
+                self.thresholds,
+                deflate=min(self.count_deflate, p - 1),
+                num_probes=self.count_probes,
+                rel_width=self.count_rel_width,
+                max_products=self.count_max_products,
+                max_seconds=self.count_max_seconds,
+            )
         for t in self.thresholds:
-            lo, hi = slq.count_bounds(t)
-            yield f"slq_count_D_below_{t:g}", slq.count_below(t)[0]
-            yield f"slq_count_D_below_{t:g}_bracket_low", float(lo.mean())
-            yield f"slq_count_D_below_{t:g}_bracket_high", float(hi.mean())
-        # Singular values of D below this are rounding noise of the run's dtype.
-        eps = float(np.finfo(np.dtype(theta0.dtype)).eps)
-        yield "slq_resolution_floor", eps * float(slq.sigma.max())
+            c = res.counts[t]
+            # NaN unless resolved: a count the method did not resolve is never logged.
+            yield f"count_D_below_{t:g}", c.estimate if c.resolved else float("nan")
+            yield f"count_D_below_{t:g}_bracket_low", c.low
+            yield f"count_D_below_{t:g}_bracket_high", c.high
+            yield f"count_D_below_{t:g}_resolved", float(c.resolved)
+        yield "count_resolution", res.resolution
+        yield "count_all_resolved", float(res.all_resolved)
+        yield "count_degree", float(res.degree)
+        yield "count_probes", float(res.num_probes)
+        yield "count_products", float(res.products + top.products)
+        if not res.all_resolved:
+            bad = [f"{c.threshold:g}" for c in res.counts.values() if not c.resolved]
+            log.warning(
+                "training_jacobian step %s: counts of sigma(D) below %s unresolved (logged as "
+                "NaN with brackets); resolution %.3g at degree %d, %d probes, %d products "
+                "(stopped: %s)",
+                snapshot.step,
+                ", ".join(bad),
+                res.resolution,
+                res.degree,
+                res.num_probes,
+                res.products,
+                res.stop_reason,
+            )

@@ -3,6 +3,7 @@
 * ``training``: the run as a pure function (nested ``lax.scan`` over fixed minibatches).
 * ``dense``: forward/reverse-mode dense J in memory-bounded chunks, robust float64 SVD.
 * ``matrix_free``: J v / J^T u, randomized SVD, Golub-Kahan, SLQ on ``D = J - I``.
+* ``certified``: top-k triplets with residuals, kernel-polynomial bulk counts with brackets.
 * ``analysis``: regions, bulk, alignment, projections, overlaps, KL probes, restricted
   training.
 """
@@ -19,6 +20,14 @@ from dsb.jacobian.analysis import (
     spectrum_regions,
     subspace_overlap,
     update_projection,
+)
+from dsb.jacobian.certified import (
+    CountEstimate,
+    KPMCounts,
+    TopSingular,
+    UnconvergedWarning,
+    kpm_counts,
+    top_singular_triplets,
 )
 from dsb.jacobian.dense import (
     SVDResult,
@@ -47,10 +56,14 @@ from dsb.jacobian.training import (
 )
 
 __all__ = [
+    "CountEstimate",
     "JacobianOperator",
+    "KPMCounts",
     "SLQResult",
     "SVDResult",
+    "TopSingular",
     "TrainingRun",
+    "UnconvergedWarning",
     "alignment",
     "auto_chunk_size",
     "bulk_counts",
@@ -61,6 +74,7 @@ __all__ = [
     "golub_kahan_svd",
     "jacobian_forward",
     "jacobian_reverse",
+    "kpm_counts",
     "load_spectrum",
     "make_training_run",
     "max_kl",
@@ -76,5 +90,6 @@ __all__ = [
     "slq_spectrum",
     "spectrum_regions",
     "subspace_overlap",
+    "top_singular_triplets",
     "update_projection",
 ]

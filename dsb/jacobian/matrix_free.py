@@ -20,11 +20,14 @@ training run. On top of it:
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from dsb.jacobian.certified import CountEstimate, UnconvergedWarning, triplet_residuals
 
 __all__ = [
     "JacobianOperator",
@@ -101,10 +104,15 @@ def randomized_svd(
     oversample: int = 10,
     power_iters: int = 2,
     key: jax.Array | None = None,
+    rtol: float | None = 1e-3,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Top-``k`` ``(U [P, k], s [k], Vt [k, P])`` by a randomized range finder.
 
-    Costs ``(k + oversample) * (2 * power_iters + 2)`` Jacobian products.
+    Costs ``(k + oversample) * (2 * power_iters + 2)`` Jacobian products, plus ``2k`` for
+    the residual check: if some triplet's relative residual
+    ``max(||A v - s u||, ||A^T u - s v||) / s`` exceeds ``rtol`` it warns
+    (``UnconvergedWarning``; ``rtol=None`` skips the check). For a certified, adaptive top-k
+    use ``top_singular_triplets``.
     """
     key = jax.random.key(0) if key is None else key
     ell = k + oversample
@@ -118,20 +126,50 @@ def randomized_svd(
     bt = np.asarray(rmatmat(q), np.float64)  # B^T = J^T Q, [P, ell]
     v, s, ut_small = np.linalg.svd(bt, full_matrices=False)  # B = ut_small^T s v^T
     u = np.asarray(q, np.float64) @ ut_small.T
-    return u[:, :k], s[:k], v[:, :k].T
+    u, s, vt = u[:, :k], s[:k], v[:, :k].T
+    if rtol is not None:
+        _warn_unconverged("randomized_svd", op, u, s, vt, rtol)
+    return u, s, vt
+
+
+def _warn_unconverged(name, op, u, s, vt, rtol):
+    r_left, r_right = triplet_residuals(op, u, s, vt)
+    rel = np.maximum(r_left, r_right) / np.maximum(s, 1e-300)
+    if (rel > rtol).any():
+        warnings.warn(
+            f"{name}: {int((rel > rtol).sum())} of {len(s)} singular triplets not converged "
+            f"to rtol={rtol:g} (worst relative residual {rel.max():.2e}); use "
+            "top_singular_triplets for an adaptive, certified top-k",
+            UnconvergedWarning,
+            stacklevel=3,
+        )
 
 
 def golub_kahan_svd(
-    op: JacobianOperator, k: int, *, num_matvecs: int | None = None, key: jax.Array | None = None
+    op: JacobianOperator,
+    k: int,
+    *,
+    num_matvecs: int | None = None,
+    key: jax.Array | None = None,
+    rtol: float | None = 1e-3,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Top-``k`` ``(U [P, k], s [k], Vt [k, P])`` by Golub-Kahan bidiagonalisation.
 
-    ``num_matvecs`` Krylov steps (default ``2k + 10``), each one ``J v`` and one ``J^T u``,
-    with full reorthogonalisation (matfree).
+    Default (``num_matvecs=None``): adaptive, ``top_singular_triplets(op, k, rtol=rtol)``
+    (Krylov dimension doubled until every triplet's relative residual is at most ``rtol``,
+    or its budget is spent). With ``num_matvecs``: that many Krylov steps, each one ``J v``
+    and one ``J^T u``, with full reorthogonalisation (matfree). Either way it warns
+    (``UnconvergedWarning``) when a triplet misses ``rtol`` (``rtol=None``: no check,
+    fixed steps only).
     """
     from matfree import decomp
 
-    m = min(num_matvecs or 2 * k + 10, op.num_params)
+    if num_matvecs is None:
+        from dsb.jacobian.certified import top_singular_triplets
+
+        top = top_singular_triplets(op, k, rtol=rtol or 1e-3, key=key, warn=rtol is not None)
+        return top.U, top.s, top.Vt
+    m = min(num_matvecs, op.num_params)
     key = jax.random.key(0) if key is None else key
     work = _work_dtype()
     v0 = jax.random.normal(key, (op.num_params,), work)
@@ -146,7 +184,10 @@ def golub_kahan_svd(
     pu, s, pvt = np.linalg.svd(np.asarray(b_mm, np.float64))
     u = np.asarray(u_mk, np.float64).T @ pu  # [P, m]
     vt = pvt @ np.asarray(v_mk, np.float64)  # [m, P]
-    return u[:, :k], s[:k], vt[:k]
+    u, s, vt = u[:, :k], s[:k], vt[:k]
+    if rtol is not None:
+        _warn_unconverged("golub_kahan_svd", op, u, s, vt, rtol)
+    return u, s, vt
 
 
 @dataclasses.dataclass
@@ -200,10 +241,43 @@ class SLQResult:
     def count_below(self, threshold: float) -> tuple[float, float]:
         """The SLQ estimate of the count of singular values of ``A`` below ``threshold``
         (the Gauss staircase ``P sum_{s_j < threshold} w_j``, averaged over probes) and its
-        standard error over probes. It always lies inside ``count_bounds``."""
+        standard error over probes. It always lies inside ``count_bounds``, but it is a bare
+        point: where the bracket is wide it can be far off (0 below the smallest node).
+        Report ``counts`` instead, which says when a count is unresolved."""
         est = self.num_params * (self.weights * (self.sigma < threshold)).sum(1)
         sem = est.std(ddof=1) / np.sqrt(len(est)) if len(est) > 1 else np.nan
         return float(est.mean()), float(sem)
+
+    @property
+    def resolution(self) -> float:
+        """The mean over probes of the smallest Ritz singular value: below it every probe's
+        Chebyshev-Markov-Stieltjes lower bound is 0, so no count there is resolved."""
+        return float(self.sigma[:, 0].mean())
+
+    def counts(
+        self, thresholds, *, rel_width: float = 0.1, z_score: float = 3.0
+    ) -> dict[float, CountEstimate]:
+        """Certified counts of singular values of ``A`` below each threshold.
+
+        The bracket is ``[mean(lo) - z SE, mean(hi) + z SE]`` of the per-probe
+        ``count_bounds`` (rigorous per probe; the probe average adds a Gaussian band). The
+        count is resolved, and its ``estimate`` is the Gauss staircase, only when the
+        bracket is at most ``rel_width * estimate`` wide; otherwise ``estimate = NaN``.
+        """
+        out = {}
+        n = self.sigma.shape[0]
+        for t in thresholds:
+            t = float(t)
+            lo, hi = self.count_bounds(t)
+            est, sem = self.count_below(t)
+            se = lambda x: float(x.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+            low = float(np.clip(lo.mean() - z_score * se(lo), 0, self.num_params))
+            high = float(np.clip(hi.mean() + z_score * se(hi), 0, self.num_params))
+            resolved = bool(low > 0 and high - low <= rel_width * est)
+            out[t] = CountEstimate(
+                t, est if resolved else float("nan"), low, high, resolved, self.resolution, sem
+            )
+        return out
 
     def density(self, grid: np.ndarray, *, width: float = 0.05, log: bool = True) -> np.ndarray:
         """Gaussian-smoothed density of singular values on ``grid`` (log10 scale if ``log``)."""
