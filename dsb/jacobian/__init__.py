@@ -41,8 +41,10 @@ from dsb.jacobian.training import (
     check_full_precision,
     cross_entropy_loss,
     fixed_minibatches,
+    linen_fold_in,
     make_training_run,
     nnx_apply,
+    notebook_mlp_init,
     reference_optimizer,
 )
 
@@ -61,10 +63,12 @@ __all__ = [
     "golub_kahan_svd",
     "jacobian_forward",
     "jacobian_reverse",
+    "linen_fold_in",
     "load_spectrum",
     "make_training_run",
     "max_kl",
     "nnx_apply",
+    "notebook_mlp_init",
     "ood_inputs",
     "perturbation_sweep",
     "random_subspace_overlap",
