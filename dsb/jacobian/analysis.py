@@ -21,6 +21,7 @@ __all__ = [
     "bulk_counts",
     "closest_to_one",
     "max_kl",
+    "max_kl_directions",
     "ood_inputs",
     "perturbation_sweep",
     "random_subspace_overlap",
@@ -111,6 +112,43 @@ def max_kl(apply: Callable, params_a: Any, params_b: Any, x: np.ndarray) -> floa
     lb = _log_softmax(apply(params_b, jnp.asarray(x)))
     kl = (jnp.exp(la) * (la - lb)).sum(-1)
     return float(jnp.max(kl))
+
+
+def max_kl_directions(
+    apply_flat: Callable[[jax.Array, jax.Array], jax.Array],
+    theta: jax.Array,
+    directions_KxP: np.ndarray,
+    x: np.ndarray,
+    *,
+    chunk: int = 64,
+) -> np.ndarray:
+    """``[K]``: for every row ``d_i``, ``max_n KL(softmax(f(theta, x_n)) ||
+    softmax(f(theta + d_i, x_n)))``, where ``apply_flat(theta [P], x) -> logits``.
+
+    The notebook's probe with ``d_i = v_i`` (all ``P`` right singular vectors, unit
+    norm) added to ``theta_T``. Directions are pushed through ``vmap`` in chunks of
+    ``chunk`` rows (a ``lax.map``), in the dtype of ``theta``.
+    """
+    d = np.asarray(directions_KxP)
+    if d.ndim != 2 or d.shape[1] != theta.shape[0]:
+        raise ValueError(f"directions must be [K, {theta.shape[0]}], got {d.shape}")
+    k = d.shape[0]
+    pad = (-k) % chunk
+    d = jnp.asarray(np.concatenate([d, np.zeros((pad, d.shape[1]), d.dtype)]), theta.dtype)
+    x = jnp.asarray(x, theta.dtype)
+
+    @jax.jit
+    def go(d_CxKxP):
+        la = jax.nn.log_softmax(apply_flat(theta, x))
+
+        def one(di):
+            lb = jax.nn.log_softmax(apply_flat(theta + di, x))
+            return jnp.max((jnp.exp(la) * (la - lb)).sum(-1))
+
+        return jax.lax.map(jax.vmap(one), d_CxKxP)
+
+    out = go(d.reshape(-1, chunk, d.shape[1]))
+    return np.asarray(out, np.float64).reshape(-1)[:k]
 
 
 def ood_inputs(x: np.ndarray, *, seed: int = 0) -> dict[str, np.ndarray]:

@@ -7,11 +7,16 @@ boundary and as a pytree inside, through ``jax.flatten_util.ravel_pytree``.
 
 Any NNX model without mutable batch statistics works: ``nnx_apply`` splits it into
 ``graphdef, params, rest`` and returns a pure ``apply(params, x)``.
+
+``notebook_mlp_init`` gives a dsb MLP the initial parameters of the public reference
+notebook (EleutherAI/training-jacobian, flax linen), bit for bit, so dsb's run and J are
+the notebook's run and J.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -27,8 +32,10 @@ __all__ = [
     "check_full_precision",
     "cross_entropy_loss",
     "fixed_minibatches",
+    "linen_fold_in",
     "make_training_run",
     "nnx_apply",
+    "notebook_mlp_init",
     "reference_optimizer",
 ]
 
@@ -59,6 +66,62 @@ def nnx_apply(model) -> tuple[Callable[[Any, jax.Array], jax.Array], Any]:
         return nnx.merge(graphdef, p, rest)(x)
 
     return apply, params
+
+
+def linen_fold_in(key: jax.Array, *data: str | int) -> jax.Array:
+    """``key`` with static names and counters folded in the way flax linen derives the key
+    of a submodule's parameter: one ``jax.random.fold_in`` of the first 4 bytes (big
+    endian) of the SHA-1 of the concatenated data, strings as UTF-8 and non-negative ints
+    as their minimal big-endian bytes (flax's default, ``flax_fix_rng_separator`` off).
+
+    In ``model.init(key, x)`` the ``n``-th parameter created by a direct child ``name``
+    of the top module gets ``linen_fold_in(key, name, n)`` (``n`` counts from 1).
+    """
+    if not data:
+        return key
+    h = hashlib.sha1()
+    for d in data:
+        if isinstance(d, str):
+            h.update(d.encode("utf-8"))
+        elif isinstance(d, int) and not isinstance(d, bool) and d >= 0:
+            h.update(d.to_bytes((d.bit_length() + 7) // 8, "big"))
+        else:
+            raise ValueError(f"linen_fold_in: expected str or int >= 0, got {d!r}")
+    return jax.random.fold_in(key, jnp.uint32(int.from_bytes(h.digest()[:4], "big")))
+
+
+def notebook_mlp_init(model, seed: int) -> None:
+    """Overwrite a dsb ``MLP``'s parameters, in place, with the reference notebook's init.
+
+    The notebook's linen MLP is ``Dense(w) -> gelu`` per hidden width, then
+    ``Dense(num_classes)``, initialised by ``model.init(jax.random.key(seed), x)``:
+    kernels ``lecun_normal`` (truncated normal, variance 1 / fan_in), biases
+    ``normal(w ** -0.5)`` with ``w`` the width of the hidden layer (the output bias
+    reuses the last hidden width's scale), and layer ``i`` (``Dense_i``) draws its kernel
+    with ``linen_fold_in(key, "Dense_i", 1)`` and its bias with ``(..., 2)``. dsb's MLP
+    flattens its parameters in the same order (per layer: bias, then kernel), so
+    ``ravel_pytree`` gives the notebook's ``theta_0`` exactly. The model's activation
+    and dtype are left alone: the notebook's is ``"gelu"`` (tanh) in float32.
+    """
+    layers = getattr(model, "layers", None)
+    if layers is None or len(layers) < 2:
+        raise ValueError(
+            "notebook_mlp_init needs a dsb MLP with at least one hidden layer "
+            "(the notebook's bias scale is the hidden width ** -0.5)"
+        )
+    key = jax.random.key(seed)
+    kernel_init = jax.nn.initializers.lecun_normal()
+    scale = None
+    for i, layer in enumerate(layers):
+        d_in, d_out = layer.kernel.value.shape
+        if i < len(layers) - 1:
+            scale = d_out**-0.5
+        dtype = layer.kernel.value.dtype
+        name = f"Dense_{i}"
+        kernel = kernel_init(linen_fold_in(key, name, 1), (d_in, d_out), jnp.float32)
+        bias = jax.nn.initializers.normal(scale)(linen_fold_in(key, name, 2), (d_out,), jnp.float32)
+        layer.kernel.value = kernel.astype(dtype)
+        layer.bias.value = bias.astype(dtype)
 
 
 def cross_entropy_loss(apply: Callable) -> Callable[[Any, Batch], jax.Array]:

@@ -28,9 +28,12 @@ __all__ = [
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,
-    # Exact (erf) GELU, the PyTorch default the reference code used.
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    # "gelu" is the tanh approximation, the default of jax.nn.gelu and flax's nn.gelu and
+    # what the training-Jacobian reference notebook (flax linen) used; "gelu_tanh" names it
+    # explicitly. The exact (erf) GELU, PyTorch's default, is "gelu_exact".
+    "gelu": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_exact": lambda x: jax.nn.gelu(x, approximate=False),
     "tanh": jnp.tanh,
     "silu": jax.nn.silu,
     "swish": jax.nn.silu,

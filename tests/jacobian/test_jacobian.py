@@ -16,6 +16,8 @@ from dsb.jacobian import (
     jacobian_forward,
     jacobian_reverse,
     make_training_run,
+    max_kl,
+    max_kl_directions,
     nnx_apply,
     random_subspace_overlap,
     randomized_svd,
@@ -229,3 +231,22 @@ def test_float64_run_refuses_a_model_that_computes_in_float32():
         make(jnp.float32)  # the dsb model default: every layer casts to float32
     run, theta0 = make(jnp.float64)
     assert run(theta0).dtype == jnp.float64
+
+
+def test_max_kl_directions_matches_the_per_direction_probe():
+    run, theta0, _ = tiny_problem()
+    apply_p, _ = nnx_apply(TinyMLP(6, 5, 3, rngs=nnx.Rngs(0)))
+
+    def apply(th, xs):
+        return apply_p(run.unravel(th), jnp.asarray(xs))
+
+    x = np.random.default_rng(1).uniform(size=(10, 6, 1, 1))
+    theta = jnp.asarray(theta0)
+    dirs = np.random.default_rng(2).standard_normal((7, theta.size))  # 7: not a chunk multiple
+    got = max_kl_directions(apply, theta, dirs, x, chunk=4)
+    want = [max_kl(apply, theta, theta + jnp.asarray(d), x) for d in dirs]
+    assert got.shape == (7,)
+    assert min(want) > 1e-6
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-14)
+    with pytest.raises(ValueError, match="directions must be"):
+        max_kl_directions(apply, theta, dirs[:, :3], x)
