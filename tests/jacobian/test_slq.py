@@ -368,7 +368,7 @@ def test_reference_slq_at_1e_2_is_unresolved_not_zero(reference):
     assert c.low <= true <= c.high
 
 
-@pytest.mark.slow
+@pytest.mark.reference
 def test_reference_kpm_counts_against_dense(reference):
     # sigma_21(D) = 11.3 on this run: a 10% bracket at 0.1 needs degree ~ 4000 and more
     # (8 probes: ~35k products, 7x dense J); 1e-2 needs ~ 40000. Measured (2 loaded CPU
