@@ -456,11 +456,9 @@ def kpm_counts(
     vt = jnp.asarray(top.Vt[:k], work) if k else None
     proj = _project_out(vt)
 
-    @jax.jit
-    def advance(f_jvp, lsq, t_prev, t_cur, mu0, mu1, num):
-        """``num`` Chebyshev steps (``num`` a static-length fori_loop via a mask), each
-        one product with ``A_k^T A_k``, batched over probes. Returns the new pair and the
-        two moments per step."""
+    def scaled_gram(f_jvp, lsq):
+        """``v -> 2 A_k^T A_k v / lsq - v`` (A_k = D with the top k directions projected
+        out): the operator whose Chebyshev recurrence gives the moments."""
         f_vjp = jax.linear_transpose(f_jvp, jnp.zeros(p, op.dtype))
 
         def bmat(v):
@@ -469,6 +467,15 @@ def kpm_counts(
             w = f_jvp(x) - op.shift * x
             y = (f_vjp(w)[0] - op.shift * w).astype(work)
             return 2.0 * proj(y) / lsq - v
+
+        return bmat
+
+    @jax.jit
+    def advance(f_jvp, lsq, t_prev, t_cur, mu0, mu1, num):
+        """``num`` Chebyshev steps (``num`` a static-length fori_loop via a mask), each
+        one product with ``A_k^T A_k``, batched over probes. Returns the new pair and the
+        two moments per step."""
+        bmat = scaled_gram(f_jvp, lsq)
 
         def body(i, carry):
             tp, tc, mo = carry
@@ -484,14 +491,7 @@ def kpm_counts(
 
     @jax.jit
     def first(f_jvp, lsq, z):
-        f_vjp = jax.linear_transpose(f_jvp, jnp.zeros(p, op.dtype))
-
-        def bmat(v):
-            v = proj(v)
-            x = v.astype(op.dtype)
-            w = f_jvp(x) - op.shift * x
-            y = (f_vjp(w)[0] - op.shift * w).astype(work)
-            return 2.0 * proj(y) / lsq - v
+        bmat = scaled_gram(f_jvp, lsq)
 
         return jax.vmap(bmat)(z)
 
