@@ -96,9 +96,8 @@ def train(cfg: Config, run_dir: str | Path) -> TrainResult:
         writer.flush()
     progress = _Progress(total, start, cfg.train.progress_bar and ctx.is_main_process)
     in_flight = _InFlight(cfg.train.max_steps_in_flight, checkpoints.resumed_window)
-    # One process only: the processes of a multi-process run would each see the signal
-    # at another step, and saving is collective.
-    preemption = Preemption(enabled=jax.process_count() == 1)
+    # Several processes agree on the step at logging / checkpoint steps (dsb.preemption).
+    preemption = Preemption(num_processes=jax.process_count())
     try:
         with preemption:
             for batch_index in range(start, total):
@@ -107,7 +106,9 @@ def train(cfg: Config, run_dir: str | Path) -> TrainResult:
                 state, metrics = train_step(state, batch)
                 step = batch_index + 1
                 in_flight.add(step, metrics)
-                if schedule.is_log(step) or schedule.is_checkpoint(step):
+                # Every process waits on the host here (and agrees on preemption).
+                sync_point = schedule.is_log(step) or schedule.is_checkpoint(step)
+                if sync_point:
                     train_values = in_flight.drain()
                     writer.write(step, train_values)
                     last.update(train_values)
@@ -116,7 +117,7 @@ def train(cfg: Config, run_dir: str | Path) -> TrainResult:
                     last.update(checkpoint_and_evaluate(step, state))
                     progress.report(step, last)
                     in_flight.restart_clock()  # evaluation time is not training speed
-                if preemption.requested:
+                if preemption.agreed(sync_point):
                     if not schedule.is_checkpoint(step):  # else saved just above
                         checkpoints.save(step, state, in_flight.window())
                     checkpoints.wait()  # on disk before the job is requeued

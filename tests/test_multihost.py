@@ -73,13 +73,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch_2x2(run_dir, out_dir, tfds_dir, tag):
-    """Both processes of a 2 x 2 run, through ``parallel.*`` config keys."""
+def _launch_2x2(run_dir, out_dir, tfds_dir, tag, base=OVERRIDES, child=CHILD, envs=({}, {})):
+    """Both processes of a 2 x 2 run, through ``parallel.*`` config keys; ``envs[i]`` adds
+    to process i's environment."""
     address = f"localhost:{_free_port()}"
     procs = []
     for i in range(2):
         overrides = [
-            *OVERRIDES,
+            *base,
             "parallel=multihost",
             f"parallel.coordinator_address={address}",
             "parallel.num_processes=2",
@@ -90,13 +91,13 @@ def _launch_2x2(run_dir, out_dir, tfds_dir, tag):
                 [
                     sys.executable,
                     "-c",
-                    CHILD,
+                    child,
                     str(run_dir),
                     str(out_dir / f"{tag}.p{i}.npz"),
                     *overrides,
                 ],
                 cwd=ROOT,
-                env=simulated_devices_env(2, {"TFDS_DATA_DIR": tfds_dir}),
+                env=simulated_devices_env(2, {"TFDS_DATA_DIR": tfds_dir, **envs[i]}),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
@@ -277,4 +278,69 @@ def test_two_processes_of_two_devices_train_checkpoint_and_resume(tmp_path):
     for a, b in zip(p0, _leaves(tmp_path / "out" / "again.p0.npz"), strict=True):
         np.testing.assert_array_equal(a, b)
     steps = [json.loads(ln)["step"] for ln in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == STEPS, steps
+
+
+# CHILD with a stand-in for submitit's handler of SIGUSR2 (it exits with submitit's
+# requeue code, 144) and, where $SIGNAL_AT_STEP is set, the signal raised by this process
+# while that update is dispatched: as when SLURM's signal reaches the tasks at different
+# steps, or one of them only.
+PREEMPT_CHILD = (
+    r"""
+import os, signal, sys
+def _requeue(signum, frame):
+    print("REQUEUED", flush=True)
+    sys.exit(144)
+signal.signal(signal.SIGUSR2, _requeue)
+if os.environ.get("SIGNAL_AT_STEP"):
+    from dsb.runtime import RunContext
+    _at, _sampler = int(os.environ["SIGNAL_AT_STEP"]), RunContext.sampler
+    def _signalling(self, *args):
+        draw = _sampler(self, *args)
+        def draw_and_signal(i):
+            if i == _at - 1:
+                signal.raise_signal(signal.SIGUSR2)
+            return draw(i)
+        return draw_and_signal
+    RunContext.sampler = _signalling
+"""
+    + CHILD
+)
+# Logged every 4 steps, checkpoints at 0, 1, 2, 4, 8, 16, 32, 48, 64: a signal at step 10
+# is agreed on at step 12, a logging step off the checkpoint schedule.
+PREEMPT_OVERRIDES = [
+    o for o in OVERRIDES if not o.startswith(("train.log_every_steps", "ckpt.every_steps"))
+] + ["train.log_every_steps=4", "ckpt.every_steps=16", "figures=false"]
+
+
+@pytest.mark.slow
+@pytest.mark.multidevice
+def test_one_process_signalled_both_checkpoint_the_same_step_and_resume(tmp_path):
+    tfds_dir, out = str(tmp_path / "tfds"), tmp_path / "out"
+    out.mkdir()
+    ref = _finish(_launch_2x2(tmp_path / "ref", out, tfds_dir, "ref", PREEMPT_OVERRIDES))
+    assert [r["final_step"] for r in ref] == [STEPS, STEPS]
+
+    run = tmp_path / "run"
+    envs = ({}, {"SIGNAL_AT_STEP": "10"})  # process 1 only
+    procs = _launch_2x2(run, out, tfds_dir, "run", PREEMPT_OVERRIDES, PREEMPT_CHILD, envs)
+    try:
+        outs = [p.communicate(timeout=120)[0] for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        pytest.fail("a process hung after the signal: the other left the collectives")
+    both = "\n----\n".join(o[-3000:] for o in outs)
+    # Both handed the signal to their handler (the one that never caught it raised it).
+    assert [p.returncode for p in procs] == [144, 144], both
+    assert all("REQUEUED" in o for o in outs), both
+    assert "another process caught SIGUSR2" in outs[0], both
+    assert "preempted: saved checkpoint 12" in outs[0] and "checkpoint 12" in outs[1], both
+    assert _steps(run)[-1] == 12, _steps(run)
+
+    again = _finish(_launch_2x2(run, out, tfds_dir, "again", PREEMPT_OVERRIDES))
+    assert [r["resumed_from"] for r in again] == [12, 12], again
+    for a, b in zip(_leaves(out / "ref.p0.npz"), _leaves(out / "again.p0.npz"), strict=True):
+        np.testing.assert_array_equal(a, b)
+    steps = [json.loads(ln)["step"] for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == STEPS, steps
