@@ -14,6 +14,7 @@ import pytest
 from dsb.jacobian import (
     JacobianOperator,
     SLQResult,
+    TopSingular,
     UnconvergedWarning,
     golub_kahan_svd,
     kpm_counts,
@@ -21,7 +22,7 @@ from dsb.jacobian import (
     slq_spectrum,
     top_singular_triplets,
 )
-from dsb.jacobian.certified import kpm_counts_from_moments
+from dsb.jacobian.certified import deflation_subspace, kpm_counts_from_moments
 
 # Compared against float64 ground truth: x64 for each test of this file.
 pytestmark = pytest.mark.usefixtures("float64")
@@ -289,6 +290,113 @@ def test_slq_counts_are_nan_below_the_smallest_ritz_node():
         else:
             assert np.isnan(c.estimate)
     assert not counts[1e-3].resolved and counts[1e-3].resolution > 1e-3
+
+
+# --------------------------------------------------------------------------------------
+# Deep deflation and its certificate for inexactness (dsb.jacobian.certified.Deflation).
+
+
+def reference_like_operator(rng, p=2000, n_top=200):
+    """Shaped like the reference run's D: ``n_top`` large singular values log-uniform in
+    [1.2, 1.2e3], 37% of them log-uniform in [1e-5, 1e-2], 25% in [1e-2, 0.1] and the rest
+    in [0.1, 1.2] (the reference: 37.5% below 1e-2, 63% below 0.1, sigma_501 = 1.2)."""
+    n0, n1 = int(0.37 * p), int(0.25 * p)
+    d = np.concatenate(
+        [
+            1.2 * 10 ** rng.uniform(0, 3, n_top),
+            10 ** rng.uniform(-5, -2, n0),
+            10 ** rng.uniform(-2, -1, n1),
+        ]
+    )
+    d = np.concatenate([d, 10 ** rng.uniform(-1, np.log10(1.2), p - len(d))])
+    qu = np.linalg.qr(rng.normal(size=(p, p)))[0]
+    qv = np.linalg.qr(rng.normal(size=(p, p)))[0]
+    a = jnp.asarray((qu * d) @ qv.T)
+    return JacobianOperator(lambda th: a @ th, jnp.zeros(p)), d, qu, qv
+
+
+def perturbed_top(d, qu, qv, k, num_mixed, target):
+    """A ``TopSingular`` whose first ``num_mixed`` right vectors are the true top ones mixed
+    with bulk directions (sigma < 1e-2) at angle ``s_i = target / sigma_i``: the rest of
+    the space then holds those bulk directions rotated up to sigma ~ ``target``."""
+    order = np.argsort(d)[::-1][: k + 1]
+    bulk = np.flatnonzero(d < 1e-2)[:num_mixed]
+    vt = qv[:, order].T.copy()
+    s_mix = target / d[order[:num_mixed]]
+    vt[:num_mixed] = (qv[:, order[:num_mixed]] * np.sqrt(1 - s_mix**2) + qv[:, bulk] * s_mix).T
+    zeros = np.zeros(k + 1)
+    return TopSingular(qu[:, order], d[order], vt, zeros, zeros, 1e-3, k + 1, 0, 0.0, "given")
+
+
+def test_deflation_certificate_brackets_the_exact_count():
+    # The inequality chain of the module docstring, checked densely: with V perturbed,
+    # count(H < tau) + count(C < tau - rho_-) <= count(M < tau) <= ... + count(C < tau + rho_+).
+    rng = np.random.default_rng(7)
+    op, d, qu, qv = reference_like_operator(rng, p=300, n_top=30)
+    top = perturbed_top(d, qu, qv, 30, 20, 0.05)
+    defl = deflation_subspace(op, 30, top=top)
+    assert defl.products == 60 and np.allclose(defl.Vt @ defl.Vt.T, np.eye(30), atol=1e-12)
+    m_eig = np.sort(d) ** 2
+    q_basis = np.linalg.svd(np.eye(300) - defl.Vt.T @ defl.Vt)[0][:, :270]
+    a = np.asarray(op.matmat(jnp.eye(300)))
+    c_eig = np.linalg.eigvalsh(q_basis.T @ a.T @ a @ q_basis)
+    used = 0
+    for t in (3e-3, 0.02, 0.05, 0.1, 0.3, 2.0, 40.0):
+        tau = t * t
+        below, rho_hi, rho_lo = defl.certificate(30, t)
+        true = int((m_eig < tau).sum())
+        low = below + int((c_eig < tau - rho_lo).sum())
+        high = below + int((c_eig < tau + rho_hi).sum())
+        assert low <= true <= high, (t, low, true, high, rho_hi, rho_lo)
+        # The shift is what holds the upper end: the compression alone undercounts.
+        used += below + int((c_eig < tau).sum()) < true
+    assert used >= 2  # the perturbation moved bulk values above t = 0.02, 0.05 (to ~0.05)
+    # An exact invariant subspace has no coupling.
+    exact = deflation_subspace(op, 30, top=perturbed_top(d, qu, qv, 30, 0, 0.0))
+    assert exact.certificate(30, 0.1)[1] < 1e-20
+
+
+def test_kpm_counts_deep_deflation_resolves_0_1_within_2_percent():
+    # The reference's shape at P = 2000: sigma_1 = 1.2e3, 200 values above 1.2. Deflating
+    # 20 leaves sigma_21 ~ 500 and needs degree ~ 1.7e5 at t = 0.1; the default depth
+    # choice deflates past the 200 (the certificate says the Ritz vectors are converged).
+    # 16 probes: at P = 2000 the 3-sigma Hutchinson band of 8 alone is ~8% of the count.
+    op, d, _, _ = reference_like_operator(np.random.default_rng(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnconvergedWarning)
+        res = kpm_counts(op, (0.1, 1e-2), num_probes=16, max_products=16000)
+    assert res.deflated >= 200 and res.sigma_max < 1.3, res
+    assert res.products == res.deflation_products + res.moment_products <= 16000
+    c = res.counts[0.1]
+    true = int((d < 0.1).sum())
+    assert c.resolved and abs(c.estimate - true) <= 0.02 * true, (c, true)
+    assert 0 < c.low <= true <= c.high, (c, true)
+    assert c.deflation_shift <= 0.05 * 0.1**2
+    c = res.counts[1e-2]
+    true = int((d < 1e-2).sum())
+    assert c.low <= true <= c.high, (c, true)
+    if c.resolved:
+        assert abs(c.estimate - true) <= 0.05 * true, (c, true)
+    else:
+        assert np.isnan(c.estimate) and res.stop_reason.startswith("max_"), res
+
+
+def test_kpm_counts_bracket_holds_with_an_inexact_deflation():
+    # 80 of the 150 deflated directions are mixed with bulk directions below 1e-2, so the
+    # projected space has 80 bulk values moved up to ~0.3: the compression's own count at
+    # t = 0.1 is ~80 short. The certificate's shift (rho_+ ~ 0.3^2) must cover them.
+    op, d, qu, qv = reference_like_operator(np.random.default_rng(1), p=1200, n_top=150)
+    top = perturbed_top(d, qu, qv, 150, 80, 0.3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnconvergedWarning)
+        res = kpm_counts(op, (0.1,), deflate=150, top=top, num_probes=8, max_products=6000)
+    c = res.counts[0.1]
+    true = int((d < 0.1).sum())
+    assert 0 < c.low <= true <= c.high, (c, true)
+    assert res.deflated == 150 and c.deflation_shift > 0.01, c
+    # The same moments without the certificate (inexact V treated as exact) miss.
+    naive = kpm_counts_from_moments(res.moments, res.sigma_max, (0.1,), num_params=1200)[0.1]
+    assert naive.high < true, (naive, true)
 
 
 # --------------------------------------------------------------------------------------
