@@ -408,6 +408,14 @@ def test_kpm_counts_bracket_holds_with_an_inexact_deflation():
     # The same moments without the certificate (inexact V treated as exact) miss.
     naive = kpm_counts_from_moments(res.moments, res.sigma_max, (0.1,), num_params=1200)[0.1]
     assert naive.high < true, (naive, true)
+    # Left to choose (deflate=None), the depth stops before the inexact edge: only the
+    # first 70 directions are exact, and beyond them rho_+ ~ 0.09 > 0.05 t^2.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnconvergedWarning)
+        auto = kpm_counts(op, (0.1,), top=top, num_probes=4, max_products=3000)
+    c = auto.counts[0.1]
+    assert 0 < auto.deflated <= 70 and c.deflation_shift <= 0.05 * 0.1**2, (auto, c)
+    assert c.low <= true <= c.high, (c, true)
 
 
 # --------------------------------------------------------------------------------------
