@@ -34,6 +34,37 @@ Resolving a threshold ``t`` therefore needs ``N ~ c sigma_max(A_k) / t``, i.e.
 ``N / 2`` products with ``A_k^T A_k`` (``N`` Jacobian products) per probe: the cost is
 ``probes * c * sigma_{k+1}(D) / t`` Jacobian products plus the deflation's, linear in the
 run's cost (itself ~ P) and inverse in the threshold.
+
+Inexact deflation (``Deflation``). The moments are those of the compression
+``C = Q M Q`` on ``range(Q)``, ``M = A^T A``, ``Q = I - V V^T``, ``V [P, k]`` orthonormal
+(the deflated right directions, re-orthonormalised in float64). ``V`` need not span an
+invariant subspace: in the basis ``[V, Q]``
+
+    M = [[H, X^T], [X, C]],   H = V^T M V,   X = Q M V  (computed by 2k explicit products).
+
+For ``tau = t^2`` not an eigenvalue of ``H``, Haynsworth's inertia additivity on
+``M - tau I`` gives, exactly,
+
+    count(M < tau) = count(H < tau) + count(S < tau),   S = C - X (H - tau I)^{-1} X^T.
+
+Split ``X (H - tau)^{-1} X^T = G_+ - G_-`` by the eigenvalues of ``H`` above / below
+``tau`` (both PSD), with ``rho_+ = ||G_+|| = ||X W_+ (h_+ - tau)^{-1/2}||^2`` and
+``rho_- = ||G_-||`` likewise (``H = W diag(h) W^T``). Then ``C - rho_+ <= S <= C + rho_-``
+(Loewner), so by Weyl
+
+    count(H < tau) + count(C < tau - rho_-)  <=  count(M < tau)
+                                             <=  count(H < tau) + count(C < tau + rho_+),
+
+and Cauchy interlacing adds ``count(C < tau) <= count(M < tau) <= count(C < tau) + k``
+(both kept: the bracket is their intersection). When every deflated direction lies above
+the threshold (``h_min > tau``, the usual case) ``rho_- = 0`` and the lower bound is the
+compression's own count: inexact deflation only lifts the upper threshold from ``t`` to
+``sqrt(t^2 + rho_+)``. ``rho_+`` weights the coupling of each deflated direction by
+``1 / (h - tau)``: the top directions' float32 rounding (``~ eps sigma_1^2``) costs
+``~ eps^2 sigma_1^2``, and what matters is how well the deflation's lower edge is converged.
+The depth ``k`` is therefore chosen (``deflate=None``) as the largest prefix of the Ritz
+vectors with ``rho_+ <= deflation_tol * t^2``. Deflation costs ``2 m`` products for ``m``
+Golub-Kahan steps plus ``2 k_c`` for the certificate (``k_c <= m / 2`` candidates).
 """
 
 from __future__ import annotations
@@ -50,9 +81,11 @@ import numpy as np
 
 __all__ = [
     "CountEstimate",
+    "Deflation",
     "KPMCounts",
     "TopSingular",
     "UnconvergedWarning",
+    "deflation_subspace",
     "jackson_coefficients",
     "jackson_delta",
     "kpm_counts",
@@ -223,6 +256,139 @@ def top_singular_triplets(
 
 
 # --------------------------------------------------------------------------------------
+# Deflation with a certificate for inexactness (module docstring, "Inexact deflation").
+
+
+def _gram_rows(op, vt_kp: np.ndarray, chunk: int = 64) -> np.ndarray:
+    """Rows ``M v_i = A^T A v_i`` ``[k, P]`` (float64 on the host) by ``2k`` explicit
+    products, vmapped over fixed-size chunks (one compile)."""
+    dt = op.dtype
+    k, p = vt_kp.shape
+
+    @jax.jit
+    def products(f_jvp, v_kp, shift):
+        f_vjp = jax.linear_transpose(f_jvp, v_kp[0])
+
+        def gram(v):
+            w = f_jvp(v) - shift * v
+            return f_vjp(w)[0] - shift * w
+
+        return jax.vmap(gram)(v_kp)
+
+    c = min(chunk, k)
+    out = np.empty((k, p))
+    for i in range(0, k, c):
+        block = np.zeros((c, p))
+        rows = vt_kp[i : i + c]
+        block[: len(rows)] = rows
+        w = products(op._f_jvp, jnp.asarray(block, dt), op.shift)
+        out[i : i + len(rows)] = np.asarray(w, np.float64)[: len(rows)]
+    return out
+
+
+@dataclasses.dataclass
+class Deflation:
+    """Deflated directions and the certificate of their inexactness.
+
+    ``Vt [k, P]`` orthonormal rows (nested: the first ``j`` rows span the first ``j`` Ritz
+    vectors), ``MVt [k, P]`` the rows ``A^T A v_i`` by explicit products, ``ritz [m]`` the
+    Golub-Kahan Ritz values (descending; ``ritz[j]`` estimates ``sigma_{j+1}``, used for the
+    Chebyshev interval after deflating ``j``), ``products`` spent (Golub-Kahan and the
+    certificate's), ``num_krylov`` the Krylov dimension. ``certificate(j, t)`` gives
+    ``(count(H < t^2), rho_+, rho_-)`` for the first ``j`` directions (module docstring).
+    """
+
+    Vt: np.ndarray
+    MVt: np.ndarray
+    ritz: np.ndarray
+    products: int
+    num_krylov: int
+    seconds: float = 0.0
+
+    @property
+    def size(self) -> int:
+        return int(self.Vt.shape[0])
+
+    def blocks(self, j: int):
+        """``(H [j, j], X^T X [j, j])`` for the first ``j`` directions."""
+        v, mv = self.Vt[:j], self.MVt[:j]
+        h = v @ mv.T
+        h = 0.5 * (h + h.T)
+        x = mv - h @ v  # rows of X^T: (I - V V^T) M v_i
+        return h, x @ x.T
+
+    def certificate(self, j: int, t: float) -> tuple[int, float, float]:
+        """``(count(H < t^2), rho_+, rho_-)`` for the first ``j`` directions at threshold
+        ``t`` (singular values of ``A``; ``rho`` in units of ``sigma^2``). ``rho`` is
+        ``inf`` when ``t^2`` is (numerically) an eigenvalue of ``H``."""
+        if j == 0:
+            return 0, 0.0, 0.0
+        h, xtx = self.blocks(j)
+        return _schur_shifts(h, xtx, float(t) ** 2)
+
+
+def _schur_shifts(h: np.ndarray, xtx: np.ndarray, tau: float) -> tuple[int, float, float]:
+    ev, w = np.linalg.eigh(h)
+    y = w.T @ xtx @ w  # Gram of X W
+    gap = ev - tau
+    if np.any(np.abs(gap) <= 1e-12 * max(abs(tau), np.abs(ev).max(), 1e-300)):
+        return int((ev < tau).sum()), math.inf, math.inf
+
+    def rho(mask):
+        if not mask.any():
+            return 0.0
+        d = 1.0 / np.sqrt(np.abs(gap[mask]))
+        g = d[:, None] * y[np.ix_(mask, mask)] * d[None, :]
+        return float(max(np.linalg.eigvalsh(0.5 * (g + g.T))[-1], 0.0))
+
+    return int((ev < tau).sum()), rho(gap > 0), rho(gap < 0)
+
+
+def deflation_subspace(
+    op,
+    k: int,
+    *,
+    num_krylov: int | None = None,
+    key: jax.Array | None = None,
+    top: TopSingular | None = None,
+    chunk: int = 64,
+) -> Deflation:
+    """Up to ``k`` deflation directions of ``A = op`` with their certificate.
+
+    The top right Ritz vectors of ``num_krylov`` Golub-Kahan steps (default
+    ``max(2k + 10, 40)``, at most ``P``; ``2 m`` products, full reorthogonalisation), or
+    ``top.Vt[:k]`` if ``top`` is given; re-orthonormalised in float64 (QR keeps the nested
+    prefixes), then ``M v_i`` by ``2k`` explicit products. The directions need not be
+    converged: ``Deflation.certificate`` accounts for their coupling to the rest.
+    """
+    p = op.num_params
+    if not 0 <= k < p:
+        raise ValueError(f"deflation_subspace: k must be in [0, P={p}), got {k}")
+    t0 = time.perf_counter()
+    if top is not None:
+        if k > len(top.s):
+            raise ValueError(f"deflation_subspace: k={k} > {len(top.s)} triplets in top")
+        vt, ritz, products, m = np.asarray(top.Vt[:k], np.float64), top.s, 0, top.num_krylov
+        # The Chebyshev interval after deflating j: the next Ritz value plus its residual.
+        res = np.maximum(top.residual_left, top.residual_right)
+        ritz = np.asarray(top.s + res, np.float64)
+    else:
+        m = min(max(num_krylov or max(2 * k + 10, 40), k + 1), p)
+        key = jax.random.key(0) if key is None else key
+        v0 = jax.random.normal(key, (p,), _work_dtype())
+        _, ritz, vt_all = _golub_kahan(op, m, v0)
+        vt, products = vt_all[:k], 2 * m
+    if k:
+        q, r = np.linalg.qr(vt.T)
+        vt = (q * np.sign(np.diag(r))).T  # orthonormal to float64 rounding, same prefixes
+        mvt = _gram_rows(op, vt, chunk)
+        products += 2 * k
+    else:
+        vt, mvt = np.zeros((0, p)), np.zeros((0, p))
+    return Deflation(vt, mvt, np.asarray(ritz, np.float64), products, m, time.perf_counter() - t0)
+
+
+# --------------------------------------------------------------------------------------
 # Kernel polynomial counts.
 
 
@@ -279,7 +445,8 @@ class CountEstimate:
     (systematic part rigorous, Hutchinson part ``z_score`` standard errors); ``resolution``
     is the smallest threshold the method's degree could bracket at all; ``stderr`` the
     estimate's standard error over probes and ``stat_width`` the part of the bracket's
-    width that is statistical (the rest is the filters' resolution).
+    width that is statistical (the rest is the filters' resolution and the deflation's
+    inexactness: ``deflation_shift = rho_+``, the upper filter sits at ``sqrt(t^2 + rho_+)``).
     """
 
     threshold: float
@@ -290,6 +457,7 @@ class CountEstimate:
     resolution: float
     stderr: float = float("nan")
     stat_width: float = float("nan")
+    deflation_shift: float = 0.0
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -301,8 +469,10 @@ class KPMCounts:
 
     ``degree`` of the Chebyshev expansion, ``num_probes`` Hutchinson probes, ``sigma_max``
     the bound ``sqrt(L)`` on the deflated operator's largest singular value, ``deflated``
-    the number of top directions projected out (counted exactly), ``products`` Jacobian
-    products in all (deflation included), ``stop_reason``.
+    the number of top directions projected out (their coupling to the rest certified, see
+    ``Deflation``), ``products`` Jacobian products in all, of which
+    ``deflation_products`` went to the deflation (Golub-Kahan and the certificate) and
+    ``moment_products`` to the Chebyshev moments, ``stop_reason``.
     """
 
     counts: dict[float, CountEstimate]
@@ -315,6 +485,9 @@ class KPMCounts:
     stop_reason: str
     top: TopSingular | None = None
     moments: np.ndarray | None = dataclasses.field(default=None, repr=False)
+    deflation_products: int = 0
+    moment_products: int = 0
+    deflation: Deflation | None = dataclasses.field(default=None, repr=False)
 
     @property
     def all_resolved(self) -> bool:
@@ -336,13 +509,20 @@ def kpm_counts_from_moments(
     rel_width: float = 0.1,
     abs_width: float = 0.0,
     extra_below: dict[float, int] | None = None,
+    shift_above: dict[float, float] | None = None,
+    shift_below: dict[float, float] | None = None,
+    num_deflated: int | None = None,
 ) -> dict[float, CountEstimate]:
     """Counts, brackets and resolution from per-probe Chebyshev moments ``[probes, N + 1]``
     (``moments[i, j] = z_i^T T_j(B) z_i``; exact traces for a single row when the moments
     are exact). ``eps`` (default ``1e-3``; it adds ``eps P`` to the bracket) is the
     filters' allowed leakage; a count is resolved when its bracket is at most
     ``max(rel_width * estimate, abs_width)`` wide.
-    ``extra_below[t]`` adds deflated singular values below ``t`` (known exactly)."""
+    ``extra_below[t]`` adds ``count(H < t^2)`` of the deflated block. Inexact deflation
+    (module docstring): the upper filter moves to ``sqrt(t^2 + shift_above[t])`` and the
+    lower to ``sqrt(t^2 - shift_below[t])`` (``rho_+``, ``rho_-``); with ``num_deflated``
+    (``k``) the bracket is also intersected with interlacing's
+    ``[count(C < t), count(C < t) + k]``."""
     mom = np.atleast_2d(np.asarray(moments, np.float64))
     n = mom.shape[1] - 1
     eps = 1e-3 if eps is None else float(eps)
@@ -353,20 +533,43 @@ def kpm_counts_from_moments(
         t = float(t)
         if t <= 0:
             raise ValueError(f"kpm_counts: thresholds must be > 0, got {t}")
-        phi_t = 2 * np.arcsin(min(t / sigma_max, 1.0))
-        per_probe = {}
-        for name, phi_c in (("lo", phi_t - delta), ("mid", phi_t), ("hi", phi_t + delta)):
-            per_probe[name] = mom @ step_filter(n, phi_c)
+        rho_hi = float((shift_above or {}).get(t, 0.0))
+        rho_lo = float((shift_below or {}).get(t, 0.0))
+
+        def angle(x):
+            return 2 * np.arcsin(min(math.sqrt(max(x, 0.0)) / sigma_max, 1.0))
+
+        phi_t = angle(t * t)
+        phi_lo = angle(t * t - rho_lo) if math.isfinite(rho_lo) else 0.0
+        phi_hi = angle(t * t + rho_hi) if math.isfinite(rho_hi) else np.pi
+        filters = {"lo": phi_lo - delta, "mid": phi_t, "hi": phi_hi + delta}
+        if num_deflated is not None:  # interlacing, around the unshifted threshold
+            filters.update(lo0=phi_t - delta, hi0=phi_t + delta)
+        per_probe = {name: mom @ step_filter(n, phi_c) for name, phi_c in filters.items()}
         mean = {k: float(v.mean()) for k, v in per_probe.items()}
         se = {
             k: float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
             for k, v in per_probe.items()
         }
         extra = (extra_below or {}).get(t, 0)
-        low = mean["lo"] - z_score * se["lo"] - eps * num_params if phi_t > delta else 0.0
-        high = (mean["hi"] + z_score * se["hi"]) / (1 - eps)
-        low = float(np.clip(low, 0.0, num_params)) + extra
-        high = float(np.clip(high, 0.0, num_params)) + extra
+
+        def lower(name, phi, mean=mean, se=se):
+            v = mean[name] - z_score * se[name] - eps * num_params if phi > delta else 0.0
+            return float(np.clip(v, 0.0, num_params))
+
+        def upper(name, mean=mean, se=se):
+            return float(np.clip((mean[name] + z_score * se[name]) / (1 - eps), 0.0, num_params))
+
+        low = lower("lo", phi_lo) + extra
+        high = upper("hi") + extra if math.isfinite(rho_hi) else float(num_params)
+        stat = z_score * (se["lo"] + se["hi"])
+        if num_deflated is not None:
+            low0, high0 = lower("lo0", phi_t), upper("hi0") + num_deflated
+            if low0 > low:
+                low, stat = low0, z_score * (se["lo0"] + se["hi"])
+            if high0 < high:
+                high = high0
+        low, high = min(low, num_params), min(high, num_params)
         est = float(np.clip(mean["mid"] + extra, low, high))
         resolved = bool(phi_t > delta and high - low <= max(rel_width * est, abs_width))
         out[t] = CountEstimate(
@@ -377,7 +580,8 @@ def kpm_counts_from_moments(
             resolved=resolved,
             resolution=resolution,
             stderr=se["mid"],
-            stat_width=z_score * (se["lo"] + se["hi"]),
+            stat_width=stat,
+            deflation_shift=rho_hi,
         )
     return out
 
@@ -389,11 +593,44 @@ def _project_out(vt_kp):
     return lambda v: v - vt_kp.T @ (vt_kp @ v)
 
 
+def _choose_depth(defl: Deflation, thresholds, *, num_probes, budget, tol, jconst, margin):
+    """The deflation depth for ``kpm_counts(deflate=None)`` (its docstring). The
+    certificate's blocks for each candidate prefix come from the Gram shortcut
+    ``X^T X = (MV)^T MV - H^2`` (V orthonormal); the chosen depth's is recomputed directly."""
+    k_max = min(defl.size, len(defl.ritz) - 1)
+    if k_max <= 0:
+        return 0
+    g = defl.MVt[:k_max] @ defl.MVt[:k_max].T
+    hf = defl.Vt[:k_max] @ defl.MVt[:k_max].T
+    hf = 0.5 * (hf + hf.T)
+    candidates = sorted({round(float(x)) for x in np.linspace(0, k_max, 13)}, reverse=True)
+
+    def feasible(j, t):
+        if j == 0:
+            return True
+        h = hf[:j, :j]
+        below, rho_hi, rho_lo = _schur_shifts(h, g[:j, :j] - h @ h, t * t)
+        return below == 0 and rho_lo == 0 and rho_hi <= tol * t * t
+
+    chosen = None
+    for t in thresholds:  # ascending: the smallest threshold within the budget
+        j = next(j for j in candidates if feasible(j, t))
+        smax = margin * defl.ritz[j]
+        cost = num_probes * 4.0 * jconst / (2 * np.arcsin(min(t / smax, 1.0)))
+        if chosen is None or cost <= budget:
+            chosen = j
+        if cost <= budget:
+            break
+    else:
+        chosen = j  # none fits: the largest threshold's depth
+    return chosen
+
+
 def kpm_counts(
     op,
     thresholds: Sequence[float],
     *,
-    deflate: int = 20,
+    deflate: int | None = None,
     num_probes: int = 8,
     rel_width: float = 0.1,
     degree: int | None = None,
@@ -407,16 +644,26 @@ def kpm_counts(
     top: TopSingular | None = None,
     key: jax.Array | None = None,
     warn: bool = True,
+    num_krylov: int | None = None,
+    deflation_tol: float = 0.05,
 ) -> KPMCounts:
     """Counts of singular values of ``A = op`` (``op.shift`` applied: ``shift=1`` for
     ``D = J - I``) below each threshold, with brackets (see the module docstring).
 
-    1. Deflation: the top ``deflate`` singular triplets (``top_singular_triplets`` at
-       ``rtol=1e-3``, or ``top`` if given); those below a threshold are counted exactly,
-       the rest are projected out. ``L = (sigma_margin * (s_k + r_k))^2`` bounds the
-       deflated spectrum (the next Ritz value plus its residual, with a margin); a probe
-       whose moments leave ``[-|z|^2, |z|^2]`` shows the bound was too small, and the run
-       restarts with ``L`` doubled.
+    1. Deflation (``deflation_subspace``): the top right Ritz vectors of ``num_krylov``
+       Golub-Kahan steps (or ``top.Vt`` if given) are projected out, and their coupling to
+       the rest is certified (``Deflation``, module docstring): the bracket's upper filter
+       moves from ``t`` to ``sqrt(t^2 + rho_+)``. ``deflate=k`` deflates ``k`` (default
+       ``num_krylov = max(2k + 10, 40)``). ``deflate=None`` (default) picks the depth:
+       ``num_krylov = max_products / 24`` (at most ``P``; with the certificate's products
+       the deflation spends ``3 num_krylov``, an eighth of the budget), candidates up to
+       ``num_krylov / 2``, and the deepest with ``rho_+ <= deflation_tol * t^2`` at the
+       smallest threshold whose predicted cost (``num_probes * 4 * 8.5 sigma_{k+1} / t``)
+       fits the remaining budget (else at the largest threshold).
+       ``L = (sigma_margin * s_{k+1})^2`` bounds the deflated spectrum (the next Ritz
+       value; plus its residual for ``top``); a probe whose moments leave
+       ``[-|z|^2, |z|^2]`` shows the bound was too small, and the run restarts with ``L``
+       doubled.
     2. Chebyshev moments of ``B = 2 A_k^T A_k / L - I`` on ``num_probes`` Rademacher
        probes (projected), two moments per product with ``A_k^T A_k`` (doubling). The
        starting degree (``degree``; default: twice the Jackson width over the largest
@@ -433,8 +680,10 @@ def kpm_counts(
         raise ValueError(f"kpm_counts: thresholds must be positive, got {thresholds}")
     if num_probes < 2:
         raise ValueError(f"kpm_counts: num_probes must be >= 2, got {num_probes}")
-    if not 0 <= deflate < p:
+    if deflate is not None and not 0 <= deflate < p:
         raise ValueError(f"kpm_counts: deflate must be in [0, P={p}), got {deflate}")
+    if deflation_tol <= 0:
+        raise ValueError(f"kpm_counts: deflation_tol must be > 0, got {deflation_tol}")
     max_products = 10 * p if max_products is None else int(max_products)
     eps = 1e-3 if eps is None else float(eps)
     key = jax.random.key(0) if key is None else key
@@ -442,18 +691,46 @@ def kpm_counts(
     t_start = time.perf_counter()
     products = 0
 
-    # 1. Deflation and the spectral bound.
-    if top is None:
-        top = top_singular_triplets(
-            op, deflate + 1, rtol=1e-3, max_products=max_products // 2, key=key, warn=warn
+    jconst = jackson_delta(256, eps) * 256  # delta ~ jconst / N
+
+    # 1. Deflation, its certificate and the spectral bound.
+    if top is not None:
+        products += top.products
+        k_max = min(len(top.s) - 1, p - 1) if deflate is None else min(deflate, len(top.s) - 1)
+        defl = deflation_subspace(op, k_max, top=top, chunk=chunk)
+    else:
+        if deflate is None:
+            m = num_krylov or min(p, max(40, max_products // 24))
+            k_max = min(m // 2, p - 1)
+        else:
+            m = num_krylov or max(2 * deflate + 10, 40)
+            k_max = deflate
+        defl = deflation_subspace(op, k_max, num_krylov=m, key=key, chunk=chunk)
+    products += defl.products
+    deflation_products = products
+    if deflate is None:
+        k = _choose_depth(
+            defl,
+            thresholds,
+            num_probes=num_probes,
+            budget=max_products - products,
+            tol=deflation_tol,
+            jconst=jconst,
+            margin=sigma_margin,
         )
-    products += top.products
-    k = min(deflate, len(top.s) - 1)
-    s_next = float(top.s[k] + max(top.residual_left[k], top.residual_right[k]))
+    else:
+        k = min(deflate, defl.size)
+    s_next = float(defl.ritz[min(k, len(defl.ritz) - 1)])
     lsq = (sigma_margin * s_next) ** 2
-    defl_s = top.s[:k]
-    extra = {t: int((defl_s < t).sum()) for t in thresholds}
-    vt = jnp.asarray(top.Vt[:k], work) if k else None
+    if k:
+        h, xtx = defl.blocks(k)  # direct, not the Gram shortcut of the depth choice
+        cert = {t: _schur_shifts(h, xtx, t * t) for t in thresholds}
+    else:
+        cert = {t: (0, 0.0, 0.0) for t in thresholds}
+    extra = {t: c[0] for t, c in cert.items()}
+    shift_above = {t: c[1] for t, c in cert.items()}
+    shift_below = {t: c[2] for t, c in cert.items()}
+    vt = jnp.asarray(defl.Vt[:k], work) if k else None
     proj = _project_out(vt)
 
     def scaled_gram(f_jvp, lsq):
@@ -499,7 +776,6 @@ def kpm_counts(
         r = jax.random.rademacher(key, (n, p), work)
         return jax.vmap(proj)(r)
 
-    jconst = jackson_delta(256, eps) * 256  # delta ~ jconst / N
     # Start at the degree that brackets the largest threshold (the cheapest), within the
     # budget; the loop doubles it while smaller thresholds stay unresolved.
     phi_max = 2 * np.arcsin(min(thresholds[-1] / math.sqrt(lsq), 1.0))
@@ -551,6 +827,9 @@ def kpm_counts(
                 z_score=z_score,
                 rel_width=rel_width,
                 extra_below=extra,
+                shift_above=shift_above,
+                shift_below=shift_below,
+                num_deflated=k,
             )
             if all(c.resolved for c in counts.values()):
                 stop_reason = "resolved"
@@ -586,7 +865,7 @@ def kpm_counts(
         if not blown:
             break
         # The spectrum left [-1, 1]: the bound L was too small.
-        lsq *= 4.0
+        lsq *= 2.0
         if products > max_products:
             raise FloatingPointError(
                 "kpm_counts: the deflated spectrum exceeds the estimated bound and the "
@@ -605,12 +884,16 @@ def kpm_counts(
         stop_reason=stop_reason,
         top=top,
         moments=mom,
+        deflation_products=deflation_products,
+        moment_products=products - deflation_products,
+        deflation=defl,
     )
     if warn and not res.all_resolved:
         bad = [f"{c.threshold:g}" for c in counts.values() if not c.resolved]
         warnings.warn(
             f"kpm_counts: counts below {', '.join(bad)} unresolved (reported as NaN with "
-            f"their brackets) at degree {deg}, {res.num_probes} probes, {products} products; "
+            f"their brackets) at degree {deg}, {res.num_probes} probes, {products} products "
+            f"({deflation_products} in deflating {k} directions); "
             f"resolution {res.resolution:.3g}; stopped: {stop_reason}",
             UnconvergedWarning,
             stacklevel=2,

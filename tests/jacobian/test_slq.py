@@ -14,6 +14,7 @@ import pytest
 from dsb.jacobian import (
     JacobianOperator,
     SLQResult,
+    TopSingular,
     UnconvergedWarning,
     golub_kahan_svd,
     kpm_counts,
@@ -21,7 +22,7 @@ from dsb.jacobian import (
     slq_spectrum,
     top_singular_triplets,
 )
-from dsb.jacobian.certified import kpm_counts_from_moments
+from dsb.jacobian.certified import deflation_subspace, kpm_counts_from_moments
 
 # Compared against float64 ground truth: x64 for each test of this file.
 pytestmark = pytest.mark.usefixtures("float64")
@@ -292,6 +293,132 @@ def test_slq_counts_are_nan_below_the_smallest_ritz_node():
 
 
 # --------------------------------------------------------------------------------------
+# Deep deflation and its certificate for inexactness (dsb.jacobian.certified.Deflation).
+
+
+def reference_like_operator(rng, p=2000, n_top=200):
+    """Shaped like the reference run's D: ``n_top`` large singular values log-uniform in
+    [1.2, 1.2e3], 37% of them log-uniform in [1e-5, 1e-2], 25% in [1e-2, 0.1] and the rest
+    in [0.1, 1.2] (the reference: 37.5% below 1e-2, 63% below 0.1, sigma_501 = 1.2).
+    ``D = Qu diag(d) Qv^T`` with Kronecker-product rotations ``Q = Qa (x) Qb`` (dense, random,
+    applied in ``O(P sqrt(P))``); returns the operator, ``d`` and the explicit ``Qu, Qv``."""
+    n0, n1 = int(0.37 * p), int(0.25 * p)
+    d = np.concatenate(
+        [
+            1.2 * 10 ** rng.uniform(0, 3, n_top),
+            10 ** rng.uniform(-5, -2, n0),
+            10 ** rng.uniform(-2, -1, n1),
+        ]
+    )
+    d = np.concatenate([d, 10 ** rng.uniform(-1, np.log10(1.2), p - len(d))])
+    na = next(n for n in range(int(np.sqrt(p)), 0, -1) if p % n == 0)
+    rot = [np.linalg.qr(rng.normal(size=(n, n)))[0] for n in (na, p // na, na, p // na)]
+    ua, ub, va, vb = (jnp.asarray(r) for r in rot)
+    dj = jnp.asarray(d)
+
+    def apply(th):  # kron(A, B) x = (A X B^T).ravel() for X = x.reshape(a, b)
+        y = dj * (va.T @ th.reshape(va.shape[0], -1) @ vb).ravel()
+        return (ua @ y.reshape(ua.shape[0], -1) @ ub.T).ravel()
+
+    qu, qv = np.kron(rot[0], rot[1]), np.kron(rot[2], rot[3])
+    return JacobianOperator(apply, jnp.zeros(p)), d, qu, qv
+
+
+def perturbed_top(d, qu, qv, k, num_mixed, target):
+    """A ``TopSingular`` whose last ``num_mixed`` of ``k`` right vectors (the deflation's
+    edge, where Krylov converges last) are the true ones mixed with bulk directions
+    (sigma < 1e-2) at angle ``s_i = target / sigma_i``: the rest of the space then holds
+    those bulk directions rotated up to sigma ~ ``target``."""
+    order = np.argsort(d)[::-1][: k + 1]
+    bulk = np.flatnonzero(d < 1e-2)[:num_mixed]
+    vt = qv[:, order].T.copy()
+    mixed = order[k - num_mixed : k]
+    s_mix = target / d[mixed]
+    vt[k - num_mixed : k] = (qv[:, mixed] * np.sqrt(1 - s_mix**2) + qv[:, bulk] * s_mix).T
+    zeros = np.zeros(k + 1)
+    return TopSingular(qu[:, order], d[order], vt, zeros, zeros, 1e-3, k + 1, 0, 0.0, "given")
+
+
+def test_deflation_certificate_brackets_the_exact_count():
+    # The inequality chain of the module docstring, checked densely: with V perturbed,
+    # count(H < tau) + count(C < tau - rho_-) <= count(M < tau) <= ... + count(C < tau + rho_+).
+    rng = np.random.default_rng(7)
+    op, d, qu, qv = reference_like_operator(rng, p=300, n_top=30)
+    top = perturbed_top(d, qu, qv, 30, 20, 0.05)
+    defl = deflation_subspace(op, 30, top=top)
+    assert defl.products == 60 and np.allclose(defl.Vt @ defl.Vt.T, np.eye(30), atol=1e-12)
+    m_eig = np.sort(d) ** 2
+    q_basis = np.linalg.svd(np.eye(300) - defl.Vt.T @ defl.Vt)[0][:, :270]
+    a = np.asarray(op.matmat(jnp.eye(300)))
+    c_eig = np.linalg.eigvalsh(q_basis.T @ a.T @ a @ q_basis)
+    used = 0
+    for t in (3e-3, 0.02, 0.05, 0.1, 0.3, 2.0, 40.0):
+        tau = t * t
+        below, rho_hi, rho_lo = defl.certificate(30, t)
+        true = int((m_eig < tau).sum())
+        low = below + int((c_eig < tau - rho_lo).sum())
+        high = below + int((c_eig < tau + rho_hi).sum())
+        assert low <= true <= high, (t, low, true, high, rho_hi, rho_lo)
+        # The shift is what holds the upper end: the compression alone undercounts.
+        used += below + int((c_eig < tau).sum()) < true
+    assert used >= 2  # the perturbation moved bulk values above t = 0.02, 0.05 (to ~0.05)
+    # An exact invariant subspace has no coupling.
+    exact = deflation_subspace(op, 30, top=perturbed_top(d, qu, qv, 30, 0, 0.0))
+    assert exact.certificate(30, 0.1)[1] < 1e-20
+
+
+def test_kpm_counts_deep_deflation_resolves_0_1_within_2_percent():
+    # The reference's shape at P = 2000: sigma_1 = 1.2e3, 200 values above 1.2. Deflating
+    # 20 leaves sigma_21 ~ 500 and needs degree ~ 1.7e5 at t = 0.1; the default depth
+    # choice deflates past the 200 (the certificate says the Ritz vectors are converged).
+    # 16 probes: at P = 2000 the 3-sigma Hutchinson band of 8 alone is ~8% of the count.
+    op, d, _, _ = reference_like_operator(np.random.default_rng(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnconvergedWarning)
+        res = kpm_counts(op, (0.1, 1e-2), num_probes=16, max_products=16000)
+    assert res.deflated >= 200 and res.sigma_max < 1.3, res
+    assert res.products == res.deflation_products + res.moment_products <= 16000
+    c = res.counts[0.1]
+    true = int((d < 0.1).sum())
+    assert c.resolved and abs(c.estimate - true) <= 0.02 * true, (c, true)
+    assert 0 < c.low <= true <= c.high, (c, true)
+    assert c.deflation_shift <= 0.05 * 0.1**2
+    c = res.counts[1e-2]
+    true = int((d < 1e-2).sum())
+    assert c.low <= true <= c.high, (c, true)
+    if c.resolved:
+        assert abs(c.estimate - true) <= 0.05 * true, (c, true)
+    else:
+        assert np.isnan(c.estimate) and res.stop_reason.startswith("max_"), res
+
+
+def test_kpm_counts_bracket_holds_with_an_inexact_deflation():
+    # The last 80 of the 150 deflated directions are mixed with bulk directions below 1e-2, so the
+    # projected space has 80 bulk values moved up to ~0.3: the compression's own count at
+    # t = 0.1 is ~80 short. The certificate's shift (rho_+ ~ 0.3^2) must cover them.
+    op, d, qu, qv = reference_like_operator(np.random.default_rng(1), p=1200, n_top=150)
+    top = perturbed_top(d, qu, qv, 150, 80, 0.3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnconvergedWarning)
+        res = kpm_counts(op, (0.1,), deflate=150, top=top, num_probes=8, max_products=6000)
+    c = res.counts[0.1]
+    true = int((d < 0.1).sum())
+    assert 0 < c.low <= true <= c.high, (c, true)
+    assert res.deflated == 150 and c.deflation_shift > 0.01, c
+    # The same moments without the certificate (inexact V treated as exact) miss.
+    naive = kpm_counts_from_moments(res.moments, res.sigma_max, (0.1,), num_params=1200)[0.1]
+    assert naive.high < true, (naive, true)
+    # Left to choose (deflate=None), the depth stops before the inexact edge: only the
+    # first 70 directions are exact, and beyond them rho_+ ~ 0.09 > 0.05 t^2.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnconvergedWarning)
+        auto = kpm_counts(op, (0.1,), top=top, num_probes=4, max_products=3000)
+    c = auto.counts[0.1]
+    assert 0 < auto.deflated <= 70 and c.deflation_shift <= 0.05 * 0.1**2, (auto, c)
+    assert c.low <= true <= c.high, (c, true)
+
+
+# --------------------------------------------------------------------------------------
 # The reference run (digits MLP 64-GELU-10, P = 4810, T = 625, float32) against its dense
 # Jacobian. Dense J takes minutes: set DSB_REFERENCE_J=/path/J.npy to reuse a saved one
 # (it is written there when absent).
@@ -370,14 +497,20 @@ def test_reference_slq_at_1e_2_is_unresolved_not_zero(reference):
 
 @pytest.mark.reference
 def test_reference_kpm_counts_against_dense(reference):
-    # sigma_21(D) = 11.3 on this run: a 10% bracket at 0.1 needs degree ~ 4000 and more
-    # (8 probes: ~35k products, 7x dense J); 1e-2 needs ~ 40000. Measured (2 loaded CPU
-    # cores, 23 min): degree ~4000, 0.1 bracketed [2845, 3172] around the truth 3030 but
-    # 11% wide, so reported unresolved (NaN); 1e-2 unresolved, its bracket holding 1804.
+    # Deep deflation (benchmarks/jacobian_kpm_reference.py): Golub-Kahan with 1200 steps,
+    # the depth picked by the certificate (all 600 candidates: rho_+ ~ 7e-11), so the
+    # Chebyshev interval is sigma_601(D) = 1.07 instead of sigma_21 = 11.3. Measured (2
+    # loaded CPU cores, 14 min, 15952 products of which 3600 deflation): 0.1 resolved at
+    # 3025 (truth 3030), bracket [2967, 3087]; 1e-2 unresolved at degree 1544, bracket
+    # [1310, 2080] holding the truth 1804.
     op, _, s_d = reference
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnconvergedWarning)
-        res = kpm_counts(op.with_shift(1.0), (0.1, 1e-2), num_probes=8, max_products=40000)
+        res = kpm_counts(
+            op.with_shift(1.0), (0.1, 1e-2), num_probes=8, max_products=20000, num_krylov=1200
+        )
+    assert res.deflated >= 500 and res.products <= 20000, res
+    assert res.products == res.deflation_products + res.moment_products
     for t, c in res.counts.items():
         true = int((s_d < t).sum())
         assert c.low <= true <= c.high, (t, c, true)
@@ -385,4 +518,5 @@ def test_reference_kpm_counts_against_dense(reference):
             assert abs(c.estimate - true) <= (0.02 if t == 0.1 else 0.05) * true, (t, c, true)
         else:
             assert np.isnan(c.estimate)
-    assert res.counts[0.1].low > 0, res.counts[0.1]
+    c = res.counts[0.1]
+    assert c.resolved and c.low > 0, c
