@@ -27,8 +27,11 @@ certificate:
   ``top_rtol``): ``sigma_1``, ``top_converged`` (1 if all ``num_top`` triplets reached
   ``top_rtol``), ``top_max_rel_residual``, ``top_products``.
 * ``kpm_counts`` of the singular values of ``D = J - I`` below each threshold (kernel
-  polynomial filters with Hutchinson probes after deflating the top ``count_deflate``
-  directions of D; see ``dsb.jacobian.certified``): ``count_D_below_<thr>`` is the count
+  polynomial filters with Hutchinson probes after deflating the top directions of D:
+  ``count_deflate`` of them (default 20), or with ``None`` as many as the certificate for
+  inexact deflation accepts within the budget, which the reference run needs to resolve
+  0.1 (600 directions; on small models it spends the budget on deflation); see
+  ``dsb.jacobian.certified``): ``count_D_below_<thr>`` is the count
   when its bracket ``..._bracket_low/high`` is at most ``count_rel_width`` of it wide and
   **NaN otherwise** (never a count the method did not resolve), ``..._resolved`` (1/0),
   ``count_resolution`` (thresholds below it cannot be bracketed at the degree reached),
@@ -72,7 +75,7 @@ class TrainingJacobianProbe:
         max_dense_params: int = 8000,
         num_top: int = 5,
         top_rtol: float = 1e-3,
-        count_deflate: int = 20,
+        count_deflate: int | None = 20,
         count_probes: int = 8,
         count_rel_width: float = 0.1,
         count_max_products: int | None = None,
@@ -204,7 +207,7 @@ class TrainingJacobianProbe:
             res = jac.kpm_counts(
                 op_d,
                 self.thresholds,
-                deflate=min(self.count_deflate, p - 1),
+                deflate=None if self.count_deflate is None else min(self.count_deflate, p - 1),
                 num_probes=self.count_probes,
                 rel_width=self.count_rel_width,
                 max_products=self.count_max_products,
