@@ -14,7 +14,9 @@ from dsb.polyapprox.closed_form import (
     block_approximants,
     gaussian_input,
     mlp_approximants,
+    mlp_function,
     quadratic_eigen,
+    stein_mc_approximants,
 )
 
 __all__ = [
@@ -27,5 +29,7 @@ __all__ = [
     "block_approximants",
     "gaussian_input",
     "mlp_approximants",
+    "mlp_function",
     "quadratic_eigen",
+    "stein_mc_approximants",
 ]

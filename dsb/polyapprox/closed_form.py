@@ -74,7 +74,9 @@ __all__ = [
     "block_approximants",
     "gaussian_input",
     "mlp_approximants",
+    "mlp_function",
     "quadratic_eigen",
+    "stein_mc_approximants",
 ]
 
 # Quadrature nodes for the smooth activations: the trapezoid rule on z in [-10, 10] against
@@ -319,3 +321,48 @@ def quadratic_eigen(M, top: int | None = None) -> tuple[jax.Array, jax.Array]:
     lam = jnp.take_along_axis(lam, order, -1)
     vec = jnp.take_along_axis(jnp.swapaxes(vec, -1, -2), order[..., None], -2)
     return lam, vec
+
+
+def stein_mc_approximants(
+    fn: Callable[[jax.Array], jax.Array], gauss: GaussianInput, key: jax.Array, n: int
+) -> tuple[Approximant, Approximant]:
+    """Monte Carlo estimates of the EXACT least-squares ``(linear, quadratic)`` approximants
+    of any Lipschitz ``fn: [d] -> [K]`` under ``gauss`` (both ``exact=False``: they carry
+    Monte Carlo error), from ``n`` draws and first derivatives only.
+
+    By Stein's lemma on whitened ``z`` (``x = mu + L z``): ``E[f z_i] = E[d_i f]`` and
+    ``E[f (z_i z_j - delta_ij)] = E[d_i f z_j]`` (only ``f`` need be Lipschitz: a ReLU net,
+    whose second derivatives are deltas, qualifies). In x: ``B = E[J(x)] P`` and
+    ``M_k = sym(Sigma^+ E[(x - mu) (J_k(x) - B_k)] P)`` (subtracting ``B_k`` is a control
+    variate: it leaves the expectation unchanged, as ``E[x - mu] = 0``, and removes the
+    linear part's noise); ``E[f]`` is the sample mean. Standard error of each coefficient
+    ~ (its per-sample spread) / sqrt(n).
+    """
+    x = gauss.sample(key, n)
+    J = jax.vmap(jax.jacrev(fn))(x)  # [n, K, d]
+    P = gauss.proj
+    B = J.mean(0) @ P
+    dx = x - gauss.mu
+    pinv = (gauss.basis / gauss.evals) @ gauss.basis.T
+    A = jnp.einsum("ai,na,nkj->kij", pinv, dx, J - B) / n @ P
+    M = 0.5 * (A + jnp.swapaxes(A, 1, 2))
+    mean = jax.vmap(fn)(x).mean(0)
+    offset = mean - 0.5 * jnp.einsum("kij,ji->k", M, gauss.cov)
+    return (
+        Approximant(gauss.mu, mean, mean, B, None, False),
+        Approximant(gauss.mu, mean, offset, B, M, False),
+    )
+
+
+def mlp_function(layers: Sequence[tuple], activation: str) -> Callable[[jax.Array], jax.Array]:
+    """``x [d] -> logits [K]`` of ``layers = [(W [out, in], b or None), ...]`` (the layout of
+    ``mlp_approximants``), in the dtype of ``x``."""
+    act = ACTIVATIONS[activation]
+
+    def fn(x):
+        for W, b in layers[:-1]:
+            x = act(W @ x + (0 if b is None else b))
+        W, b = layers[-1]
+        return W @ x + (0 if b is None else b)
+
+    return fn

@@ -7,8 +7,9 @@
   (``dsb.figures.setup_step_axis``), solid on the real val split, dashed on the Gaussian
   samples; grey dotted: the in-sample linear least-squares R^2 on the Gaussian samples.
 - ``poly_eigenvectors.png``: the top-2 eigenvectors (by |eigenvalue|) of each logit's
-  quadratic form as images, at an early checkpoint (the first saved step >= 64, else the
-  first) and the last one, from ``<run_dir>/poly_forms/step_<step>.npz``.
+  quadratic form in whitened coordinates, shown as input-space displacements (images), at
+  an early checkpoint (the first saved step >= 64, else the first) and the last one, from
+  ``<run_dir>/poly_forms/step_<step>.npz``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dsb.figures import save_figure, setup_step_axis
 __all__ = ["collect_poly_curves", "plot_poly_curves", "plot_poly_eigenvectors", "poly_figures"]
 
 _PATTERN = re.compile(
-    r"(?:^|/)(linear|quadratic|linear_prop|quadratic_prop|linear_ols)/(val|gauss)/(r2|kl)$"
+    r"(?:^|/)((?:linear|quadratic)(?:_prop|_stein)?|linear_ols)/(val|gauss)/(r2|kl)$"
 )
 EARLY_STEP = 64
 
@@ -57,13 +58,13 @@ def plot_poly_curves(records: Sequence[dict], out_dir: str | Path, title: str = 
     fig = Figure(figsize=(6.5, 6.5))
     ax_r2, ax_kl = fig.subplots(2, 1, sharex=True)
     all_steps = {st for pts in curves.values() for st, _ in pts}
-    prop = any(a.endswith("_prop") for a, _, _ in curves)
+    kinds = {a.partition("_")[2] for a, _, _ in curves if a != "linear_ols"} - {""}
     for (approx, set_name, metric), pts in sorted(curves.items()):
         ax = ax_r2 if metric == "r2" else ax_kl
         if approx == "linear_ols":
             ax.plot(*zip(*pts), ":", color="gray", marker=".", label="linear OLS fit (gauss)")
             continue
-        base = approx.removesuffix("_prop")
+        base = approx.partition("_")[0]
         ls = "-" if set_name == "val" else "--"
         ax.plot(*zip(*pts), ls, color=colour[base], marker=".", label=f"{approx} ({set_name})")
     ax_r2.set_ylabel("R$^2$ of the logits")
@@ -72,7 +73,8 @@ def plot_poly_curves(records: Sequence[dict], out_dir: str | Path, title: str = 
     ax_r2.set_ylim(top=1.02)
     setup_step_axis(ax_kl, all_steps)
     ax_r2.legend(fontsize=7, ncol=2)
-    what = "polynomial approximants across time" + (" (propagated)" if prop else "")
+    how = {"stein": " (Stein Monte Carlo)", "prop": " (propagated)"}
+    what = "polynomial approximants across time" + "".join(how[k] for k in sorted(kinds))
     ax_r2.set_title(f"{title}: {what}" if title else what)
     for ax in (ax_r2, ax_kl):
         ax.grid(alpha=0.3)
@@ -113,7 +115,7 @@ def plot_poly_eigenvectors(
             if k == 0:
                 ax.set_ylabel(f"step {int(d['step'])}\n#{rank + 1}", fontsize=7)
     exact = bool(data[-1]["exact"])
-    what = "top eigenvectors of each logit's quadratic form" + ("" if exact else " (propagated)")
+    what = "top eigenvectors of each logit's quadratic form" + ("" if exact else " (Monte Carlo)")
     fig.suptitle(f"{title}: {what}" if title else what, fontsize=9)
     fig.tight_layout()
     return save_figure(fig, out_dir, "poly_eigenvectors")

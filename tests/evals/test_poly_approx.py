@@ -82,12 +82,14 @@ def test_one_hidden_layer_names_and_least_squares(tmp_path):
     assert out["quadratic/gauss/r2"] > out["linear/gauss/r2"]
     f = np.load(tmp_path / "run" / "poly_forms" / "step_00000005.npz")
     assert f["evecs"].shape == (10, 3, 64) and f["evals"].shape == (10, 3) and bool(f["exact"])
+    lam = np.abs(f["evals"])
+    assert np.all(np.diff(lam, axis=1) <= 1e-6)
 
 
-def test_deeper_mlp_is_propagated(tmp_path):
+def test_deeper_mlp_gets_stein_monte_carlo(tmp_path):
     ev = PolyApprox(_ctx(tmp_path), num_samples=300, top_eigen=0)
     out = dict(ev.run(_snapshot(_mlp((32, 32)))))
-    assert "linear_prop/gauss/r2" in out and "quadratic_prop/val/kl" in out
+    assert "linear_stein/gauss/r2" in out and "quadratic_stein/val/kl" in out
     assert not any(k.startswith(("linear/", "quadratic/")) for k in out)
     assert not (tmp_path / "run" / "poly_forms").exists()
 
