@@ -156,8 +156,8 @@ def test_quadrature_wide_and_narrow(activation):
 
     from dsb.models.layers import get_activation
 
-    fn = get_activation(activation)
-    d2 = jax.grad(jax.grad(fn))
+    fn = jax.jit(get_activation(activation))
+    d2 = jax.jit(jax.grad(jax.grad(get_activation(activation))))
     ms = [0.7, -0.4, 0.3, 1.1]
     ss = [0.01, 2.0, 5.0, 20.0]
     got = activation_moments(activation, jnp.array(ms), jnp.array(ss))
@@ -235,7 +235,6 @@ def trained_digits_mlp(digits_train_test_flat):
             (jax.random.normal(k1, (32, 64)) / 8.0, jnp.zeros(32)),
             (jax.random.normal(k2, (10, 32)) / np.sqrt(32), jnp.zeros(10)),
         ]
-        f = mlp_fn  # noqa: F841
 
         def loss(p):
             logits = mlp_fn(p, "relu")(jnp.asarray(x))
