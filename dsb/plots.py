@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 from dsb.figures import setup_step_axis
 from dsb.lm.plots import ngram_probe_figures
 from dsb.metrics import read_metrics
+from dsb.polyapprox.plots import poly_figures
 from dsb.stats.plots import dsb_probe_figures
 
 __all__ = [
@@ -44,6 +45,7 @@ RunFigures = Callable[..., list[Path]]
 FIGURES: dict[str, RunFigures] = {
     "dsb_probes": dsb_probe_figures,
     "ngram_probes": ngram_probe_figures,
+    "poly_approx": poly_figures,
 }
 
 # Entries of this type are lines of curves.png, not figures of their own.
@@ -178,7 +180,8 @@ def plot_run(
     ``evals`` of ``<run_dir>/config.yaml``). ``curves.png`` shows training and every
     ``classification`` entry; each entry whose type is in ``FIGURES`` adds its figures
     (``dsb_probes``: ``maxent_across_time.png``, ``ot_across_time.png``;
-    ``ngram_probes``: ``ngram_probes.png``), in a subfolder named by the key when several
+    ``ngram_probes``: ``ngram_probes.png``; ``poly_approx``: ``poly_across_time.png``,
+    ``poly_eigenvectors.png``), in a subfolder named by the key when several
     entries share a type. ``num_classes`` (K) places the chance lines; default: the
     dataset's, from config.yaml. Returns the paths written (none without metrics).
     """

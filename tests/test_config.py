@@ -121,12 +121,13 @@ def test_dsb_cifar10_recipe_is_the_papers():
 
 # The evaluators each experiment brings itself, whatever the `evals` group says (its own
 # keys and the shared conf/evals/ files in its defaults list): what `~evals` leaves.
+# conf/evals/probes.yaml brings `poly` (poly_approx, skipped with a warning for non-MLPs).
 OWN_EVALS = {
-    "dsb_cifar10": {"val", "dsb"},
-    "dsb_digits": {"val", "dsb"},
+    "dsb_cifar10": {"val", "dsb", "poly"},
+    "dsb_digits": {"val", "dsb", "poly"},
     "jacobian_digits": {"val", "jac"},
-    "sweep_dsb_probes": {"val", "dsb"},
-    "sweep_dsb_probes_local": {"val", "dsb"},
+    "sweep_dsb_probes": {"val", "dsb", "poly"},
+    "sweep_dsb_probes_local": {"val", "dsb", "poly"},
     "sweep_lm_ngram_local": {"ngram"},  # num_sequences only, on top of evals/ngram.yaml
 }
 

@@ -54,6 +54,7 @@ def test_models_evaluators_and_datasets_share_it():
         "classification",
         "dsb_probes",
         "ngram_probes",
+        "poly_approx",
         "training_jacobian",
     ]
     assert isinstance(DATASETS.get("digits"), DatasetSpec)

@@ -5,6 +5,7 @@ from dsb.evals import (  # noqa: F401  (importing registers the evaluator types)
     dsb_probes,
     jacobian_probe,
     ngram_probes,
+    poly_approx,
 )
 from dsb.evals.base import (
     EvalContext,

@@ -30,6 +30,9 @@ def test_digits_run_with_every_probe(tmp_path, tfds_dir):
                 assert f"dsb/ot/{s}/{m}" in r
             # Target and source labels always differ, so the two accuracies sum to <= 1.
             assert r[f"dsb/ot/{s}/target_accuracy"] + r[f"dsb/ot/{s}/source_accuracy"] <= 1 + 1e-9
+        # conf/evals/probes.yaml's poly_approx entry (the MLP's approximants, both orders).
+        poly_r2 = [k for k in r if k.startswith("poly/") and k.endswith("/val/r2")]
+        assert len(poly_r2) == 2 and "poly/linear_ols/gauss/r2" in r
     # Every checkpoint sees the same fixed sets: at step 0 (same init) two runs agree exactly.
     train(cfg, tmp_path / "run2")
 
@@ -38,6 +41,9 @@ def test_digits_run_with_every_probe(tmp_path, tfds_dir):
 
     assert untimed(read_metrics(tmp_path / "run2")[0]) == untimed(records[0])
     figs = tmp_path / "run" / "figures"
-    for name in ("curves.png", "maxent_across_time.png", "ot_across_time.png"):
+    for name in (
+        "curves.png", "maxent_across_time.png", "ot_across_time.png",
+        "poly_across_time.png", "poly_eigenvectors.png",
+    ):  # fmt: skip
         assert (figs / name).stat().st_size > 10_000
     assert (tmp_path / "run" / "dsb_probes_moments.json").exists()

@@ -1,0 +1,133 @@
+"""The poly_approx evaluator on digits: names, wiring, refusals, figures.
+
+The closed forms themselves are checked against Monte Carlo least squares in
+tests/polyapprox; here an identity-activation MLP (exactly linear, so its linear
+approximant is itself) pins the wiring, and random ReLU MLPs of depth 1 and 2 check the
+metric names and the closed-form vs least-squares R^2 on the Gaussian samples.
+"""
+
+from __future__ import annotations
+
+import logging
+import types
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from dsb.data.digits import digits_arrays
+from dsb.evals.base import EvalContext, Snapshot
+from dsb.evals.poly_approx import PolyApprox, approximation_metrics
+from dsb.models.mlp import MLP
+from dsb.polyapprox.plots import poly_figures
+
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
+
+
+def _ctx(tmp_path, model="mlp"):
+    d = digits_arrays()
+
+    def load_split(name):
+        x, y = d[name]
+        return {"image": x, "label": y.astype(np.int32)}
+
+    cfg = types.SimpleNamespace(model=types.SimpleNamespace(name=model))
+    return EvalContext(load_split, "train", 10, (8, 8, 1), tmp_path / "run", seed=0, config=cfg)
+
+
+def _snapshot(model, step=0):
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def predict(x):
+        return np.asarray(model(jnp.asarray(x, jnp.float32)))
+
+    return Snapshot(step=step, predict=predict, graphdef=graphdef, params=params, rest=rest)
+
+
+def _mlp(widths, activation="relu", seed=0):
+    return MLP(
+        num_classes=10, input_shape=(8, 8, 1), rngs=nnx.Rngs(seed), widths=widths,
+        activation=activation, bias_init_std=0.1,
+    )  # fmt: skip
+
+
+def test_linear_network_is_its_own_linear_approximant(tmp_path):
+    ev = PolyApprox(_ctx(tmp_path), num_samples=500)
+    out = dict(ev.run(_snapshot(_mlp((32,), "identity"))))
+    for s in ("val", "gauss"):
+        assert out[f"linear/{s}/r2"] > 1 - 1e-6, out[f"linear/{s}/r2"]
+        assert out[f"quadratic/{s}/r2"] > 1 - 1e-6
+        assert out[f"linear/{s}/kl"] < 1e-6 and out[f"linear/{s}/agreement"] == 1.0
+    assert abs(out["linear_ols/gauss/r2"] - 1) < 1e-6
+
+
+def test_one_hidden_layer_names_and_least_squares(tmp_path):
+    ev = PolyApprox(_ctx(tmp_path), num_samples=2000, top_eigen=3)
+    out = dict(ev.run(_snapshot(_mlp((64,)), step=5)))
+    names = {
+        f"{a}/{s}/{m}"
+        for a in ("linear", "quadratic")
+        for s in ("val", "gauss")
+        for m in ("r2", "fvu", "kl", "agreement")
+    }
+    names |= {"linear/val/accuracy", "quadratic/val/accuracy", "linear_ols/gauss/r2"}
+    assert set(out) == names
+    for k, v in out.items():
+        assert np.isfinite(v), k
+    # The closed form is the population least-squares fit: on 2000 samples with 65
+    # coefficients, the in-sample OLS R^2 exceeds it by O(65 / 2000) of the FVU, never less.
+    gap = out["linear_ols/gauss/r2"] - out["linear/gauss/r2"]
+    assert 0 <= gap < 0.1 * (1 - out["linear/gauss/r2"]) + 1e-9
+    assert out["quadratic/gauss/r2"] > out["linear/gauss/r2"]
+    f = np.load(tmp_path / "run" / "poly_forms" / "step_00000005.npz")
+    assert f["evecs"].shape == (10, 3, 64) and f["evals"].shape == (10, 3) and bool(f["exact"])
+    lam = np.abs(f["evals"])
+    assert np.all(np.diff(lam, axis=1) <= 1e-6)
+
+
+def test_deeper_mlp_gets_stein_monte_carlo(tmp_path):
+    ev = PolyApprox(_ctx(tmp_path), num_samples=300, top_eigen=0)
+    out = dict(ev.run(_snapshot(_mlp((32, 32)))))
+    assert "linear_stein/gauss/r2" in out and "quadratic_stein/val/kl" in out
+    assert not any(k.startswith(("linear/", "quadratic/")) for k in out)
+    assert not (tmp_path / "run" / "poly_forms").exists()
+
+
+def test_refuses_other_models(tmp_path, caplog):
+    with pytest.raises(ValueError, match=r"model 'lenet5' is not an MLP.*on_unsupported: skip"):
+        PolyApprox(_ctx(tmp_path, "lenet5"))
+    with caplog.at_level(logging.WARNING):
+        ev = PolyApprox(_ctx(tmp_path, "lenet5"), on_unsupported="skip")
+    assert "is skipped" in caplog.text
+    assert list(ev.run(_snapshot(_mlp((8,))))) == []
+    # Without a config the model object itself is checked.
+    from dsb.models.lenet import LeNet5
+
+    ctx = _ctx(tmp_path)
+    ctx.config = None
+    ev = PolyApprox(ctx, num_samples=10)
+    lenet = LeNet5(num_classes=10, input_shape=(8, 8, 1), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="LeNet5 is not an MLP"):
+        list(ev.run(_snapshot(lenet)))
+    with pytest.raises(ValueError, match="on_unsupported"):
+        PolyApprox(_ctx(tmp_path), on_unsupported="ignore")
+
+
+def test_metrics_definitions():
+    f = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 1.0]])
+    m = approximation_metrics(f, f, np.array([0, 1, 1]))
+    assert m["r2"] == 1 and m["kl"] == 0 and m["agreement"] == 1 and m["accuracy"] == 2 / 3
+    m = approximation_metrics(f, np.broadcast_to(f.mean(0), f.shape))
+    assert abs(m["fvu"] - 1) < 1e-12
+
+
+def test_figures(tmp_path):
+    ev = PolyApprox(_ctx(tmp_path), num_samples=300)
+    records = []
+    for step in (0, 64, 256):
+        out = dict(ev.run(_snapshot(_mlp((16,), seed=step), step=step)))
+        records.append({"step": step, **{f"poly/{k}": v for k, v in out.items()}})
+    paths = poly_figures(records, "poly", tmp_path / "run" / "figures", title="t")
+    assert sorted(p.name for p in paths) == ["poly_across_time.png", "poly_eigenvectors.png"]
+    assert all(p.stat().st_size > 1000 for p in paths)
