@@ -40,7 +40,8 @@ def _report(result) -> str:
             groups.setdefault(group, []).append(f"{name}={v:.4f}")
     if groups:
         lines.append(f"final metrics (step {result.final_step}):")
-        lines += [f"  {g:<24}{', '.join(vals)}" for g, vals in groups.items()]
+        width = max(24, *(len(g) + 2 for g in groups))  # long group names stay apart
+        lines += [f"  {g:<{width}}{', '.join(vals)}" for g, vals in groups.items()]
     if result.resumed_from is not None:
         lines.append(f"(resumed from checkpoint {result.resumed_from})")
     return "\n".join(lines)
