@@ -5,9 +5,10 @@ directory's newest readable checkpoint if there is one; run data-parallel optimi
 at each scheduled step save a checkpoint and run the configured evaluators; on the
 preemption signal (``dsb.preemption``) save a checkpoint at the current step and let the
 job be requeued; with ``train.early_stopping`` on, stop once the validation loss has not
-improved for ``patience`` checkpoint evaluations (``dsb.early_stopping``); write metrics and figures; return a summary. What happens at a
-checkpoint (the state, the evaluator suite, saving and restoring) lives in
-``dsb.runtime``, shared with ``dsb.analysis``; the compiled programs live in ``dsb.step``.
+improved for ``patience`` checkpoint evaluations (``dsb.early_stopping``); write metrics
+and figures; return a summary. What happens at a checkpoint (the state, the evaluator
+suite, saving and restoring) lives in ``dsb.runtime``, shared with ``dsb.analysis``; the
+compiled programs live in ``dsb.step``.
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ def _order(cfg: Config, n_split: int) -> tuple[np.ndarray, np.ndarray]:
     """(coded examples in order, validation examples): indices into the training split."""
     seed = cfg.seed if cfg.mdl.order_seed is None else cfg.mdl.order_seed
     perm = np.random.default_rng((seed, 0x3D1)).permutation(n_split)
-    n_val = max(1, int(round(cfg.mdl.val_fraction * n_split)))
+    n_val = max(1, round(cfg.mdl.val_fraction * n_split))
     return perm[: n_split - n_val], perm[n_split - n_val :]
 
 
