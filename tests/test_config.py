@@ -21,6 +21,8 @@ EXPECTED_EXPERIMENTS = {
     "jacobian_digits",
     "lm_ngram_cluster",
     "lm_ngram_default",
+    "mdl_erasure_cifar10",
+    "mdl_erasure_local",
     "mnist_lenet5",
     "sweep_dsb_probes",
     "sweep_dsb_probes_local",
