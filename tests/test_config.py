@@ -23,6 +23,7 @@ EXPECTED_EXPERIMENTS = {
     "lm_ngram_default",
     "mdl_erasure_cifar10",
     "mdl_erasure_local",
+    "mdl_erasure_local_lenet5",
     "mnist_lenet5",
     "sweep_dsb_probes",
     "sweep_dsb_probes_local",

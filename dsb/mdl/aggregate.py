@@ -136,6 +136,8 @@ def plot(rows: list[dict], path: Path) -> Path:
     ax0.bar(range(len(rows)), means, yerr=err, capsize=5, color=colors)
     for i, r in enumerate(rows):
         ax0.plot([i] * len(r["per_seed"]), r["per_seed"], "k.", ms=4)
+    ax0.axhline(rows[0]["log2_num_classes"], color="gray", ls=":", label="log2 K")
+    ax0.legend(fontsize=8, loc="upper left")
     ax0.set_xticks(range(len(rows)), labels)
     ax0.set_ylabel("prequential MDL (bits / sample)")
     ax0.set_title("MDL, mean and 95% t-interval over seeds (dots: seeds)")
