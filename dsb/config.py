@@ -105,6 +105,10 @@ class DataConfig:
     # reproduces it exactly with [1, (1 - alpha) t / (alpha tr W)], W the prior-weighted
     # within-class covariance (data-dependent: dsb.stats.erasure.concept_erasure_shrinkage).
     erasure_shrinkage: list[float] | None = None
+    # Train on a subset of the training split as sampled: a .npy file of distinct int
+    # indices into it, taken AFTER erasure, so the erasure is still fitted on the whole
+    # split (dsb.mdl's prefix runs share one set of maps this way). null: the whole split.
+    train_indices: str | None = None
     text: TextConfig = field(default_factory=TextConfig)
 
 
@@ -153,6 +157,31 @@ class CheckpointConfig:
 
 
 @dataclass
+class EarlyStoppingConfig:
+    """Early stopping on held-out examples of the training split as sampled (erased with
+    the same maps as the training examples when ``data.erasure`` is set).
+
+    Off unless ``val_indices`` is set. At every checkpoint step the mean cross-entropy
+    (nats) of the validation examples is measured; the run stops after ``patience``
+    checkpoint evaluations in a row without a decrease of more than ``min_delta`` below
+    the best so far. ``<run dir>/early_stopping.json`` records the history, the best
+    step, and the ``report_indices`` losses measured AT THE BEST VALIDATION STEP (the
+    best-validation model, not the last one): that is how dsb.mdl codes a chunk.
+    """
+
+    # .npy of int indices into the training split (disjoint from data.train_indices);
+    # null: no early stopping (the default; runs train for train.total_steps).
+    val_indices: str | None = None
+    # Checkpoint evaluations without improvement before stopping (>= 1).
+    patience: int = 5
+    # Improvement needed to reset the patience counter, in nats per example (>= 0).
+    min_delta: float = 0.0
+    # Further held-out subsets {name: .npy of indices into the training split} whose
+    # summed cross-entropy (bits) and mean loss (nats) are measured with the validation set.
+    report_indices: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class TrainConfig:
     total_steps: int = 4096
     # Print/write training metrics every N steps.
@@ -166,6 +195,25 @@ class TrainConfig:
     # batches in device memory. A few steps in flight hide the host's dispatch time
     # whenever a step takes longer than dispatching one.
     max_steps_in_flight: int = 4
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+
+
+@dataclass
+class MdlConfig:
+    """Prequential MDL (``python -m dsb.mdl``; ignored by ``dsb.main``). The training
+    split, shuffled with ``order_seed``, is cut into a validation tail (``val_fraction``,
+    used only for early stopping, never coded) and ``num_chunks`` log-spaced chunks of the
+    rest; chunk 0 (``first_chunk`` examples) is coded uniformly (log2 K bits each), chunk
+    j >= 1 by a fresh model trained on chunks 0 .. j-1 (see dsb/mdl/core.py)."""
+
+    num_chunks: int = 10
+    # Examples in the first (uniformly coded) chunk; the chunk ends are log-spaced from
+    # it to the number of coded examples.
+    first_chunk: int = 16
+    # Fraction of the training split held out for early stopping of every prefix model.
+    val_fraction: float = 0.1
+    # Seed of the order of the examples; null: the run's ``seed``.
+    order_seed: int | None = None
 
 
 @dataclass
@@ -204,6 +252,7 @@ class Config:
     # Evaluators run at every checkpoint: {key: {type: <registered type>, **options}}.
     evals: dict[str, Any] = field(default_factory=dict)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    mdl: MdlConfig = field(default_factory=MdlConfig)
     # Write PNG figures at the end of the run.
     figures: bool = True
 
@@ -322,6 +371,19 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"data.erasure={cfg.data.erasure!r}: must be null, leace or qleace")
     if cfg.data.erasure_shrinkage is not None and len(cfg.data.erasure_shrinkage) != 2:
         raise ValueError("data.erasure_shrinkage: must be null or [a, b]")
+    if cfg.mdl.num_chunks < 2:
+        raise ValueError(f"mdl.num_chunks={cfg.mdl.num_chunks}: must be >= 2")
+    if cfg.mdl.first_chunk < 1:
+        raise ValueError(f"mdl.first_chunk={cfg.mdl.first_chunk}: must be >= 1")
+    if not 0 < cfg.mdl.val_fraction < 1:
+        raise ValueError(f"mdl.val_fraction={cfg.mdl.val_fraction}: must be in (0, 1)")
+    es = cfg.train.early_stopping
+    if es.patience < 1:
+        raise ValueError(f"train.early_stopping.patience={es.patience}: must be >= 1")
+    if es.min_delta < 0:
+        raise ValueError(f"train.early_stopping.min_delta={es.min_delta}: must be >= 0")
+    if es.report_indices and es.val_indices is None:
+        raise ValueError("train.early_stopping.report_indices: needs val_indices")
     spec = get_dataset_spec(cfg.data.name)  # raises on unknown names
     if spec.kind == "text":
         if cfg.data.text.context_length < 2:
@@ -332,6 +394,8 @@ def validate(cfg: Config) -> None:
             raise ValueError("data.text.paths: source 'files' needs at least one path")
         if cfg.data.erasure:
             raise ValueError("data.erasure: concept erasure applies to image datasets only")
+        if cfg.data.train_indices or cfg.train.early_stopping.val_indices:
+            raise ValueError("data.train_indices / train.early_stopping: image datasets only")
         if (
             cfg.data.augment.crop_padding
             or cfg.data.augment.horizontal_flip

@@ -46,6 +46,7 @@ __all__ = [
     "RunContext",
     "TrainState",
     "load_checkpoint",
+    "load_indices",
     "read_config",
     "snapshot",
 ]
@@ -145,9 +146,21 @@ class RunContext:
         )
 
     @property
-    def train_data(self) -> dict[str, np.ndarray]:
-        """The training split as sampled (concept-erased when ``data.erasure`` is set)."""
+    def full_train_data(self) -> dict[str, np.ndarray]:
+        """The whole training split, concept-erased when ``data.erasure`` is set (the
+        erasure is always fitted on the whole split); ``data.train_indices`` and the
+        early-stopping sets index into it."""
         return self._train_data_and_report[0]
+
+    @functools.cached_property
+    def train_data(self) -> dict[str, np.ndarray]:
+        """The examples the trainer samples: ``full_train_data``, or its
+        ``data.train_indices`` subset."""
+        full = self.full_train_data
+        if self.config.data.train_indices is None:
+            return full
+        idx = load_indices(self.config.data.train_indices, len(full["label"]), "data.train_indices")
+        return {k: v[idx] for k, v in full.items()}
 
     def erasure_metrics(self) -> dict[str, float]:
         """The erasure's achieved residuals and ``target_met`` (1.0 when every check of
@@ -221,6 +234,19 @@ class RunContext:
         the run's schedule, built with ``eval_context(out_dir)``."""
         evals = self.config.evals if evals is None else evals
         return EvalSuite(self.eval_context(out_dir), evals, self.schedule)
+
+
+def load_indices(path: str | Path, n: int, what: str) -> np.ndarray:
+    """The distinct int indices in ``[0, n)`` stored in the ``.npy`` file ``path``; raises
+    ``ValueError`` naming ``what`` otherwise."""
+    idx = np.load(path)
+    if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer) or len(idx) == 0:
+        raise ValueError(f"{what}={path}: must hold a non-empty 1-D array of ints")
+    if idx.min() < 0 or idx.max() >= n:
+        raise ValueError(f"{what}={path}: indices must lie in [0, {n}) (the training split)")
+    if len(np.unique(idx)) != len(idx):
+        raise ValueError(f"{what}={path}: indices must be distinct")
+    return idx.astype(np.int64)
 
 
 def read_config(run_dir: str | Path) -> Config:

@@ -4,9 +4,11 @@
 directory's newest readable checkpoint if there is one; run data-parallel optimizer steps;
 at each scheduled step save a checkpoint and run the configured evaluators; on the
 preemption signal (``dsb.preemption``) save a checkpoint at the current step and let the
-job be requeued; write metrics and figures; return a summary. What happens at a
-checkpoint (the state, the evaluator suite, saving and restoring) lives in
-``dsb.runtime``, shared with ``dsb.analysis``; the compiled programs live in ``dsb.step``.
+job be requeued; with ``train.early_stopping`` on, stop once the validation loss has not
+improved for ``patience`` checkpoint evaluations (``dsb.early_stopping``); write metrics
+and figures; return a summary. What happens at a checkpoint (the state, the evaluator
+suite, saving and restoring) lives in ``dsb.runtime``, shared with ``dsb.analysis``; the
+compiled programs live in ``dsb.step``.
 """
 
 from __future__ import annotations
@@ -74,12 +76,16 @@ def train(cfg: Config, run_dir: str | Path) -> TrainResult:
         writer.truncate_after(start)
     suite = ctx.eval_suite()
     predict = make_predict(model, mesh, cfg.train.eval_batch_size)
+    early = _early_stopping(ctx, start)
 
     def checkpoint_and_evaluate(step: int, state: TrainState) -> dict[str, float]:
         if step != resumed_from:
             checkpoints.save(step, state)
         graphdef = model.graphdef_eval
-        values = suite.run(snapshot(step, graphdef, state.params, state.rest, predict, init_params))
+        snap = snapshot(step, graphdef, state.params, state.rest, predict, init_params)
+        values = suite.run(snap)
+        if early is not None:
+            values |= early.evaluate(step, snap.predict)
         writer.write(step, values)
         writer.flush()
         return values
@@ -98,13 +104,17 @@ def train(cfg: Config, run_dir: str | Path) -> TrainResult:
     in_flight = _InFlight(cfg.train.max_steps_in_flight, checkpoints.resumed_window)
     # Several processes agree on the step at logging / checkpoint steps (dsb.preemption).
     preemption = Preemption(num_processes=jax.process_count())
+    final = start
     try:
         with preemption:
             for batch_index in range(start, total):
+                if early is not None and early.stopped:
+                    log.info("early stopping at step %d (best: step %d)", final, early.best["step"])
+                    break
                 batch = parallel.put_global_batch(sampler(batch_index), mesh)
                 in_flight.wait_for_room()
                 state, metrics = train_step(state, batch)
-                step = batch_index + 1
+                step = final = batch_index + 1
                 in_flight.add(step, metrics)
                 # Every process waits on the host here (and agrees on preemption).
                 sync_point = schedule.is_log(step) or schedule.is_checkpoint(step)
@@ -135,9 +145,25 @@ def train(cfg: Config, run_dir: str | Path) -> TrainResult:
 
         figures = plot_run(ctx.run_dir, evals=suite.types, num_classes=ctx.info.num_classes)
     if ctx.is_main_process:
-        summary = json.dumps({"final_step": total, **last}, indent=2)
+        summary = json.dumps({"final_step": final, **last}, indent=2)
         (ctx.run_dir / "summary.json").write_text(summary)
-    return TrainResult(ctx.run_dir, total, resumed_from, last, state, figures)
+    return TrainResult(ctx.run_dir, final, resumed_from, last, state, figures)
+
+
+def _early_stopping(ctx: RunContext, start: int):
+    """The run's ``EarlyStopping`` (``dsb.early_stopping``), or None when it is off."""
+    es = ctx.config.train.early_stopping
+    if es.val_indices is None:
+        return None
+    from dsb.early_stopping import EarlyStopping
+    from dsb.runtime import load_indices
+
+    n = len(ctx.full_train_data["label"])
+    train_idx = ctx.config.data.train_indices
+    train_idx = None if train_idx is None else load_indices(train_idx, n, "data.train_indices")
+    return EarlyStopping(
+        es, ctx.full_train_data, ctx.run_dir, train_idx, start, write=ctx.is_main_process
+    )
 
 
 def _make_mesh(cfg: Config):
