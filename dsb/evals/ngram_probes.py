@@ -15,8 +15,9 @@ window boundary) and samples one fixed evaluation set per order with a fixed see
   distributions its tokens were drawn from), and ``entropy/{name}``: the plug-in conditional
   entropy of the training corpus (``H(X_t)``, ``H(X_t|X_{t-1})``, ``H(X_t|X_{t-2},X_{t-1})``);
 * ``kl/{name}`` (with ``_lo``, ``_hi``): ``KL(P_n(. | ctx_t) || p_model(. | x_{<=t}))``
-  averaged over every position ``t`` of the real validation text, ``ctx_t`` the ``n - 1``
-  tokens ending at ``t`` (back-off where shorter or unseen; see ``dsb.lm.ngram``);
+  averaged over the positions ``t = 0 .. T - 2`` of the real validation windows (the
+  positions training fits; the last token of a window is only ever a target), ``ctx_t``
+  the ``n - 1`` tokens ending at ``t`` (back-off where shorter or unseen; see ``dsb.lm.ngram``);
 * ``text/loss`` (with ``_lo``, ``_hi``): cross-entropy on the validation text.
 
 All in nats. The trainer prefixes each name with the entry key (``ngram/bigram/loss``).
@@ -38,10 +39,16 @@ from dsb.lm.ngram import (
     cached_ngram_sets,
     kl_to_ngram,
     log_softmax,
-    sequence_cross_entropy,
 )
 
 __all__ = ["NgramProbes", "summary_positions"]
+
+
+def _next_token_ce(logq_NxPxV: np.ndarray, tokens_NxT: np.ndarray) -> np.ndarray:
+    """``[n, t - 1]``: ``-log q_p(tokens[:, p + 1])`` from log-probabilities of the first
+    ``t - 1`` positions."""
+    target = np.asarray(tokens_NxT)[:, 1:, None].astype(np.int64)
+    return -np.take_along_axis(logq_NxPxV, target, axis=-1)[..., 0]
 
 
 def summary_positions(num_predictions: int) -> list[int]:
@@ -109,12 +116,19 @@ class NgramProbes:
             self.val = np.asarray(ctx.load_split(val_split)["tokens"])[: int(max_val_sequences)]
 
     def _logits(self, snapshot: Snapshot, tokens: np.ndarray) -> Iterable[tuple[slice, np.ndarray]]:
+        """Log-probabilities ``[b, t - 1, V]`` of each batch of windows ``[b, t]``.
+
+        Training feeds ``tokens[:, :-1]`` (the last token is only a target), so the model
+        only ever learned positions ``0 .. t - 2``; the probes feed the same ``t - 1`` tokens
+        and never read a position (e.g. an untrained positional-embedding row) it was not
+        trained on. The logits at ``p`` predict token ``p + 1``."""
         for i in range(0, len(tokens), self.batch_size):
             sl = slice(i, i + self.batch_size)
-            logits = np.asarray(snapshot.predict(tokens[sl]), dtype=np.float32)
-            if logits.shape != (*tokens[sl].shape, self.ctx.vocab_size):
+            inputs = tokens[sl][:, :-1]
+            logits = np.asarray(snapshot.predict(inputs), dtype=np.float32)
+            if logits.shape != (*inputs.shape, self.ctx.vocab_size):
                 raise ValueError(f"ngram_probes: predict returned shape {logits.shape}")
-            yield sl, logits
+            yield sl, log_softmax(logits)
 
     def _ci(self, per_sequence: np.ndarray) -> tuple[float, float]:
         return bootstrap_ci(per_sequence, self.num_bootstrap, self.confidence, seed=0)
@@ -126,10 +140,7 @@ class NgramProbes:
             tokens, floor = self.sets[n]
             # each set gets its own forward pass: logits are never shared between sets
             ce = np.concatenate(
-                [
-                    sequence_cross_entropy(lg, tokens[sl])
-                    for sl, lg in self._logits(snapshot, tokens)
-                ]
+                [_next_token_ce(logq, tokens[sl]) for sl, logq in self._logits(snapshot, tokens)]
             )
             per_seq = ce.mean(axis=1)
             lo, hi = self._ci(per_seq)
@@ -147,11 +158,11 @@ class NgramProbes:
         if self.val is not None and len(self.val):
             kls = {n: [] for n in self.orders}
             text_ce = []
-            for sl, logits in self._logits(snapshot, self.val):
-                logq = log_softmax(logits)
-                text_ce.append(sequence_cross_entropy(logq, self.val[sl]))
+            for sl, logq in self._logits(snapshot, self.val):
+                text_ce.append(_next_token_ce(logq, self.val[sl]))
+                inputs = self.val[sl][:, :-1]
                 for n in self.orders:
-                    kls[n].append(kl_to_ngram(self.model, self.val[sl], logq, n, normalized=True))
+                    kls[n].append(kl_to_ngram(self.model, inputs, logq, n, normalized=True))
             text_ce = np.concatenate(text_ce)
             lo, hi = self._ci(text_ce.mean(axis=1))
             yield "text/loss", float(text_ce.mean())

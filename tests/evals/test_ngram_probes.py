@@ -69,8 +69,27 @@ def test_oracle_bigram_model_sits_on_the_floors(tmp_path):
     assert m["kl/unigram"] > 0.1 and m["kl/trigram"] < 0.05
     # every set and the val text got their own forward passes, in batches of <= 32
     assert sum(len(c) for c in calls) == 3 * 200 + 64 and max(len(c) for c in calls) <= 32
+    # training feeds tokens[:, :-1]: the probes read only the 15 positions it trains
+    assert {c.shape[1] for c in calls} == {15}
     curves = json.loads((tmp_path / "ngram_probes" / "step_00000007.json").read_text())
-    assert len(curves["bigram/loss"]) == 15 and len(curves["kl/trigram"]) == 16
+    assert len(curves["bigram/loss"]) == 15 and len(curves["kl/trigram"]) == 15
+
+
+def test_untrained_last_position_never_enters_the_probes(tmp_path):
+    """A model that is exact at the trained positions 0 .. t-2 and garbage at the last
+    position t-1 (a positional-embedding row training never updates) scores as exact."""
+    ctx = _ctx(tmp_path)
+    probes = NgramProbes(ctx, orders=[2], num_sequences=50, num_bootstrap=50)
+    fitted = probes.model.tables[2].probs.toarray()
+
+    def predict(tokens):
+        logq = np.log(fitted[tokens] + 1e-30)
+        if tokens.shape[1] == 16:  # the untrained position, if fed
+            logq[:, 15] = np.log(np.array([1e-6, 1e-6, 1e-6, 1.0]))
+        return logq.astype(np.float32)
+
+    m = dict(probes.run(_snapshot(predict)))
+    assert m["kl/bigram"] == pytest.approx(0.0, abs=1e-9)
 
 
 def test_uniform_model_has_loss_log_v_and_closed_form_kl(tmp_path):
