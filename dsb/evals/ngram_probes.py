@@ -18,7 +18,10 @@ window boundary) and samples one fixed evaluation set per order with a fixed see
   averaged over the positions ``t = 0 .. T - 2`` of the real validation windows (the
   positions training fits; the last token of a window is only ever a target), ``ctx_t``
   the ``n - 1`` tokens ending at ``t`` (back-off where shorter or unseen; see ``dsb.lm.ngram``);
-* ``text/loss`` (with ``_lo``, ``_hi``): cross-entropy on the validation text.
+* ``js/{name}`` (with ``_lo``, ``_hi``; option ``js``): the Jensen-Shannon divergence
+  between the same two distributions (symmetric, at most ``log 2``);
+* ``text/loss`` (with ``_lo``, ``_hi``): cross-entropy on the validation text, and
+  ``text/loss_t{p}`` at the positions of ``{name}/loss_t{p}``.
 
 All in nats. The trainer prefixes each name with the entry key (``ngram/bigram/loss``).
 """
@@ -37,6 +40,7 @@ from dsb.lm.ngram import (
     NgramModel,
     bootstrap_ci,
     cached_ngram_sets,
+    js_to_ngram,
     kl_to_ngram,
     log_softmax,
 )
@@ -73,6 +77,7 @@ class NgramProbes:
       num_bootstrap, confidence: bootstrap CI over sequences.
       cache: keep the sampled sets in ``<run_dir>/ngram_probes/sets.npz``.
       write_positions: write per-position curves to ``<run_dir>/ngram_probes/``.
+      js: also the Jensen-Shannon divergences ``js/{name}`` (dense over the vocabulary).
     """
 
     def __init__(
@@ -90,6 +95,7 @@ class NgramProbes:
         confidence: float = 0.95,
         cache: bool = True,
         write_positions: bool = True,
+        js: bool = True,
     ):
         self.ctx = ctx
         self.orders = sorted({int(n) for n in orders})
@@ -101,6 +107,7 @@ class NgramProbes:
         self.batch_size = int(batch_size)
         self.num_bootstrap, self.confidence = int(num_bootstrap), float(confidence)
         self.write_positions = write_positions
+        self.js = bool(js)
         self.out_dir = Path(ctx.run_dir) / "ngram_probes"
 
         train = np.asarray(ctx.load_split(ctx.train_split)["tokens"])
@@ -158,24 +165,34 @@ class NgramProbes:
         if self.val is not None and len(self.val):
             kls = {n: [] for n in self.orders}
             text_ce = []
+            jss = {n: [] for n in self.orders}
             for sl, logq in self._logits(snapshot, self.val):
                 text_ce.append(_next_token_ce(logq, self.val[sl]))
                 inputs = self.val[sl][:, :-1]
                 for n in self.orders:
                     kls[n].append(kl_to_ngram(self.model, inputs, logq, n, normalized=True))
+                    if self.js:
+                        jss[n].append(js_to_ngram(self.model, inputs, logq, n, normalized=True))
             text_ce = np.concatenate(text_ce)
             lo, hi = self._ci(text_ce.mean(axis=1))
             yield "text/loss", float(text_ce.mean())
             yield "text/loss_lo", lo
             yield "text/loss_hi", hi
+            by_pos = text_ce.mean(axis=0)
+            for p in summary_positions(len(by_pos)):
+                yield f"text/loss_t{p}", float(by_pos[p])
+            curves["text/loss"] = by_pos.tolist()
             for n in self.orders:
                 name = NGRAM_NAMES.get(n, f"{n}gram")
-                kl = np.concatenate(kls[n])
-                lo, hi = self._ci(kl.mean(axis=1))
-                yield f"kl/{name}", float(kl.mean())
-                yield f"kl/{name}_lo", lo
-                yield f"kl/{name}_hi", hi
-                curves[f"kl/{name}"] = kl.mean(axis=0).tolist()
+                for kind, values in (("kl", kls[n]), ("js", jss[n])):
+                    if not values:
+                        continue
+                    div = np.concatenate(values)
+                    lo, hi = self._ci(div.mean(axis=1))
+                    yield f"{kind}/{name}", float(div.mean())
+                    yield f"{kind}/{name}_lo", lo
+                    yield f"{kind}/{name}_hi", hi
+                    curves[f"{kind}/{name}"] = div.mean(axis=0).tolist()
 
         if self.write_positions and self.ctx.is_main_process:
             self.out_dir.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,7 @@ __all__ = [
     "NgramTable",
     "bootstrap_ci",
     "cached_ngram_sets",
+    "js_to_ngram",
     "kl_to_ngram",
     "log_softmax",
     "sequence_cross_entropy",
@@ -208,6 +209,20 @@ def sequence_cross_entropy(logits_NxTxV: np.ndarray, tokens_NxT: np.ndarray) -> 
     return -np.take_along_axis(logp, target, axis=-1)[..., 0]
 
 
+def _context_groups(tokens_NxT: np.ndarray, order: int):
+    """Yield ``(k, ts, ctx [n * len(ts), k])``: the positions ``ts`` whose n-gram context
+    has ``k = min(order - 1, t + 1)`` tokens, ``tokens[t - k + 1 .. t]`` (oldest first).
+    Every ``t >= order - 2`` has the full context and comes in one group."""
+    t_len = tokens_NxT.shape[1]
+    for t0 in range(min(order - 1, t_len)):
+        k = min(order - 1, t0 + 1)
+        ts = np.arange(t0, t_len) if k == order - 1 else np.array([t0])
+        ctx = np.stack([tokens_NxT[:, ts + 1 - k + j] for j in range(k)], axis=-1)
+        yield k, ts, ctx.reshape(-1, k)
+        if k == order - 1:
+            break
+
+
 def kl_to_ngram(
     model: NgramModel,
     tokens_NxT: np.ndarray,
@@ -227,13 +242,12 @@ def kl_to_ngram(
     logq = np.asarray(logits_NxTxV, np.float64) if normalized else log_softmax(logits_NxTxV)
     n, t_len, vocab = logq.shape
     logq_MxV = logq.reshape(n * t_len, vocab)
+    if order == 1:
+        p1 = model.tables[1]
+        kl = -p1.row_entropy[0] - logq_MxV @ p1.probs.toarray()[0]
+        return np.maximum(kl, 0.0).reshape(n, t_len)
     kl = np.zeros(n * t_len)
-    for t0 in range(min(order - 1, t_len)):
-        # positions t with a context of k = min(order - 1, t + 1) tokens; all t >= order - 2
-        # have the full context and are handled together (t0 = order - 2)
-        k = min(order - 1, t0 + 1)
-        ts = np.arange(t0, t_len) if k == order - 1 else np.array([t0])
-        ctx = np.stack([tokens[:, ts + 1 - k + j] for j in range(k)], axis=-1).reshape(-1, k)
+    for k, ts, ctx in _context_groups(tokens, order):
         pos = (np.arange(n)[:, None] * t_len + ts[None, :]).reshape(-1)
         used, rows = model.lookup(ctx, k + 1)
         for m in np.unique(used):
@@ -250,12 +264,40 @@ def kl_to_ngram(
                 vals = probs.data[j] * logq_MxV[pos[sel][seg], probs.indices[j]]
                 cross = np.bincount(seg, weights=vals, minlength=len(sel))
             kl[pos[sel]] = -table.row_entropy[rows[sel]] - cross
-        if k == order - 1:
-            break
-    if order == 1:
-        p1 = model.tables[1]
-        kl = -p1.row_entropy[0] - logq_MxV @ p1.probs.toarray()[0]
     return np.maximum(kl, 0.0).reshape(n, t_len)
+
+
+def js_to_ngram(
+    model,
+    tokens_NxT: np.ndarray,
+    logits_NxTxV: np.ndarray,
+    order: int,
+    *,
+    normalized: bool = False,
+    chunk: int = 4096,
+) -> np.ndarray:
+    """Jensen-Shannon divergence ``JS(P_ngram(. | ctx_t), p_model(. | tokens[:t+1]))`` per
+    position, ``[n, t]`` nats, in ``[0, log 2]``; the contexts and back-off of
+    ``kl_to_ngram``. ``JS = (KL(P || M) + KL(Q || M)) / 2`` with ``M = (P + Q) / 2``, dense
+    over the vocabulary (``chunk`` positions at a time). ``model`` is any n-gram model with
+    ``conditional(ctx [N, k], k + 1) -> [N, V]`` (``NgramModel``, ``SuffixNgramModel``)."""
+    tokens = np.asarray(tokens_NxT).astype(np.int64)
+    logq = np.asarray(logits_NxTxV, np.float64) if normalized else log_softmax(logits_NxTxV)
+    n, t_len, vocab = logq.shape
+    logq_MxV = logq.reshape(n * t_len, vocab)
+    js = np.zeros(n * t_len)
+    groups = [(0, np.arange(t_len), np.zeros((n * t_len, 0), np.int64))] if order == 1 else []
+    for k, ts, ctx in groups or _context_groups(tokens, order):
+        pos = (np.arange(n)[:, None] * t_len + ts[None, :]).reshape(-1)
+        for i in range(0, len(pos), chunk):
+            p = model.conditional(ctx[i : i + chunk], k + 1)
+            q = np.exp(logq_MxV[pos[i : i + chunk]])
+            m = 0.5 * (p + q)
+            logm = np.log(np.where(m > 0, m, 1.0))
+            kl_pm = (xlogy(p, p) - p * logm).sum(axis=1)
+            kl_qm = (q * (logq_MxV[pos[i : i + chunk]] - logm)).sum(axis=1)
+            js[pos[i : i + chunk]] = 0.5 * (kl_pm + kl_qm)
+    return np.clip(js, 0.0, np.log(2.0)).reshape(n, t_len)
 
 
 def bootstrap_ci(

@@ -66,6 +66,9 @@ def test_oracle_bigram_model_sits_on_the_floors(tmp_path):
     assert m["unigram/floor"] == pytest.approx(m["entropy/unigram"])
     # KL to the bigram model is zero by construction, to the unigram model it is not
     assert m["kl/bigram"] == pytest.approx(0.0, abs=1e-9)
+    assert m["js/bigram"] == pytest.approx(0.0, abs=1e-9) and m["js/unigram"] > 0.02
+    assert m["js/unigram"] < min(m["kl/unigram"], np.log(2))  # bounded by log 2
+    assert "text/loss_t14" in m and m["js/trigram_lo"] <= m["js/trigram"] <= m["js/trigram_hi"]
     assert m["kl/unigram"] > 0.1 and m["kl/trigram"] < 0.05
     # every set and the val text got their own forward passes, in batches of <= 32
     assert sum(len(c) for c in calls) == 3 * 200 + 64 and max(len(c) for c in calls) <= 32
@@ -73,6 +76,7 @@ def test_oracle_bigram_model_sits_on_the_floors(tmp_path):
     assert {c.shape[1] for c in calls} == {15}
     curves = json.loads((tmp_path / "ngram_probes" / "step_00000007.json").read_text())
     assert len(curves["bigram/loss"]) == 15 and len(curves["kl/trigram"]) == 15
+    assert len(curves["js/trigram"]) == 15 and len(curves["text/loss"]) == 15
 
 
 def test_untrained_last_position_never_enters_the_probes(tmp_path):

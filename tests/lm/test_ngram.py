@@ -11,6 +11,7 @@ from dsb.lm.ngram import (
     NgramModel,
     bootstrap_ci,
     cached_ngram_sets,
+    js_to_ngram,
     kl_to_ngram,
     sequence_cross_entropy,
 )
@@ -131,6 +132,31 @@ def test_kl_against_closed_form():
     after12 = np.log(1 / 0.2)
     expected = [after0, after12, after0, after12, after0, after12]
     np.testing.assert_allclose(kl_to_ngram(model, val, logits, 2)[0], expected, rtol=1e-10)
+
+
+def test_js_against_scipy_with_back_off():
+    from scipy.spatial.distance import jensenshannon
+
+    # corpus 0 1 0 2 repeated; context 3 never occurs: the bigram KL/JS back off to p1
+    corpus = np.tile([0, 1, 0, 2], 50)
+    model = NgramModel.fit(corpus, vocab_size=4, max_order=2)
+    rng = np.random.default_rng(0)
+    val = np.array([[0, 1, 3, 2, 0, 3]])
+    logits = rng.normal(size=(1, 6, 4))
+    q = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    p1 = np.array([0.5, 0.25, 0.25, 0.0])
+    rows = {0: [0, 0.5, 0.5, 0], 1: [1.0, 0, 0, 0], 2: [1.0, 0, 0, 0], 3: p1}
+    for order, truth in ((1, [p1] * 6), (2, [rows[int(x)] for x in val[0]])):
+        expected = [jensenshannon(p, q[0, t]) ** 2 for t, p in enumerate(truth)]
+        js = js_to_ngram(model, val, logits, order, chunk=4)
+        np.testing.assert_allclose(js[0], expected, rtol=1e-10, atol=1e-14)
+        assert (js <= np.log(2)).all()
+    # identical distributions: JS = 0; disjoint supports: JS = log 2
+    exact = np.log(np.array([rows[int(x)] for x in val[0]]) + 1e-300)[None]
+    assert js_to_ngram(model, val, exact, 2, normalized=True).max() < 1e-12
+    disjoint = np.log(np.where(np.array(rows[1]) > 0, 1e-300, 1.0))[None, None]
+    val0 = np.array([[1]])
+    assert js_to_ngram(model, val0, disjoint, 2)[0, 0] == pytest.approx(np.log(2))
 
 
 def _fib_mod5(start, length):
