@@ -38,6 +38,7 @@ __all__ = [
     "js_to_ngram",
     "kl_to_ngram",
     "log_softmax",
+    "one_hot_moments",
     "sequence_cross_entropy",
 ]
 
@@ -142,6 +143,20 @@ class NgramModel:
                 h.update(np.ascontiguousarray(a).tobytes())
         return h.hexdigest()[:16]
 
+    def joint(self, order: int) -> np.ndarray:
+        """Dense joint n-gram table ``P(x_1, ..., x_order)``, shape ``[V] * order``: the
+        counts of every window of ``order`` tokens over their total (sums to 1).
+        ``joint(1)`` is ``p1``; ``joint(2)[a, b]`` is the probability of the bigram ``a b``.
+        Dense, so ``V ** order`` must stay below ``2 ** 26``."""
+        v = self.vocab_size
+        if float(v) ** order > 2**26:
+            raise ValueError(f"joint({order}): {v}^{order} entries is too large to be dense")
+        table = self.tables[order]
+        out = np.zeros((max(v ** (order - 1), 1), v))
+        rows = np.repeat(table.context_keys, np.diff(table.counts.indptr)) if order > 1 else 0
+        out[rows, table.counts.indices] = table.counts.data
+        return (out / out.sum()).reshape((v,) * order)
+
     def lookup(self, ctx_NxK: np.ndarray, order: int) -> tuple[np.ndarray, np.ndarray]:
         """``(order_used [N], row [N])`` for contexts of ``order - 1`` tokens, backing off
         to the longest seen suffix of each context."""
@@ -194,6 +209,32 @@ class NgramModel:
                 if t > 0:
                     floor[sel, t - 1] = table.row_entropy[rows[sel]]
         return tokens.astype(np.int32), floor
+
+
+def one_hot_moments(
+    tokens: np.ndarray, vocab_size: int, chunk: int = 65536
+) -> tuple[np.ndarray, np.ndarray]:
+    """First and lag-1 second moments of one-hot token embeddings ``e(x) = I[x]``.
+
+    ``mean [V] = E_t[e(x_t)]`` over every token and ``cross [V, V] = E_t[e(x_t) e(x_{t+1})']``
+    over every adjacent pair inside a window (``tokens``: ``[N]`` or windows ``[n, t]``;
+    no pair crosses a window boundary), computed as the matrix products of the embeddings
+    (``chunk`` pairs at a time). SCIENCE.md: these equal the n-gram tables, ``mean = p1``
+    and ``cross = P(x_t = a, x_{t+1} = b)`` (``NgramModel.joint(1)``, ``joint(2)``), so
+    n-gram statistics are the order-n moments of the token embeddings."""
+    tokens = np.asarray(tokens)
+    rows = tokens[None] if tokens.ndim == 1 else tokens
+    eye = np.eye(vocab_size)
+    flat = rows.reshape(-1)
+    mean = np.zeros(vocab_size)
+    for i in range(0, len(flat), chunk):
+        mean += eye[flat[i : i + chunk]].sum(axis=0)
+    mean /= len(flat)
+    left, right = rows[:, :-1].reshape(-1), rows[:, 1:].reshape(-1)
+    cross = np.zeros((vocab_size, vocab_size))
+    for i in range(0, len(left), chunk):
+        cross += eye[left[i : i + chunk]].T @ eye[right[i : i + chunk]]
+    return mean, cross / max(len(left), 1)
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -287,3 +287,23 @@ def test_sparse_kl_equals_dense_reference_with_back_off():
     assert (used < 3).any() and (used == 3).any()
     # some trigram contexts back off to a seen bigram, others all the way to the unigram
     assert set(np.unique(used)) >= {2, 3}
+
+
+def test_one_hot_embedding_moments_are_the_ngram_tables(chain_model):
+    """SCIENCE.md: E[e(x_t)] = p1 and E[e(x_t) e(x_{t+1})'] = the joint bigram table."""
+    from dsb.lm.ngram import one_hot_moments
+
+    x, model = chain_model
+    mean, cross = one_hot_moments(x, 4, chunk=7919)  # a chunk that does not divide N
+    np.testing.assert_allclose(mean, model.joint(1), atol=1e-12)
+    np.testing.assert_allclose(cross, model.joint(2), atol=1e-12)
+    # the joint is row-normalised to the transition matrix and sums to one overall
+    np.testing.assert_allclose(cross.sum(), 1.0)
+    np.testing.assert_allclose(cross / cross.sum(1, keepdims=True), model.tables[2].probs.toarray())
+    np.testing.assert_allclose(cross, _stationary(P)[:, None] * P, atol=0.01)  # pi_a P_ab
+    assert not np.allclose(cross, cross.T, atol=0.01)  # order matters: (x_t, x_{t+1})
+    # windows: no pair crosses a boundary, in both the moments and the table
+    w = x[: 4000 * 5].reshape(4000, 5)
+    wm = NgramModel.fit(w, 4, max_order=2)
+    np.testing.assert_allclose(one_hot_moments(w, 4)[1], wm.joint(2), atol=1e-12)
+    assert model.joint(3).shape == (4, 4, 4) and model.joint(3).sum() == pytest.approx(1.0)
