@@ -78,6 +78,13 @@ class NgramProbes:
       cache: keep the sampled sets in ``<run_dir>/ngram_probes/sets.npz``.
       write_positions: write per-position curves to ``<run_dir>/ngram_probes/``.
       js: also the Jensen-Shannon divergences ``js/{name}`` (dense over the vocabulary).
+      backend: ``tables`` (``dsb.lm.ngram.NgramModel``: exact sparse tables, no n-gram
+        crosses a window; orders up to ``V^n < 2^63``) or ``suffix_array``
+        (``dsb.lm.suffix.SuffixNgramModel``, optional package ``tokengrams``: any order on
+        large corpora; windows are concatenated; ``entropy/{name}`` is a Monte Carlo
+        estimate over ``entropy_positions`` corpus positions).
+      smoothing, add_k: ``suffix_array`` only: ``None`` (maximum likelihood with back-off),
+        ``add_k`` or ``kneser_ney`` (``dsb.lm.suffix``).
     """
 
     def __init__(
@@ -96,6 +103,10 @@ class NgramProbes:
         cache: bool = True,
         write_positions: bool = True,
         js: bool = True,
+        backend: str = "tables",
+        smoothing: str | None = None,
+        add_k: float = 1.0,
+        entropy_positions: int = 4096,
     ):
         self.ctx = ctx
         self.orders = sorted({int(n) for n in orders})
@@ -113,7 +124,23 @@ class NgramProbes:
         train = np.asarray(ctx.load_split(ctx.train_split)["tokens"])
         if ctx.vocab_size is None:
             raise ValueError("ngram_probes: needs text data (data.name=text)")
-        self.model = NgramModel.fit(train, vocab_size=ctx.vocab_size, max_order=self.orders[-1])
+        if backend == "tables":
+            if smoothing is not None:
+                raise ValueError("ngram_probes: smoothing needs backend=suffix_array")
+            self.model = NgramModel.fit(train, ctx.vocab_size, max_order=self.orders[-1])
+        elif backend == "suffix_array":
+            from dsb.lm.suffix import SuffixNgramModel
+
+            self.model = SuffixNgramModel(
+                train,
+                ctx.vocab_size,
+                max_order=self.orders[-1],
+                smoothing=smoothing,
+                add_k=add_k,
+                entropy_positions=entropy_positions,
+            )
+        else:
+            raise ValueError(f"ngram_probes: backend={backend!r}: use tables or suffix_array")
         cache_path = self.out_dir / "sets.npz" if cache else None
         self.sets = cached_ngram_sets(
             self.model, self.orders, int(num_sequences), self.seq_len, int(seed), cache_path

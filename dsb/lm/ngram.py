@@ -271,6 +271,7 @@ def kl_to_ngram(
     order: int,
     *,
     normalized: bool = False,
+    chunk: int = 4096,
 ) -> np.ndarray:
     """``KL(P_ngram(. | ctx_t) || p_model(. | tokens[:t+1]))`` per position, ``[n, t]`` nats.
 
@@ -278,9 +279,14 @@ def kl_to_ngram(
     (fewer at the start, with back-off), matching the model logits at position ``t``.
     ``KL = -H(P_ngram row) - sum_v P_ngram(v) log q(v)``, the sum over the row's support
     only (sparse). ``normalized=True``: ``logits`` already are log-probabilities.
+
+    Another n-gram model (``dsb.lm.suffix.SuffixNgramModel``: any ``conditional(ctx, k)``)
+    takes the same contexts, dense over the vocabulary (``chunk`` positions at a time).
     """
     tokens = np.asarray(tokens_NxT).astype(np.int64)
     logq = np.asarray(logits_NxTxV, np.float64) if normalized else log_softmax(logits_NxTxV)
+    if not isinstance(model, NgramModel):
+        return _dense_divergence(model, tokens, logq, order, "kl", chunk)
     n, t_len, vocab = logq.shape
     logq_MxV = logq.reshape(n * t_len, vocab)
     if order == 1:
@@ -324,21 +330,31 @@ def js_to_ngram(
     ``conditional(ctx [N, k], k + 1) -> [N, V]`` (``NgramModel``, ``SuffixNgramModel``)."""
     tokens = np.asarray(tokens_NxT).astype(np.int64)
     logq = np.asarray(logits_NxTxV, np.float64) if normalized else log_softmax(logits_NxTxV)
+    return _dense_divergence(model, tokens, logq, order, "js", chunk)
+
+
+def _dense_divergence(model, tokens, logq, order: int, kind: str, chunk: int) -> np.ndarray:
+    """KL(P || Q) or JS(P, Q) per position ``[n, t]`` from dense n-gram conditionals."""
     n, t_len, vocab = logq.shape
     logq_MxV = logq.reshape(n * t_len, vocab)
-    js = np.zeros(n * t_len)
+    out = np.zeros(n * t_len)
     groups = [(0, np.arange(t_len), np.zeros((n * t_len, 0), np.int64))] if order == 1 else []
     for k, ts, ctx in groups or _context_groups(tokens, order):
         pos = (np.arange(n)[:, None] * t_len + ts[None, :]).reshape(-1)
         for i in range(0, len(pos), chunk):
             p = model.conditional(ctx[i : i + chunk], k + 1)
-            q = np.exp(logq_MxV[pos[i : i + chunk]])
+            lq = logq_MxV[pos[i : i + chunk]]
+            if kind == "kl":
+                out[pos[i : i + chunk]] = (xlogy(p, p) - p * lq).sum(axis=1)
+                continue
+            q = np.exp(lq)
             m = 0.5 * (p + q)
             logm = np.log(np.where(m > 0, m, 1.0))
             kl_pm = (xlogy(p, p) - p * logm).sum(axis=1)
-            kl_qm = (q * (logq_MxV[pos[i : i + chunk]] - logm)).sum(axis=1)
-            js[pos[i : i + chunk]] = 0.5 * (kl_pm + kl_qm)
-    return np.clip(js, 0.0, np.log(2.0)).reshape(n, t_len)
+            kl_qm = (q * (lq - logm)).sum(axis=1)
+            out[pos[i : i + chunk]] = 0.5 * (kl_pm + kl_qm)
+    hi = np.inf if kind == "kl" else np.log(2.0)
+    return np.clip(out, 0.0, hi).reshape(n, t_len)
 
 
 def bootstrap_ci(

@@ -131,3 +131,29 @@ def test_registered_and_options_checked():
     check_evaluator_options("ngram", "ngram_probes", {"orders": [1, 2], "num_sequences": 8})
     with pytest.raises(ValueError, match="no such option"):
         check_evaluator_options("ngram", "ngram_probes", {"num_seqs": 8})
+
+
+def test_suffix_array_backend_probes_order_8_and_checks_options(tmp_path):
+    with pytest.raises(ValueError, match="smoothing needs backend=suffix_array"):
+        NgramProbes(_ctx(tmp_path / "x"), smoothing="add_k")
+    with pytest.raises(ValueError, match="backend='trie'"):
+        NgramProbes(_ctx(tmp_path / "y"), backend="trie")
+    from dsb.lm import suffix
+
+    try:
+        suffix.load_tokengrams()
+    except ImportError as e:
+        pytest.skip(f"tokengrams not installed: {e}")
+    ctx = _ctx(tmp_path)
+    probes = NgramProbes(
+        ctx, orders=[1, 2, 8], num_sequences=200, backend="suffix_array", num_bootstrap=50
+    )
+    assert isinstance(probes.model, suffix.SuffixNgramModel)
+    fitted = NgramModel.fit(ctx.load_split("train")["tokens"], 4, 2).tables[2].probs.toarray()
+    m = dict(probes.run(_snapshot(lambda x: np.log(fitted[x] + 1e-30).astype(np.float32))))
+    assert {"8gram/loss", "kl/8gram", "js/8gram", "entropy/8gram"} <= set(m)
+    # the chain is first order: the bigram oracle is (nearly) exact for the 8-gram set too,
+    # up to the sparsity of 8-gram counts in 40k tokens
+    assert m["kl/bigram"] < 0.01 < m["kl/unigram"]
+    assert m["bigram/loss"] == pytest.approx(m["bigram/floor"], abs=0.05)
+    assert m["entropy/8gram"] < m["entropy/bigram"] < m["entropy/unigram"]
