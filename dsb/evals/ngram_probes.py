@@ -2,9 +2,11 @@
 
 Built once per run: fits unigram..n-gram tables on the training tokens
 (``ctx.load_split(ctx.train_split)["tokens"]``, windows ``[n, t]``; no n-gram crosses a
-window boundary) and samples one fixed evaluation set per order with a fixed seed (cached in
-``<run_dir>/ngram_probes/sets.npz``). At each checkpoint it yields, for ``name`` in
-``unigram, bigram, trigram`` (orders 1, 2, 3 by default):
+window boundary; or a suffix array over them with ``backend=suffix_array``) and samples one
+fixed evaluation set per order with a fixed seed (cached in
+``<run_dir>/ngram_probes/sets.npz``). The model sees the first ``t - 1`` tokens of every
+window, as in training, so only trained positions are measured. At each checkpoint it
+yields, for ``name`` in ``unigram, bigram, trigram`` (orders 1, 2, 3 by default):
 
 * ``{name}/loss``: mean next-token cross-entropy on the ``name`` set (model logits at
   position ``t`` scored on token ``t + 1``), with ``{name}/loss_lo``, ``{name}/loss_hi``:
