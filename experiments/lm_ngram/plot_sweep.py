@@ -6,9 +6,10 @@
 Inputs are run directories, sweep directories or globs (``dsb.aggregate.collect``) or one
 table written by ``python -m dsb.aggregate``. Writes ``ngram_across_time.{png,pdf}``:
 top row, the loss on unigram / bigram / trigram sequences (dashed: the set's entropy
-floor) and on the validation text; bottom row, KL(n-gram model || network) on the
-validation text. One line per variant (the config values that differ between runs, seeds
-aside: depth, width, corpus, ...), x = step on a log2 axis, all in nats. Bands: the
+floor) and on the validation text; below, KL(n-gram model || network) and, where
+logged, JS(n-gram model, network) on the validation text. One line per variant (the
+config values that differ between runs, seeds aside: depth, width, corpus, ...), x = step
+on a log2 axis, all in nats. Bands: the
 95% percentile bootstrap interval of the mean over seeds (runs resampled with replacement;
 with 2-3 seeds it is close to the min-max range, so read it as a spread, not a CI).
 """
@@ -79,10 +80,14 @@ def plot(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     metrics = [f"ngram/{n}/loss" for n in loss_panels]
     metrics += [f"ngram/{n}/floor" for n in names if f"ngram/{n}/floor" in df]
     metrics += [f"ngram/kl/{n}" for n in names if f"ngram/kl/{n}" in df]
+    metrics += [f"ngram/js/{n}" for n in names if f"ngram/js/{n}" in df]
+    kinds = ["kl"] + (["js"] if any(f"ngram/js/{n}" in df for n in names) else [])
     summary = seed_bootstrap(df, metrics, variants)
     groups = [(None, summary)] if not variants else list(summary.groupby(variants, sort=True))
-    ncols = len(loss_panels)
-    fig, axes = plt.subplots(2, ncols, figsize=(3.2 * ncols, 5.6), sharex=True, squeeze=False)
+    ncols, nrows = len(loss_panels), 1 + len(kinds)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(3.2 * ncols, 2.8 * nrows), sharex=True, squeeze=False
+    )
     steps = df["step"].dropna().astype(int).tolist()
     for i, (_, g) in enumerate(groups):
         label = ", ".join(f"{c.rsplit('.', 1)[-1]}={g.iloc[0][c]}" for c in variants) or "all"
@@ -92,20 +97,25 @@ def plot(df: pd.DataFrame, out_dir: Path) -> list[Path]:
             if floor in g and g[floor].notna().any():
                 axes[0, j].axhline(g[floor].dropna().iloc[-1], color=f"C{i}", ls="--", lw=1)
             if name != "text":
-                _seed_band(axes[1, j], g, f"ngram/kl/{name}", f"C{i}", label)
+                for row, kind in enumerate(kinds, start=1):
+                    _seed_band(axes[row, j], g, f"ngram/{kind}/{name}", f"C{i}", label)
     for j, name in enumerate(loss_panels):
         axes[0, j].set_title(f"{name} sequences" if name != "text" else "validation text")
-        axes[1, j].set_title(f"KL({name} || model)" if name != "text" else "")
+        for row, kind in enumerate(kinds, start=1):
+            what = f"KL({name} || model)" if kind == "kl" else f"JS({name}, model)"
+            axes[row, j].set_title(what if name != "text" else "")
         for ax in axes[:, j]:
             setup_step_axis(ax, steps)
             ax.set_xlabel("")
-        axes[1, j].set_xlabel("step")
-        if name == "text":
-            axes[1, j].axis("off")
-        elif axes[1, j].lines:
-            axes[1, j].set_yscale("log")
+        axes[-1, j].set_xlabel("step")
+        for row in range(1, nrows):
+            if name == "text":
+                axes[row, j].axis("off")
+            elif axes[row, j].lines:
+                axes[row, j].set_yscale("log")
     axes[0, 0].set_ylabel("cross-entropy (nats)")
-    axes[1, 0].set_ylabel("KL (nats)")
+    for row, kind in enumerate(kinds, start=1):
+        axes[row, 0].set_ylabel(f"{kind.upper()} (nats)")
     title = (
         "n-gram probes across training: mean over seeds, 95% bootstrap band "
         f"({df['run_dir'].nunique()} runs; dashed: entropy floor)"

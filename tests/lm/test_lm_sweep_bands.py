@@ -37,3 +37,23 @@ def test_seed_band_is_the_bootstrap_interval_of_the_mean():
     assert 1.0 < lo < 4.0 < hi < 10.0 and at8["ngram/bigram/loss/n"] == 5
     at16 = s[s["step"] == 16].iloc[0]  # one run: no spread
     assert at16["ngram/bigram/loss/lo"] == at16["ngram/bigram/loss/hi"] == 7.0
+
+
+def test_sweep_figure_adds_a_js_row_when_logged(tmp_path):
+    rows = []
+    for seed in (0, 1, 2):
+        for step in (0, 1, 2, 4, 8):
+            r = {"run_dir": f"r{seed}", "seed": seed, "step": step}
+            for i, name in enumerate(("unigram", "bigram")):
+                r[f"ngram/{name}/loss"] = 5.0 - i - step / 10 + seed / 100
+                r[f"ngram/kl/{name}"] = 1.0 / (step + 1 + i)
+                r[f"ngram/js/{name}"] = 0.1 / (step + 1 + i)
+            rows.append(r)
+    mod = _plot_sweep()
+    figs = []
+    mod.save_figure = lambda fig, out_dir, stem: figs.append(fig) or [stem]
+    assert mod.plot(pd.DataFrame(rows), tmp_path) == ["ngram_across_time"]
+    axes = figs[0].axes
+    titles = [ax.get_title() for ax in axes]
+    assert "JS(bigram, model)" in titles and "KL(unigram || model)" in titles
+    assert len(axes) == 3 * 2  # loss, KL and JS rows; unigram and bigram columns
