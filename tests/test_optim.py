@@ -9,7 +9,8 @@ from dsb.optim import make_optimizer
 
 def _warmup_cosine_np(cfg: OptimConfig, total_steps: int, step: int) -> float:
     """Linear warmup from 0 to the peak, then cosine decay to ``final_lr_fraction`` of it
-    at ``total_steps`` (warmup included)."""
+    at ``total_steps`` (warmup included). dsb evaluates it at ``update index + 1``, so the
+    first update has lr ``peak / warmup_steps``, never 0, and the last one the end value."""
     peak, end, w = cfg.learning_rate, cfg.learning_rate * cfg.final_lr_fraction, cfg.warmup_steps
     if step < w:
         return peak * step / w
@@ -21,7 +22,8 @@ def _adamw_np(cfg: OptimConfig, total_steps: int, params: dict, grads_seq: list[
     """AdamW in float64 NumPy (Loshchilov & Hutter): global-norm clipping, bias-corrected
     moments, eps outside the square root, and decoupled weight decay that is multiplied by
     the learning rate (as optax.adamw documents). Update t (1-based) uses the schedule at
-    step t - 1. Every leaf is decayed. Returns the updates of each step."""
+    step t (no zero-learning-rate first update). Every leaf is decayed. Returns the updates
+    of each step."""
     p = {k: np.asarray(v, np.float64) for k, v in params.items()}
     m = {k: np.zeros_like(v) for k, v in p.items()}
     v = {k: np.zeros_like(x) for k, x in p.items()}
@@ -31,7 +33,7 @@ def _adamw_np(cfg: OptimConfig, total_steps: int, params: dict, grads_seq: list[
         if cfg.grad_clip_norm is not None:
             norm = np.sqrt(sum(np.sum(x**2) for x in g.values()))
             g = {k: x * min(1.0, cfg.grad_clip_norm / norm) for k, x in g.items()}
-        lr = _warmup_cosine_np(cfg, total_steps, t - 1)
+        lr = _warmup_cosine_np(cfg, total_steps, t)
         step = {}
         for k in p:
             m[k] = cfg.b1 * m[k] + (1 - cfg.b1) * g[k]
@@ -88,4 +90,6 @@ def test_adamw_matches_a_numpy_reference():
                 u[k], ref[k], rtol=2e-5, atol=1e-7, err_msg=f"{k}, update {t}"
             )
         theta = optax.apply_updates(theta, u)
-    assert np.abs(want[0]["kernel"]).max() == 0.0  # warmup starts at lr 0
+    # the first update already moves the parameters (lr = 0.05 / 3), the last uses the end
+    assert np.abs(want[0]["kernel"]).max() > 1e-3
+    assert _warmup_cosine_np(cfg, total, total) == np.float64(0.05 * 0.1)

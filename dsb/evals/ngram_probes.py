@@ -2,9 +2,11 @@
 
 Built once per run: fits unigram..n-gram tables on the training tokens
 (``ctx.load_split(ctx.train_split)["tokens"]``, windows ``[n, t]``; no n-gram crosses a
-window boundary) and samples one fixed evaluation set per order with a fixed seed (cached in
-``<run_dir>/ngram_probes/sets.npz``). At each checkpoint it yields, for ``name`` in
-``unigram, bigram, trigram`` (orders 1, 2, 3 by default):
+window boundary; or a suffix array over them with ``backend=suffix_array``) and samples one
+fixed evaluation set per order with a fixed seed (cached in
+``<run_dir>/ngram_probes/sets.npz``). The model sees the first ``t - 1`` tokens of every
+window, as in training, so only trained positions are measured. At each checkpoint it
+yields, for ``name`` in ``unigram, bigram, trigram`` (orders 1, 2, 3 by default):
 
 * ``{name}/loss``: mean next-token cross-entropy on the ``name`` set (model logits at
   position ``t`` scored on token ``t + 1``), with ``{name}/loss_lo``, ``{name}/loss_hi``:
@@ -15,9 +17,13 @@ window boundary) and samples one fixed evaluation set per order with a fixed see
   distributions its tokens were drawn from), and ``entropy/{name}``: the plug-in conditional
   entropy of the training corpus (``H(X_t)``, ``H(X_t|X_{t-1})``, ``H(X_t|X_{t-2},X_{t-1})``);
 * ``kl/{name}`` (with ``_lo``, ``_hi``): ``KL(P_n(. | ctx_t) || p_model(. | x_{<=t}))``
-  averaged over every position ``t`` of the real validation text, ``ctx_t`` the ``n - 1``
-  tokens ending at ``t`` (back-off where shorter or unseen; see ``dsb.lm.ngram``);
-* ``text/loss`` (with ``_lo``, ``_hi``): cross-entropy on the validation text.
+  averaged over the positions ``t = 0 .. T - 2`` of the real validation windows (the
+  positions training fits; the last token of a window is only ever a target), ``ctx_t``
+  the ``n - 1`` tokens ending at ``t`` (back-off where shorter or unseen; see ``dsb.lm.ngram``);
+* ``js/{name}`` (with ``_lo``, ``_hi``; option ``js``): the Jensen-Shannon divergence
+  between the same two distributions (symmetric, at most ``log 2``);
+* ``text/loss`` (with ``_lo``, ``_hi``): cross-entropy on the validation text, and
+  ``text/loss_t{p}`` at the positions of ``{name}/loss_t{p}``.
 
 All in nats. The trainer prefixes each name with the entry key (``ngram/bigram/loss``).
 """
@@ -36,12 +42,19 @@ from dsb.lm.ngram import (
     NgramModel,
     bootstrap_ci,
     cached_ngram_sets,
+    js_to_ngram,
     kl_to_ngram,
     log_softmax,
-    sequence_cross_entropy,
 )
 
 __all__ = ["NgramProbes", "summary_positions"]
+
+
+def _next_token_ce(logq_NxPxV: np.ndarray, tokens_NxT: np.ndarray) -> np.ndarray:
+    """``[n, t - 1]``: ``-log q_p(tokens[:, p + 1])`` from log-probabilities of the first
+    ``t - 1`` positions."""
+    target = np.asarray(tokens_NxT)[:, 1:, None].astype(np.int64)
+    return -np.take_along_axis(logq_NxPxV, target, axis=-1)[..., 0]
 
 
 def summary_positions(num_predictions: int) -> list[int]:
@@ -66,6 +79,14 @@ class NgramProbes:
       num_bootstrap, confidence: bootstrap CI over sequences.
       cache: keep the sampled sets in ``<run_dir>/ngram_probes/sets.npz``.
       write_positions: write per-position curves to ``<run_dir>/ngram_probes/``.
+      js: also the Jensen-Shannon divergences ``js/{name}`` (dense over the vocabulary).
+      backend: ``tables`` (``dsb.lm.ngram.NgramModel``: exact sparse tables, no n-gram
+        crosses a window; orders up to ``V^n < 2^63``) or ``suffix_array``
+        (``dsb.lm.suffix.SuffixNgramModel``, optional package ``tokengrams``: any order on
+        large corpora; windows are concatenated; ``entropy/{name}`` is a Monte Carlo
+        estimate over ``entropy_positions`` corpus positions).
+      smoothing, add_k: ``suffix_array`` only: ``None`` (maximum likelihood with back-off),
+        ``add_k`` or ``kneser_ney`` (``dsb.lm.suffix``).
     """
 
     def __init__(
@@ -83,6 +104,11 @@ class NgramProbes:
         confidence: float = 0.95,
         cache: bool = True,
         write_positions: bool = True,
+        js: bool = True,
+        backend: str = "tables",
+        smoothing: str | None = None,
+        add_k: float = 1.0,
+        entropy_positions: int = 4096,
     ):
         self.ctx = ctx
         self.orders = sorted({int(n) for n in orders})
@@ -94,12 +120,29 @@ class NgramProbes:
         self.batch_size = int(batch_size)
         self.num_bootstrap, self.confidence = int(num_bootstrap), float(confidence)
         self.write_positions = write_positions
+        self.js = bool(js)
         self.out_dir = Path(ctx.run_dir) / "ngram_probes"
 
         train = np.asarray(ctx.load_split(ctx.train_split)["tokens"])
         if ctx.vocab_size is None:
             raise ValueError("ngram_probes: needs text data (data.name=text)")
-        self.model = NgramModel.fit(train, vocab_size=ctx.vocab_size, max_order=self.orders[-1])
+        if backend == "tables":
+            if smoothing is not None:
+                raise ValueError("ngram_probes: smoothing needs backend=suffix_array")
+            self.model = NgramModel.fit(train, ctx.vocab_size, max_order=self.orders[-1])
+        elif backend == "suffix_array":
+            from dsb.lm.suffix import SuffixNgramModel
+
+            self.model = SuffixNgramModel(
+                train,
+                ctx.vocab_size,
+                max_order=self.orders[-1],
+                smoothing=smoothing,
+                add_k=add_k,
+                entropy_positions=entropy_positions,
+            )
+        else:
+            raise ValueError(f"ngram_probes: backend={backend!r}: use tables or suffix_array")
         cache_path = self.out_dir / "sets.npz" if cache else None
         self.sets = cached_ngram_sets(
             self.model, self.orders, int(num_sequences), self.seq_len, int(seed), cache_path
@@ -109,12 +152,19 @@ class NgramProbes:
             self.val = np.asarray(ctx.load_split(val_split)["tokens"])[: int(max_val_sequences)]
 
     def _logits(self, snapshot: Snapshot, tokens: np.ndarray) -> Iterable[tuple[slice, np.ndarray]]:
+        """Log-probabilities ``[b, t - 1, V]`` of each batch of windows ``[b, t]``.
+
+        Training feeds ``tokens[:, :-1]`` (the last token is only a target), so the model
+        only ever learned positions ``0 .. t - 2``; the probes feed the same ``t - 1`` tokens
+        and never read a position (e.g. an untrained positional-embedding row) it was not
+        trained on. The logits at ``p`` predict token ``p + 1``."""
         for i in range(0, len(tokens), self.batch_size):
             sl = slice(i, i + self.batch_size)
-            logits = np.asarray(snapshot.predict(tokens[sl]), dtype=np.float32)
-            if logits.shape != (*tokens[sl].shape, self.ctx.vocab_size):
+            inputs = tokens[sl][:, :-1]
+            logits = np.asarray(snapshot.predict(inputs), dtype=np.float32)
+            if logits.shape != (*inputs.shape, self.ctx.vocab_size):
                 raise ValueError(f"ngram_probes: predict returned shape {logits.shape}")
-            yield sl, logits
+            yield sl, log_softmax(logits)
 
     def _ci(self, per_sequence: np.ndarray) -> tuple[float, float]:
         return bootstrap_ci(per_sequence, self.num_bootstrap, self.confidence, seed=0)
@@ -126,10 +176,7 @@ class NgramProbes:
             tokens, floor = self.sets[n]
             # each set gets its own forward pass: logits are never shared between sets
             ce = np.concatenate(
-                [
-                    sequence_cross_entropy(lg, tokens[sl])
-                    for sl, lg in self._logits(snapshot, tokens)
-                ]
+                [_next_token_ce(logq, tokens[sl]) for sl, logq in self._logits(snapshot, tokens)]
             )
             per_seq = ce.mean(axis=1)
             lo, hi = self._ci(per_seq)
@@ -147,24 +194,34 @@ class NgramProbes:
         if self.val is not None and len(self.val):
             kls = {n: [] for n in self.orders}
             text_ce = []
-            for sl, logits in self._logits(snapshot, self.val):
-                logq = log_softmax(logits)
-                text_ce.append(sequence_cross_entropy(logq, self.val[sl]))
+            jss = {n: [] for n in self.orders}
+            for sl, logq in self._logits(snapshot, self.val):
+                text_ce.append(_next_token_ce(logq, self.val[sl]))
+                inputs = self.val[sl][:, :-1]
                 for n in self.orders:
-                    kls[n].append(kl_to_ngram(self.model, self.val[sl], logq, n, normalized=True))
+                    kls[n].append(kl_to_ngram(self.model, inputs, logq, n, normalized=True))
+                    if self.js:
+                        jss[n].append(js_to_ngram(self.model, inputs, logq, n, normalized=True))
             text_ce = np.concatenate(text_ce)
             lo, hi = self._ci(text_ce.mean(axis=1))
             yield "text/loss", float(text_ce.mean())
             yield "text/loss_lo", lo
             yield "text/loss_hi", hi
+            by_pos = text_ce.mean(axis=0)
+            for p in summary_positions(len(by_pos)):
+                yield f"text/loss_t{p}", float(by_pos[p])
+            curves["text/loss"] = by_pos.tolist()
             for n in self.orders:
                 name = NGRAM_NAMES.get(n, f"{n}gram")
-                kl = np.concatenate(kls[n])
-                lo, hi = self._ci(kl.mean(axis=1))
-                yield f"kl/{name}", float(kl.mean())
-                yield f"kl/{name}_lo", lo
-                yield f"kl/{name}_hi", hi
-                curves[f"kl/{name}"] = kl.mean(axis=0).tolist()
+                for kind, values in (("kl", kls[n]), ("js", jss[n])):
+                    if not values:
+                        continue
+                    div = np.concatenate(values)
+                    lo, hi = self._ci(div.mean(axis=1))
+                    yield f"{kind}/{name}", float(div.mean())
+                    yield f"{kind}/{name}_lo", lo
+                    yield f"{kind}/{name}_hi", hi
+                    curves[f"{kind}/{name}"] = div.mean(axis=0).tolist()
 
         if self.write_positions and self.ctx.is_main_process:
             self.out_dir.mkdir(parents=True, exist_ok=True)

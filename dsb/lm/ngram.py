@@ -35,8 +35,10 @@ __all__ = [
     "NgramTable",
     "bootstrap_ci",
     "cached_ngram_sets",
+    "js_to_ngram",
     "kl_to_ngram",
     "log_softmax",
+    "one_hot_moments",
     "sequence_cross_entropy",
 ]
 
@@ -141,6 +143,20 @@ class NgramModel:
                 h.update(np.ascontiguousarray(a).tobytes())
         return h.hexdigest()[:16]
 
+    def joint(self, order: int) -> np.ndarray:
+        """Dense joint n-gram table ``P(x_1, ..., x_order)``, shape ``[V] * order``: the
+        counts of every window of ``order`` tokens over their total (sums to 1).
+        ``joint(1)`` is ``p1``; ``joint(2)[a, b]`` is the probability of the bigram ``a b``.
+        Dense, so ``V ** order`` must stay below ``2 ** 26``."""
+        v = self.vocab_size
+        if float(v) ** order > 2**26:
+            raise ValueError(f"joint({order}): {v}^{order} entries is too large to be dense")
+        table = self.tables[order]
+        out = np.zeros((max(v ** (order - 1), 1), v))
+        rows = np.repeat(table.context_keys, np.diff(table.counts.indptr)) if order > 1 else 0
+        out[rows, table.counts.indices] = table.counts.data
+        return (out / out.sum()).reshape((v,) * order)
+
     def lookup(self, ctx_NxK: np.ndarray, order: int) -> tuple[np.ndarray, np.ndarray]:
         """``(order_used [N], row [N])`` for contexts of ``order - 1`` tokens, backing off
         to the longest seen suffix of each context."""
@@ -195,6 +211,32 @@ class NgramModel:
         return tokens.astype(np.int32), floor
 
 
+def one_hot_moments(
+    tokens: np.ndarray, vocab_size: int, chunk: int = 65536
+) -> tuple[np.ndarray, np.ndarray]:
+    """First and lag-1 second moments of one-hot token embeddings ``e(x) = I[x]``.
+
+    ``mean [V] = E_t[e(x_t)]`` over every token and ``cross [V, V] = E_t[e(x_t) e(x_{t+1})']``
+    over every adjacent pair inside a window (``tokens``: ``[N]`` or windows ``[n, t]``;
+    no pair crosses a window boundary), computed as the matrix products of the embeddings
+    (``chunk`` pairs at a time). SCIENCE.md: these equal the n-gram tables, ``mean = p1``
+    and ``cross = P(x_t = a, x_{t+1} = b)`` (``NgramModel.joint(1)``, ``joint(2)``), so
+    n-gram statistics are the order-n moments of the token embeddings."""
+    tokens = np.asarray(tokens)
+    rows = tokens[None] if tokens.ndim == 1 else tokens
+    eye = np.eye(vocab_size)
+    flat = rows.reshape(-1)
+    mean = np.zeros(vocab_size)
+    for i in range(0, len(flat), chunk):
+        mean += eye[flat[i : i + chunk]].sum(axis=0)
+    mean /= len(flat)
+    left, right = rows[:, :-1].reshape(-1), rows[:, 1:].reshape(-1)
+    cross = np.zeros((vocab_size, vocab_size))
+    for i in range(0, len(left), chunk):
+        cross += eye[left[i : i + chunk]].T @ eye[right[i : i + chunk]]
+    return mean, cross / max(len(left), 1)
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     x = np.asarray(logits, dtype=np.float64)
     x = x - x.max(axis=-1, keepdims=True)
@@ -208,6 +250,20 @@ def sequence_cross_entropy(logits_NxTxV: np.ndarray, tokens_NxT: np.ndarray) -> 
     return -np.take_along_axis(logp, target, axis=-1)[..., 0]
 
 
+def _context_groups(tokens_NxT: np.ndarray, order: int):
+    """Yield ``(k, ts, ctx [n * len(ts), k])``: the positions ``ts`` whose n-gram context
+    has ``k = min(order - 1, t + 1)`` tokens, ``tokens[t - k + 1 .. t]`` (oldest first).
+    Every ``t >= order - 2`` has the full context and comes in one group."""
+    t_len = tokens_NxT.shape[1]
+    for t0 in range(min(order - 1, t_len)):
+        k = min(order - 1, t0 + 1)
+        ts = np.arange(t0, t_len) if k == order - 1 else np.array([t0])
+        ctx = np.stack([tokens_NxT[:, ts + 1 - k + j] for j in range(k)], axis=-1)
+        yield k, ts, ctx.reshape(-1, k)
+        if k == order - 1:
+            break
+
+
 def kl_to_ngram(
     model: NgramModel,
     tokens_NxT: np.ndarray,
@@ -215,6 +271,7 @@ def kl_to_ngram(
     order: int,
     *,
     normalized: bool = False,
+    chunk: int = 4096,
 ) -> np.ndarray:
     """``KL(P_ngram(. | ctx_t) || p_model(. | tokens[:t+1]))`` per position, ``[n, t]`` nats.
 
@@ -222,18 +279,22 @@ def kl_to_ngram(
     (fewer at the start, with back-off), matching the model logits at position ``t``.
     ``KL = -H(P_ngram row) - sum_v P_ngram(v) log q(v)``, the sum over the row's support
     only (sparse). ``normalized=True``: ``logits`` already are log-probabilities.
+
+    Another n-gram model (``dsb.lm.suffix.SuffixNgramModel``: any ``conditional(ctx, k)``)
+    takes the same contexts, dense over the vocabulary (``chunk`` positions at a time).
     """
     tokens = np.asarray(tokens_NxT).astype(np.int64)
     logq = np.asarray(logits_NxTxV, np.float64) if normalized else log_softmax(logits_NxTxV)
+    if not isinstance(model, NgramModel):
+        return _dense_divergence(model, tokens, logq, order, "kl", chunk)
     n, t_len, vocab = logq.shape
     logq_MxV = logq.reshape(n * t_len, vocab)
+    if order == 1:
+        p1 = model.tables[1]
+        kl = -p1.row_entropy[0] - logq_MxV @ p1.probs.toarray()[0]
+        return np.maximum(kl, 0.0).reshape(n, t_len)
     kl = np.zeros(n * t_len)
-    for t0 in range(min(order - 1, t_len)):
-        # positions t with a context of k = min(order - 1, t + 1) tokens; all t >= order - 2
-        # have the full context and are handled together (t0 = order - 2)
-        k = min(order - 1, t0 + 1)
-        ts = np.arange(t0, t_len) if k == order - 1 else np.array([t0])
-        ctx = np.stack([tokens[:, ts + 1 - k + j] for j in range(k)], axis=-1).reshape(-1, k)
+    for k, ts, ctx in _context_groups(tokens, order):
         pos = (np.arange(n)[:, None] * t_len + ts[None, :]).reshape(-1)
         used, rows = model.lookup(ctx, k + 1)
         for m in np.unique(used):
@@ -250,12 +311,50 @@ def kl_to_ngram(
                 vals = probs.data[j] * logq_MxV[pos[sel][seg], probs.indices[j]]
                 cross = np.bincount(seg, weights=vals, minlength=len(sel))
             kl[pos[sel]] = -table.row_entropy[rows[sel]] - cross
-        if k == order - 1:
-            break
-    if order == 1:
-        p1 = model.tables[1]
-        kl = -p1.row_entropy[0] - logq_MxV @ p1.probs.toarray()[0]
     return np.maximum(kl, 0.0).reshape(n, t_len)
+
+
+def js_to_ngram(
+    model,
+    tokens_NxT: np.ndarray,
+    logits_NxTxV: np.ndarray,
+    order: int,
+    *,
+    normalized: bool = False,
+    chunk: int = 4096,
+) -> np.ndarray:
+    """Jensen-Shannon divergence ``JS(P_ngram(. | ctx_t), p_model(. | tokens[:t+1]))`` per
+    position, ``[n, t]`` nats, in ``[0, log 2]``; the contexts and back-off of
+    ``kl_to_ngram``. ``JS = (KL(P || M) + KL(Q || M)) / 2`` with ``M = (P + Q) / 2``, dense
+    over the vocabulary (``chunk`` positions at a time). ``model`` is any n-gram model with
+    ``conditional(ctx [N, k], k + 1) -> [N, V]`` (``NgramModel``, ``SuffixNgramModel``)."""
+    tokens = np.asarray(tokens_NxT).astype(np.int64)
+    logq = np.asarray(logits_NxTxV, np.float64) if normalized else log_softmax(logits_NxTxV)
+    return _dense_divergence(model, tokens, logq, order, "js", chunk)
+
+
+def _dense_divergence(model, tokens, logq, order: int, kind: str, chunk: int) -> np.ndarray:
+    """KL(P || Q) or JS(P, Q) per position ``[n, t]`` from dense n-gram conditionals."""
+    n, t_len, vocab = logq.shape
+    logq_MxV = logq.reshape(n * t_len, vocab)
+    out = np.zeros(n * t_len)
+    groups = [(0, np.arange(t_len), np.zeros((n * t_len, 0), np.int64))] if order == 1 else []
+    for k, ts, ctx in groups or _context_groups(tokens, order):
+        pos = (np.arange(n)[:, None] * t_len + ts[None, :]).reshape(-1)
+        for i in range(0, len(pos), chunk):
+            p = model.conditional(ctx[i : i + chunk], k + 1)
+            lq = logq_MxV[pos[i : i + chunk]]
+            if kind == "kl":
+                out[pos[i : i + chunk]] = (xlogy(p, p) - p * lq).sum(axis=1)
+                continue
+            q = np.exp(lq)
+            m = 0.5 * (p + q)
+            logm = np.log(np.where(m > 0, m, 1.0))
+            kl_pm = (xlogy(p, p) - p * logm).sum(axis=1)
+            kl_qm = (q * (lq - logm)).sum(axis=1)
+            out[pos[i : i + chunk]] = 0.5 * (kl_pm + kl_qm)
+    hi = np.inf if kind == "kl" else np.log(2.0)
+    return np.clip(out, 0.0, hi).reshape(n, t_len)
 
 
 def bootstrap_ci(

@@ -66,11 +66,34 @@ def test_oracle_bigram_model_sits_on_the_floors(tmp_path):
     assert m["unigram/floor"] == pytest.approx(m["entropy/unigram"])
     # KL to the bigram model is zero by construction, to the unigram model it is not
     assert m["kl/bigram"] == pytest.approx(0.0, abs=1e-9)
+    assert m["js/bigram"] == pytest.approx(0.0, abs=1e-9) and m["js/unigram"] > 0.02
+    assert m["js/unigram"] < min(m["kl/unigram"], np.log(2))  # bounded by log 2
+    assert "text/loss_t14" in m and m["js/trigram_lo"] <= m["js/trigram"] <= m["js/trigram_hi"]
     assert m["kl/unigram"] > 0.1 and m["kl/trigram"] < 0.05
     # every set and the val text got their own forward passes, in batches of <= 32
     assert sum(len(c) for c in calls) == 3 * 200 + 64 and max(len(c) for c in calls) <= 32
+    # training feeds tokens[:, :-1]: the probes read only the 15 positions it trains
+    assert {c.shape[1] for c in calls} == {15}
     curves = json.loads((tmp_path / "ngram_probes" / "step_00000007.json").read_text())
-    assert len(curves["bigram/loss"]) == 15 and len(curves["kl/trigram"]) == 16
+    assert len(curves["bigram/loss"]) == 15 and len(curves["kl/trigram"]) == 15
+    assert len(curves["js/trigram"]) == 15 and len(curves["text/loss"]) == 15
+
+
+def test_untrained_last_position_never_enters_the_probes(tmp_path):
+    """A model that is exact at the trained positions 0 .. t-2 and garbage at the last
+    position t-1 (a positional-embedding row training never updates) scores as exact."""
+    ctx = _ctx(tmp_path)
+    probes = NgramProbes(ctx, orders=[2], num_sequences=50, num_bootstrap=50)
+    fitted = probes.model.tables[2].probs.toarray()
+
+    def predict(tokens):
+        logq = np.log(fitted[tokens] + 1e-30)
+        if tokens.shape[1] == 16:  # the untrained position, if fed
+            logq[:, 15] = np.log(np.array([1e-6, 1e-6, 1e-6, 1.0]))
+        return logq.astype(np.float32)
+
+    m = dict(probes.run(_snapshot(predict)))
+    assert m["kl/bigram"] == pytest.approx(0.0, abs=1e-9)
 
 
 def test_uniform_model_has_loss_log_v_and_closed_form_kl(tmp_path):
@@ -108,3 +131,29 @@ def test_registered_and_options_checked():
     check_evaluator_options("ngram", "ngram_probes", {"orders": [1, 2], "num_sequences": 8})
     with pytest.raises(ValueError, match="no such option"):
         check_evaluator_options("ngram", "ngram_probes", {"num_seqs": 8})
+
+
+def test_suffix_array_backend_probes_order_8_and_checks_options(tmp_path):
+    with pytest.raises(ValueError, match="smoothing needs backend=suffix_array"):
+        NgramProbes(_ctx(tmp_path / "x"), smoothing="add_k")
+    with pytest.raises(ValueError, match="backend='trie'"):
+        NgramProbes(_ctx(tmp_path / "y"), backend="trie")
+    from dsb.lm import suffix
+
+    try:
+        suffix.load_tokengrams()
+    except ImportError as e:
+        pytest.skip(f"tokengrams not installed: {e}")
+    ctx = _ctx(tmp_path)
+    probes = NgramProbes(
+        ctx, orders=[1, 2, 8], num_sequences=200, backend="suffix_array", num_bootstrap=50
+    )
+    assert isinstance(probes.model, suffix.SuffixNgramModel)
+    fitted = NgramModel.fit(ctx.load_split("train")["tokens"], 4, 2).tables[2].probs.toarray()
+    m = dict(probes.run(_snapshot(lambda x: np.log(fitted[x] + 1e-30).astype(np.float32))))
+    assert {"8gram/loss", "kl/8gram", "js/8gram", "entropy/8gram"} <= set(m)
+    # the chain is first order: the bigram oracle is (nearly) exact for the 8-gram set too,
+    # up to the sparsity of 8-gram counts in 40k tokens
+    assert m["kl/bigram"] < 0.01 < m["kl/unigram"]
+    assert m["bigram/loss"] == pytest.approx(m["bigram/floor"], abs=0.05)
+    assert m["entropy/8gram"] < m["entropy/bigram"] < m["entropy/unigram"]

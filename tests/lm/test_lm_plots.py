@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from dsb.lm.plots import plot_ngram_probes
+from dsb.lm.plots import plot_ngram_probes, plot_position_losses
 from dsb.metrics import read_metrics
 
 
@@ -43,3 +43,29 @@ def test_prefix_selects_one_entry_of_several():
     loss_ax, kl_ax = fig.axes
     assert [line.get_label() for line in loss_ax.get_lines()] == ["unigram sequences"]
     assert [line.get_label() for line in kl_ax.get_lines()] == ["KL(unigram || model)"]
+
+
+def test_position_figure_has_one_line_per_checkpoint_and_the_floor(tmp_path):
+    from dsb.lm.plots import ngram_probe_figures
+
+    recs = _records()
+    for r in recs:
+        for name in ("unigram", "bigram", "trigram", "text"):
+            r.update({f"ngram/{name}/loss_t{p}": 4.0 - p / 100 for p in (0, 1, 3, 7, 14)})
+        r.update({f"ngram/js/{n}": 0.1 / (r["step"] + 1) for n in ("unigram", "bigram")})
+    paths = ngram_probe_figures(recs, "ngram", tmp_path)
+    assert [p.name for p in paths] == ["ngram_probes.png", "ngram_positions.png"]
+    fig = plot_position_losses(recs, prefix="ngram/")
+    assert [ax.get_title() for ax in fig.axes] == [
+        "unigram sequences", "bigram sequences", "trigram sequences", "validation text"
+    ]  # fmt: skip
+    uni = fig.axes[0].get_lines()
+    assert len(uni) == 6 + 1  # 6 checkpoints and the dashed floor
+    np.testing.assert_allclose(uni[0].get_xdata(), [0, 1, 3, 7, 14])
+    assert uni[-1].get_linestyle() == "--" and uni[-1].get_ydata()[0] == 3.0
+    assert len(fig.axes[3].get_lines()) == 6  # no floor for real text
+    # the JS panel appears when JS was logged, with its log 2 ceiling
+    three = plot_ngram_probes(recs, prefix="ngram/")
+    assert len(three.axes) == 3
+    labels = [line.get_label() for line in three.axes[2].get_lines()]
+    assert labels == ["JS(unigram, model)", "JS(bigram, model)", "log 2 (maximum)"]

@@ -11,6 +11,7 @@ from dsb.lm.ngram import (
     NgramModel,
     bootstrap_ci,
     cached_ngram_sets,
+    js_to_ngram,
     kl_to_ngram,
     sequence_cross_entropy,
 )
@@ -78,6 +79,14 @@ def test_unigram_samples_are_iid():
     np.add.at(pairs, (tokens[:, :-1].ravel(), tokens[:, 1:].ravel()), 1)
     assert stats.chi2_contingency(pairs).pvalue > 1e-3  # independent successive tokens
     np.testing.assert_allclose(floor, model.entropy(1))
+    # identically distributed as the unigram table, at every position and overall
+    p1 = model.tables[1].probs.toarray()[0]
+    np.testing.assert_allclose(p1, _stationary(P), atol=0.02)
+    counts = np.bincount(tokens.ravel(), minlength=4)
+    assert stats.chisquare(counts, counts.sum() * p1).pvalue > 1e-3
+    by_pos = np.stack([np.bincount(tokens[:, t], minlength=4) for t in range(20)])
+    chi2 = ((by_pos - 1000 * p1) ** 2 / (1000 * p1)).sum()
+    assert stats.chi2.sf(chi2, df=20 * 3) > 1e-3
 
 
 def test_trigram_sampler_backs_off_at_the_start_and_follows_second_order_rows():
@@ -125,6 +134,31 @@ def test_kl_against_closed_form():
     np.testing.assert_allclose(kl_to_ngram(model, val, logits, 2)[0], expected, rtol=1e-10)
 
 
+def test_js_against_scipy_with_back_off():
+    from scipy.spatial.distance import jensenshannon
+
+    # corpus 0 1 0 2 repeated; context 3 never occurs: the bigram KL/JS back off to p1
+    corpus = np.tile([0, 1, 0, 2], 50)
+    model = NgramModel.fit(corpus, vocab_size=4, max_order=2)
+    rng = np.random.default_rng(0)
+    val = np.array([[0, 1, 3, 2, 0, 3]])
+    logits = rng.normal(size=(1, 6, 4))
+    q = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    p1 = np.array([0.5, 0.25, 0.25, 0.0])
+    rows = {0: [0, 0.5, 0.5, 0], 1: [1.0, 0, 0, 0], 2: [1.0, 0, 0, 0], 3: p1}
+    for order, truth in ((1, [p1] * 6), (2, [rows[int(x)] for x in val[0]])):
+        expected = [jensenshannon(p, q[0, t]) ** 2 for t, p in enumerate(truth)]
+        js = js_to_ngram(model, val, logits, order, chunk=4)
+        np.testing.assert_allclose(js[0], expected, rtol=1e-10, atol=1e-14)
+        assert (js <= np.log(2)).all()
+    # identical distributions: JS = 0; disjoint supports: JS = log 2
+    exact = np.log(np.array([rows[int(x)] for x in val[0]]) + 1e-300)[None]
+    assert js_to_ngram(model, val, exact, 2, normalized=True).max() < 1e-12
+    disjoint = np.log(np.where(np.array(rows[1]) > 0, 1e-300, 1.0))[None, None]
+    val0 = np.array([[1]])
+    assert js_to_ngram(model, val0, disjoint, 2)[0, 0] == pytest.approx(np.log(2))
+
+
 def _fib_mod5(start, length):
     x = list(start)
     while len(x) < length:
@@ -169,14 +203,25 @@ def test_unseen_context_backs_off():
     np.testing.assert_allclose(p[2], [3 / 7, 2 / 7, 2 / 7, 0])
 
 
-def test_sets_are_fixed_and_cached(chain_model, tmp_path):
+def test_sets_are_fixed_and_cached(chain_model, tmp_path, monkeypatch):
     _, model = chain_model
-    a = cached_ngram_sets(model, [1, 2, 3], 16, 10, seed=0, cache_path=tmp_path / "s.npz")
-    b = cached_ngram_sets(model, [1, 2, 3], 16, 10, seed=0, cache_path=tmp_path / "s.npz")
-    c = cached_ngram_sets(model, [1, 2, 3], 16, 10, seed=0)
+    path = tmp_path / "s.npz"
+    a = cached_ngram_sets(model, [1, 2, 3], 16, 10, seed=0, cache_path=path)
+    assert path.exists()
+    c = cached_ngram_sets(model, [1, 2, 3], 16, 10, seed=0)  # fixed: no cache, same sets
+    # the second call with the same key reads the file: it must not sample at all
+    calls = []
+    monkeypatch.setattr(model, "sample", lambda *a, **k: calls.append(a) or 1 / 0)
+    b = cached_ngram_sets(model, [1, 2, 3], 16, 10, seed=0, cache_path=path)
+    assert calls == []
     for n in (1, 2, 3):
         np.testing.assert_array_equal(a[n][0], b[n][0])
+        np.testing.assert_array_equal(a[n][1], b[n][1])
         np.testing.assert_array_equal(a[n][0], c[n][0])
+    # another key (seed) is not served from the stale file
+    with pytest.raises(ZeroDivisionError):
+        cached_ngram_sets(model, [1, 2, 3], 16, 10, seed=1, cache_path=path)
+    monkeypatch.undo()
     assert not np.array_equal(a[2][0], cached_ngram_sets(model, [2], 16, 10, seed=1)[2][0])
 
 
@@ -200,18 +245,65 @@ def test_markov_helpers_closed_forms():
     np.testing.assert_allclose(q.sum(axis=1), 1.0)
 
 
+def _reference_conditional(train_NxT, vocab, context, order):
+    """P(next | context) by direct counting with plain dicts, backing off to the longest
+    suffix of ``context`` (at most ``order - 1`` tokens) seen in training; independent of
+    ``NgramModel``'s packed keys, tables and lookup."""
+    from collections import Counter
+
+    ctx = tuple(int(c) for c in context)[max(0, len(context) - (order - 1)) :] if order > 1 else ()
+    while True:
+        k = len(ctx)
+        counts = Counter(
+            int(row[i + k])
+            for row in train_NxT
+            for i in range(len(row) - k)
+            if tuple(int(c) for c in row[i : i + k]) == ctx
+        )
+        if counts:
+            p = np.zeros(vocab)
+            for v, c in counts.items():
+                p[v] = c
+            return p / p.sum()
+        ctx = ctx[1:]  # drop the oldest token
+
+
 def test_sparse_kl_equals_dense_reference_with_back_off():
     rng = np.random.default_rng(0)
-    model = NgramModel.fit(rng.integers(0, 12, size=(10, 12)), vocab_size=12, max_order=3)
+    train = rng.integers(0, 12, size=(10, 12))
+    model = NgramModel.fit(train, vocab_size=12, max_order=3)
     val = rng.integers(0, 12, size=(5, 9))  # many trigram contexts are unseen: back-off
     logits = rng.normal(size=(5, 9, 12)) * 2
     logq = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     for order in (1, 2, 3):
         dense = np.zeros((5, 9))
-        for t in range(9):
-            k = min(order - 1, t + 1)
-            p = model.conditional(val[:, t + 1 - k : t + 1], k + 1)
-            dense[:, t] = (p * (np.log(np.where(p > 0, p, 1)) - logq[:, t])).sum(-1)
+        for i in range(5):
+            for t in range(9):
+                p = _reference_conditional(train, 12, val[i, : t + 1], order)
+                nz = p > 0
+                dense[i, t] = (p[nz] * (np.log(p[nz]) - logq[i, t, nz])).sum()
         np.testing.assert_allclose(kl_to_ngram(model, val, logits, order), dense, atol=1e-12)
     used, _ = model.lookup(np.stack([val[:, :-1].ravel(), val[:, 1:].ravel()], 1), 3)
     assert (used < 3).any() and (used == 3).any()
+    # some trigram contexts back off to a seen bigram, others all the way to the unigram
+    assert set(np.unique(used)) >= {2, 3}
+
+
+def test_one_hot_embedding_moments_are_the_ngram_tables(chain_model):
+    """SCIENCE.md: E[e(x_t)] = p1 and E[e(x_t) e(x_{t+1})'] = the joint bigram table."""
+    from dsb.lm.ngram import one_hot_moments
+
+    x, model = chain_model
+    mean, cross = one_hot_moments(x, 4, chunk=7919)  # a chunk that does not divide N
+    np.testing.assert_allclose(mean, model.joint(1), atol=1e-12)
+    np.testing.assert_allclose(cross, model.joint(2), atol=1e-12)
+    # the joint is row-normalised to the transition matrix and sums to one overall
+    np.testing.assert_allclose(cross.sum(), 1.0)
+    np.testing.assert_allclose(cross / cross.sum(1, keepdims=True), model.tables[2].probs.toarray())
+    np.testing.assert_allclose(cross, _stationary(P)[:, None] * P, atol=0.01)  # pi_a P_ab
+    assert not np.allclose(cross, cross.T, atol=0.01)  # order matters: (x_t, x_{t+1})
+    # windows: no pair crosses a boundary, in both the moments and the table
+    w = x[: 4000 * 5].reshape(4000, 5)
+    wm = NgramModel.fit(w, 4, max_order=2)
+    np.testing.assert_allclose(one_hot_moments(w, 4)[1], wm.joint(2), atol=1e-12)
+    assert model.joint(3).shape == (4, 4, 4) and model.joint(3).sum() == pytest.approx(1.0)
