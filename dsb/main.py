@@ -36,7 +36,7 @@ def _report(result) -> str:
     groups: dict[str, list[str]] = {}
     for k, v in sorted(result.last_metrics.items()):
         group, _, name = k.rpartition("/")
-        if group and not group.startswith("time") and ("accuracy" in name or "loss" in name):
+        if group and not group.startswith("time") and name.endswith(("accuracy", "loss")):
             groups.setdefault(group, []).append(f"{name}={v:.4f}")
     if groups:
         lines.append(f"final metrics (step {result.final_step}):")
