@@ -31,19 +31,12 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from dsb.data.digits import digits_arrays
 from dsb.jacobian import (
-    cross_entropy_loss,
-    fixed_minibatches,
     jacobian_forward,
     jacobian_reverse,
-    make_training_run,
-    nnx_apply,
-    reference_optimizer,
+    reference_run,
 )
-from dsb.models import build_model
 
 
 def timed(fn):
@@ -96,24 +89,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--out", default="benchmarks/results/jacobian_dense.json")
     args = ap.parse_args()
-    x, y = digits_arrays()["train"]
-    model = build_model(
-        "mlp",
-        num_classes=10,
-        input_shape=(8, 8, 1),
-        rngs=nnx.Rngs(0),
-        widths=(64,),
-        activation="gelu",
-        bias_init_std=0.125,
-    )
-    apply, params = nnx_apply(model)
-    run, theta0 = make_training_run(
-        cross_entropy_loss(apply),
-        params,
-        reference_optimizer(625),
-        fixed_minibatches(x, y, 64),
-        num_epochs=args.epochs,
-    )
+    # 25 minibatches per epoch; the lr cosine spans the run (625 steps at the default).
+    run, theta0 = reference_run(num_steps=25 * args.epochs)
     naive = jax.jit(jax.jacfwd(run))
     nd = len(jax.devices())
     plain = jax.jit(plain_jit_chunks(run, 64))

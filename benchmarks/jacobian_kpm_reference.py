@@ -28,44 +28,16 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
 
-from dsb.data.digits import digits_arrays  # noqa: E402
 from dsb.jacobian import (  # noqa: E402
     JacobianOperator,
     UnconvergedWarning,
-    cross_entropy_loss,
-    fixed_minibatches,
     jacobian_forward,
     kpm_counts,
-    make_training_run,
-    nnx_apply,
-    reference_optimizer,
+    reference_run,
 )
-from dsb.models import build_model  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "jacobian_kpm_reference.json"
-
-
-def reference_run():
-    x, y = digits_arrays()["train"]
-    model = build_model(
-        "mlp",
-        num_classes=10,
-        input_shape=(8, 8, 1),
-        rngs=nnx.Rngs(0),
-        widths=(64,),
-        activation="gelu",
-        bias_init_std=0.125,
-    )
-    apply, params = nnx_apply(model)
-    return make_training_run(
-        cross_entropy_loss(apply),
-        params,
-        reference_optimizer(625),
-        fixed_minibatches(x, y, 64),
-        num_steps=625,
-    )
 
 
 def main(argv=None):

@@ -56,6 +56,7 @@ from dsb.jacobian.training import (
     nnx_apply,
     notebook_mlp_init,
     reference_optimizer,
+    reference_run,
 )
 
 __all__ = [
@@ -90,6 +91,7 @@ __all__ = [
     "random_subspace_overlap",
     "randomized_svd",
     "reference_optimizer",
+    "reference_run",
     "restricted_training",
     "robust_svd",
     "save_spectrum",

@@ -37,6 +37,7 @@ __all__ = [
     "nnx_apply",
     "notebook_mlp_init",
     "reference_optimizer",
+    "reference_run",
 ]
 
 Batch = dict[str, jax.Array]
@@ -139,6 +140,42 @@ def reference_optimizer(
 ) -> optax.GradientTransformation:
     """SGD with momentum 0.9, lr cosine-decayed from ``peak_lr`` to 0 over ``num_steps``."""
     return optax.sgd(optax.cosine_decay_schedule(peak_lr, num_steps), momentum=momentum)
+
+
+def reference_run(
+    seed: int = 0, *, num_steps: int = 625, dtype: Any = jnp.float32
+) -> tuple[TrainingRun, jax.Array]:
+    """The reference training run (Belrose & Scherlis 2024) with dsb's own initial draw:
+    MLP 64-GELU-10 (tanh GELU) with N(0, 0.125^2) biases (P = 4810), the digits train
+    split in 25 fixed minibatches of 64, ``reference_optimizer(num_steps)``; returns
+    ``(run, theta0)`` as ``make_training_run`` does. The tests, benchmarks and the
+    matrix-free reference numbers all use this one setup (the notebook's exact draw:
+    ``notebook_mlp_init``, in experiments/training_jacobian/run.py)."""
+    from flax import nnx
+
+    from dsb.data.digits import digits_arrays
+    from dsb.models import build_model
+
+    x, y = digits_arrays()["train"]
+    model = build_model(
+        "mlp",
+        num_classes=10,
+        input_shape=(8, 8, 1),
+        rngs=nnx.Rngs(seed),
+        widths=(64,),
+        activation="gelu",
+        bias_init_std=0.125,
+        dtype=dtype,
+    )
+    apply, params = nnx_apply(model)
+    return make_training_run(
+        cross_entropy_loss(apply),
+        params,
+        reference_optimizer(num_steps),
+        fixed_minibatches(x, y, 64),
+        num_steps=num_steps,
+        dtype=dtype,
+    )
 
 
 def fixed_minibatches(

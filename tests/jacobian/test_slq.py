@@ -429,37 +429,10 @@ def reference():
     import os
 
     import jax
-    from flax import nnx
 
-    from dsb.data.digits import digits_arrays
-    from dsb.jacobian import (
-        cross_entropy_loss,
-        fixed_minibatches,
-        jacobian_forward,
-        make_training_run,
-        nnx_apply,
-        reference_optimizer,
-    )
-    from dsb.models import build_model
+    from dsb.jacobian import jacobian_forward, reference_run
 
-    x, y = digits_arrays()["train"]
-    model = build_model(
-        "mlp",
-        num_classes=10,
-        input_shape=(8, 8, 1),
-        rngs=nnx.Rngs(0),
-        widths=(64,),
-        activation="gelu",
-        bias_init_std=0.125,
-    )
-    apply, params = nnx_apply(model)
-    run, theta0 = make_training_run(
-        cross_entropy_loss(apply),
-        params,
-        reference_optimizer(625),
-        fixed_minibatches(x, y, 64),
-        num_steps=625,
-    )
+    run, theta0 = reference_run()
     cache = os.environ.get("DSB_REFERENCE_J")
     if cache and os.path.exists(cache):
         jd = np.load(cache)
