@@ -90,7 +90,8 @@ class DataConfig:
     # epoch (the training-Jacobian reference recipe).
     reshuffle_each_epoch: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    # Train-time concept erasure of the training split (evaluation splits stay real):
+    # Train-time concept erasure of the training split (evaluation splits stay real unless
+    # erase_eval_splits):
     # null, "leace" (class means made equal) or "qleace" (means and covariances equal,
     # exactly, also for singular image covariances: OT maps on the common support of the
     # class covariances, the rest replaced class-independently; dsb/stats/erasure.py).
@@ -105,6 +106,11 @@ class DataConfig:
     # reproduces it exactly with [1, (1 - alpha) t / (alpha tr W)], W the prior-weighted
     # within-class covariance (data-dependent: dsb.stats.erasure.concept_erasure_shrinkage).
     erasure_shrinkage: list[float] | None = None
+    # Evaluate on erased data too: every split other than train_split (the classification
+    # evaluators' val/test) goes through the maps fitted on the training split, each example
+    # by its own label's map. Off (default): evaluation splits stay real, so an erased run
+    # is scored on the real distribution (after QLEACE on digits: 0.02 accuracy).
+    erase_eval_splits: bool = False
     # Train on a subset of the training split as sampled: a .npy file of distinct int
     # indices into it, taken AFTER erasure, so the erasure is still fitted on the whole
     # split (dsb.mdl's prefix runs share one set of maps this way). null: the whole split.
@@ -371,6 +377,8 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"data.erasure={cfg.data.erasure!r}: must be null, leace or qleace")
     if cfg.data.erasure_shrinkage is not None and len(cfg.data.erasure_shrinkage) != 2:
         raise ValueError("data.erasure_shrinkage: must be null or [a, b]")
+    if cfg.data.erase_eval_splits and not cfg.data.erasure:
+        raise ValueError("data.erase_eval_splits=true: needs data.erasure (leace or qleace)")
     if cfg.mdl.num_chunks < 2:
         raise ValueError(f"mdl.num_chunks={cfg.mdl.num_chunks}: must be >= 2")
     if cfg.mdl.first_chunk < 1:

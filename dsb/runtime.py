@@ -139,11 +139,35 @@ class RunContext:
         return split_loader(self.config)
 
     @functools.cached_property
-    def _train_data_and_report(self) -> tuple[dict[str, np.ndarray], dict | None]:
+    def _train_data_and_report(self) -> tuple[dict[str, np.ndarray], dict | None, Any]:
         report = self.write_reports and self.is_main_process and self.config.data.erasure
         return training_split(
-            self.config, self.load_split, self.run_dir / "erasure.json" if report else None
+            self.config,
+            self.load_split,
+            self.run_dir / "erasure.json" if report else None,
+            return_eraser=True,
         )
+
+    @functools.cached_property
+    def load_eval_split(self):
+        """``split -> host arrays`` for evaluators: ``load_split``, except that with
+        ``data.erase_eval_splits`` every split other than ``data.train_split`` goes
+        through the training split's erasure maps (``dsb.data.transforms.apply_eraser``;
+        cached). The training split itself stays real here, as without the option (the
+        DSB probes fit their statistics on it)."""
+        d = self.config.data
+        if not (d.erasure and d.erase_eval_splits):
+            return self.load_split
+
+        @functools.cache
+        def load(split: str) -> dict[str, np.ndarray]:
+            if split == d.train_split:
+                return self.load_split(split)
+            from dsb.data.transforms import apply_eraser
+
+            return apply_eraser(self._train_data_and_report[2], self.load_split(split))
+
+        return load
 
     @property
     def full_train_data(self) -> dict[str, np.ndarray]:
@@ -213,7 +237,7 @@ class RunContext:
         directory, whose cached probe sets they then reuse)."""
         info = self.info
         return EvalContext(
-            load_split=self.load_split,
+            load_split=self.load_eval_split,
             train_split=self.config.data.train_split,
             num_classes=info.num_classes,
             input_shape=info.input_shape,

@@ -54,3 +54,53 @@ def test_training_on_erased_digits_logs_the_achieved_residuals(tmp_path, tfds_di
 def test_erasure_option_is_validated():
     with pytest.raises(ValueError, match=r"data\.erasure"):
         tiny_config("data.erasure=lace")
+
+
+def _class_mean_gap(x, y) -> float:
+    """RMS gap between the class means and their mean, over classes and pixels."""
+    x = x.reshape(len(y), -1)
+    means = np.stack([x[y == k].mean(0) for k in np.unique(y)])
+    return float(np.sqrt(((means - means.mean(0)) ** 2).mean()))
+
+
+def _noise_gap(x, y) -> float:
+    """The same gap with the labels shuffled: what sampling noise alone leaves."""
+    rng = np.random.default_rng(0)
+    return float(np.mean([_class_mean_gap(x, rng.permutation(y)) for _ in range(20)]))
+
+
+# LEACE's map is one for all classes; QLEACE moves each example by its own label's map.
+@pytest.mark.parametrize("kind", ["leace", "qleace"])
+def test_erase_eval_splits_moves_evaluation_splits_through_the_training_maps(
+    tmp_path, tfds_dir, kind
+):
+    from dsb.data.transforms import apply_eraser
+    from dsb.runtime import RunContext
+
+    cfg = tiny_config(f"data.erasure={kind}", "data.erase_eval_splits=true")
+    ctx = RunContext(cfg, tmp_path / "run", write_reports=False)
+    load = ctx.eval_context().load_split
+    real = ctx.load_split("test")
+    erased = load("test")
+    # Each test image went through the map the training split was erased with ...
+    _, _, eraser = ctx._train_data_and_report
+    np.testing.assert_array_equal(erased["image"], apply_eraser(eraser, real)["image"])
+    np.testing.assert_array_equal(erased["label"], real["label"])
+    # ... which, fitted on other examples, closes the test split's class-mean gaps down to
+    # the sampling noise of 20 digits a class: on the 197 test digits the RMS gap falls
+    # from 0.18 (3x noise) to 0.040 (LEACE) / 0.043 (QLEACE), the 0.041 / 0.043 of shuffled
+    # labels.
+    x, y = real["image"], real["label"]
+    assert _class_mean_gap(x, y) > 2.5 * _noise_gap(x, y)
+    assert _class_mean_gap(erased["image"], y) < 1.25 * _noise_gap(erased["image"], y)
+    # The training split stays real for evaluators (the DSB probes fit statistics on it).
+    np.testing.assert_array_equal(
+        load(cfg.data.train_split)["image"],
+        real_train := ctx.load_split(cfg.data.train_split)["image"],
+    )
+    assert not np.array_equal(real_train, ctx.train_data["image"])
+    # Without the option evaluation splits stay real.
+    plain = RunContext(tiny_config("data.erasure=leace"), tmp_path / "p", write_reports=False)
+    np.testing.assert_array_equal(plain.eval_context().load_split("test")["image"], real["image"])
+    with pytest.raises(ValueError, match=r"erase_eval_splits=true: needs data\.erasure"):
+        tiny_config("data.erase_eval_splits=true")

@@ -89,13 +89,16 @@ def training_split(
     cfg: Config,
     load: Callable[[str], dict[str, np.ndarray]],
     report_path: str | Path | None = None,
-) -> tuple[dict[str, np.ndarray], dict | None]:
+    *,
+    return_eraser: bool = False,
+):
     """The split the trainer samples from: ``data.train_split``, with LEACE / QLEACE
     applied when ``data.erasure`` is set, and the erasure's report (None without erasure;
-    see ``dsb.data.transforms.erase_split_with_report``), also written to ``report_path``."""
+    see ``dsb.data.transforms.erase_split_with_report``), also written to ``report_path``.
+    With ``return_eraser``, a third item: the fitted transform (None without erasure)."""
     data = load(cfg.data.train_split)
     if not cfg.data.erasure:
-        return data, None
+        return (data, None, None) if return_eraser else (data, None)
     from dsb.data.transforms import erase_split_with_report
 
     return erase_split_with_report(
@@ -104,4 +107,5 @@ def training_split(
         get_dataset_spec(cfg.data.name).num_classes,
         cfg.data.erasure_shrinkage,
         report_path=report_path,
+        return_eraser=return_eraser,
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ERASURE_TOL", "erase_split", "erase_split_with_report"]
+__all__ = ["ERASURE_TOL", "apply_eraser", "erase_split", "erase_split_with_report"]
 
 ERASURE_TOL = 1e-6
 """Relative tolerance of the erasure targets, measured in float64 on the float32 output.
@@ -43,8 +43,10 @@ def erase_split_with_report(
     report_path: str | Path | None = None,
     *,
     tol: float = ERASURE_TOL,
-) -> tuple[dict[str, np.ndarray], dict]:
-    """``erase_split`` that also returns its report (a JSON-able dict).
+    return_eraser: bool = False,
+) -> tuple[dict[str, np.ndarray], dict] | tuple[dict[str, np.ndarray], dict, object]:
+    """``erase_split`` that also returns its report (a JSON-able dict), and with
+    ``return_eraser`` the fitted transform (for ``apply_eraser`` on other splits).
 
     The report holds what was fitted (kind, shrinkage, stats hash, QLEACE's support,
     complement and barycenter records), the residuals of ``erasure_residuals`` computed
@@ -98,4 +100,16 @@ def erase_split_with_report(
     report |= {"checks": checks, "met": all(c["met"] for c in checks.values())}
     if report_path is not None:
         Path(report_path).write_text(json.dumps(report, indent=2))
+    if return_eraser:
+        return {**data, "image": erased.reshape(x.shape)}, report, eraser
     return {**data, "image": erased.reshape(x.shape)}, report
+
+
+def apply_eraser(eraser, data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Another split through an eraser fitted on the training split (each example moved
+    by the map of its own label, as the training examples were): float32 images of the
+    same shape. No statistics of ``data`` are used, so its class statistics are only as
+    equal as the training split's maps make them."""
+    x, y = data["image"], data["label"]
+    flat = x.reshape(len(y), -1).astype(np.float64)
+    return {**data, "image": np.asarray(eraser(flat, y), np.float32).reshape(x.shape)}
