@@ -62,12 +62,18 @@ def _hydra_main(dcfg: DictConfig) -> float | None:
     return result.last_metrics.get("val/loss")
 
 
-def main() -> None:
+def run_app(hydra_main) -> None:
+    """Run a ``@hydra.main`` app of dsb's configs: the config schemas registered, INFO
+    logging with the libraries' chatter at WARNING (``dsb.main`` and ``dsb.mdl`` share it)."""
     register_schemas()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("absl", "orbax", "jax._src", "tensorflow_datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    _hydra_main()
+    hydra_main()
+
+
+def main() -> None:
+    run_app(_hydra_main)
 
 
 if __name__ == "__main__":

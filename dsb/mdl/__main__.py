@@ -4,7 +4,6 @@ with the same ``hydra.run.dir`` skips finished prefixes and resumes the others).
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
@@ -12,7 +11,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from dsb.config import CONF_DIR, register_schemas, to_config
+from dsb.config import CONF_DIR, to_config
+from dsb.main import run_app
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
@@ -31,11 +31,7 @@ def _hydra_main(dcfg: DictConfig) -> float:
 
 
 def main() -> None:
-    register_schemas()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    for noisy in ("absl", "orbax", "jax._src", "tensorflow_datasets"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    _hydra_main()
+    run_app(_hydra_main)
 
 
 if __name__ == "__main__":
