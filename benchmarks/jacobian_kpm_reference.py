@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 from dsb.jacobian import (  # noqa: E402
     JacobianOperator,
     UnconvergedWarning,
-    jacobian_forward,
+    jacobian_forward_cached,
     kpm_counts,
     reference_run,
 )
@@ -53,12 +53,7 @@ def main(argv=None):
     run, theta0 = reference_run()
     cache = os.environ.get("DSB_REFERENCE_J")
     t0 = time.perf_counter()
-    if cache and os.path.exists(cache):
-        jd = np.load(cache)
-    else:
-        jd = np.asarray(jax.block_until_ready(jacobian_forward(run, theta0)))
-        if cache:
-            np.save(cache, jd)
+    jd = jacobian_forward_cached(run, theta0, cache)
     t_dense_j = time.perf_counter() - t0
     s_d = np.linalg.svd(jd.astype(np.float64) - np.eye(len(jd)), compute_uv=False)
     p = len(jd)

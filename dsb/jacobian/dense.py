@@ -23,6 +23,7 @@ __all__ = [
     "SVDResult",
     "auto_chunk_size",
     "jacobian_forward",
+    "jacobian_forward_cached",
     "jacobian_reverse",
     "load_spectrum",
     "robust_svd",
@@ -140,6 +141,19 @@ def jacobian_forward(
         return jax.vmap(f_jvp)
 
     return _chunked(make_fn, theta0, chunk, nd).T  # rows of the stack are columns of J
+
+
+def jacobian_forward_cached(run, theta0: jax.Array, path: str | Path | None = None) -> np.ndarray:
+    """``jacobian_forward(run, theta0)`` as a host array, read from the ``.npy`` file
+    ``path`` when it exists and written there otherwise (the dense reference J takes
+    minutes; tests and benchmarks share one via ``$DSB_REFERENCE_J``). The file is not
+    checked against ``run``: one path per run."""
+    if path and Path(path).exists():
+        return np.load(path)
+    jd = np.asarray(jax.block_until_ready(jacobian_forward(run, theta0)))
+    if path:
+        np.save(path, jd)
+    return jd
 
 
 def jacobian_reverse(

@@ -428,18 +428,10 @@ def test_kpm_counts_bracket_holds_with_an_inexact_deflation():
 def reference():
     import os
 
-    import jax
-
-    from dsb.jacobian import jacobian_forward, reference_run
+    from dsb.jacobian import jacobian_forward_cached, reference_run
 
     run, theta0 = reference_run()
-    cache = os.environ.get("DSB_REFERENCE_J")
-    if cache and os.path.exists(cache):
-        jd = np.load(cache)
-    else:
-        jd = np.asarray(jax.block_until_ready(jacobian_forward(run, theta0)))
-        if cache:
-            np.save(cache, jd)
+    jd = jacobian_forward_cached(run, theta0, os.environ.get("DSB_REFERENCE_J"))
     jd = jd.astype(np.float64)
     s_j = np.linalg.svd(jd, compute_uv=False)
     s_d = np.linalg.svd(jd - np.eye(len(jd)), compute_uv=False)
