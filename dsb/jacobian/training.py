@@ -143,14 +143,16 @@ def reference_optimizer(
 
 
 def reference_run(
-    seed: int = 0, *, num_steps: int = 625, dtype: Any = jnp.float32
+    seed: int = 0, *, num_steps: int = 625, dtype: Any = jnp.float32, activation: str = "gelu"
 ) -> tuple[TrainingRun, jax.Array]:
     """The reference training run (Belrose & Scherlis 2024) with dsb's own initial draw:
     MLP 64-GELU-10 (tanh GELU) with N(0, 0.125^2) biases (P = 4810), the digits train
     split in 25 fixed minibatches of 64, ``reference_optimizer(num_steps)``; returns
     ``(run, theta0)`` as ``make_training_run`` does. The tests, benchmarks and the
     matrix-free reference numbers all use this one setup (the notebook's exact draw:
-    ``notebook_mlp_init``, in experiments/training_jacobian/run.py)."""
+    ``notebook_mlp_init``, in experiments/training_jacobian/run.py). ``activation``
+    ``"gelu_tanh_autodiff"`` gives the same function with autodiff derivatives (the
+    notebook's), for benchmarks."""
     from flax import nnx
 
     from dsb.data.digits import digits_arrays
@@ -163,7 +165,7 @@ def reference_run(
         input_shape=(8, 8, 1),
         rngs=nnx.Rngs(seed),
         widths=(64,),
-        activation="gelu",
+        activation=activation,
         bias_init_std=0.125,
         dtype=dtype,
     )
