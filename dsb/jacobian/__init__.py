@@ -60,6 +60,7 @@ from dsb.jacobian.training import (
     notebook_mlp_init,
     reference_optimizer,
     reference_run,
+    softmax_cross_entropy,
 )
 
 __all__ = [
@@ -102,6 +103,7 @@ __all__ = [
     "robust_svd",
     "save_spectrum",
     "slq_spectrum",
+    "softmax_cross_entropy",
     "spectrum_regions",
     "subspace_overlap",
     "top_singular_triplets",
