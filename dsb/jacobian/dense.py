@@ -168,7 +168,10 @@ def _rows(run, theta0, which, mode, chunk_size, num_steps, memory_bytes, num_dev
     ids[: len(which)] = which
     mesh = _mesh(nd)
     ids = jax.device_put(ids.reshape(n_chunks, chunk), NamedSharding(mesh, PS("chunks")))
-    out = _stack(run, theta0, ids, mode=mode, num_devices=nd)
+    # float32 products in full float32: on GPUs the default precision rounds matmul inputs
+    # to TF32 (10-bit mantissa), which left J 2e-4 from float64 on an H200 (1e-7 on CPU).
+    with jax.default_matmul_precision("highest"):
+        out = _stack(run, theta0, ids, mode=mode, num_devices=nd)
     if nd > 1:
         # Gather the device-sharded stack through the host (the SVD runs there anyway).
         out = jnp.asarray(np.asarray(out))
