@@ -173,6 +173,16 @@ def cross_entropy_loss(apply: Callable) -> Callable[[Any, Batch], jax.Array]:
     return loss
 
 
+def _optax_cross_entropy_loss(apply: Callable) -> Callable[[Any, Batch], jax.Array]:
+    """``cross_entropy_loss`` with optax's autodiff derivatives (the reference notebook's)."""
+
+    def loss(params, batch):
+        logits = apply(params, batch["image"])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+
+    return loss
+
+
 def reference_optimizer(
     num_steps: int = 625, peak_lr: float = 0.1, momentum: float = 0.9
 ) -> optax.GradientTransformation:
@@ -181,16 +191,16 @@ def reference_optimizer(
 
 
 def reference_run(
-    seed: int = 0, *, num_steps: int = 625, dtype: Any = jnp.float32, activation: str = "gelu"
+    seed: int = 0, *, num_steps: int = 625, dtype: Any = jnp.float32, closed_form: bool = True
 ) -> tuple[TrainingRun, jax.Array]:
     """The reference training run (Belrose & Scherlis 2024) with dsb's own initial draw:
     MLP 64-GELU-10 (tanh GELU) with N(0, 0.125^2) biases (P = 4810), the digits train
     split in 25 fixed minibatches of 64, ``reference_optimizer(num_steps)``; returns
     ``(run, theta0)`` as ``make_training_run`` does. The tests, benchmarks and the
     matrix-free reference numbers all use this one setup (the notebook's exact draw:
-    ``notebook_mlp_init``, in experiments/training_jacobian/run.py). ``activation``
-    ``"gelu_tanh_autodiff"`` gives the same function with autodiff derivatives (the
-    notebook's), for benchmarks."""
+    ``notebook_mlp_init``, in experiments/training_jacobian/run.py). ``closed_form=False``
+    gives the same function with the notebook's autodiff derivatives (``jax.nn.gelu``,
+    optax's cross-entropy) instead of dsb's closed forms, for benchmarks."""
     from flax import nnx
 
     from dsb.data.digits import digits_arrays
@@ -203,13 +213,13 @@ def reference_run(
         input_shape=(8, 8, 1),
         rngs=nnx.Rngs(seed),
         widths=(64,),
-        activation=activation,
+        activation="gelu" if closed_form else "gelu_tanh_autodiff",
         bias_init_std=0.125,
         dtype=dtype,
     )
     apply, params = nnx_apply(model)
     return make_training_run(
-        cross_entropy_loss(apply),
+        cross_entropy_loss(apply) if closed_form else _optax_cross_entropy_loss(apply),
         params,
         reference_optimizer(num_steps),
         fixed_minibatches(x, y, 64),

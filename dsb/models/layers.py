@@ -52,7 +52,7 @@ def _closed_form_jvp(f: Callable, df: Callable) -> Callable:
 # the chain per tangent; with the closed forms the tangent is one multiply by a
 # coefficient computed once. The primal is jax.nn.gelu itself, bit for bit; derivatives
 # agree with autodiff to rounding (tests/models/test_activations.py). Effect on the dense
-# reference J: benchmarks/jacobian_dense.py, entries "*_autodiff_gelu".
+# reference J: benchmarks/jacobian_dense.py, entries "*_autodiff".
 _GELU_C = math.sqrt(2.0 / math.pi)
 _GELU_A = 0.044715
 
