@@ -206,8 +206,8 @@ def step_jacobian_dense(quick: bool) -> dict:
     run, theta0 = s["run"], s["theta0"]
     if quick:
         run = run.with_steps(4)
-    first_s, jac = bench.timed(lambda: jacobian_forward(run, theta0))
-    second_s, jac = bench.timed(lambda: jacobian_forward(run, theta0))
+    first_s, jac = bench.timed(lambda: jacobian_forward(run, theta0))[:2]
+    second_s, jac = bench.timed(lambda: jacobian_forward(run, theta0))[:2]
     jac = np.asarray(jac)
     out = {
         "num_params": int(theta0.size),

@@ -12,7 +12,7 @@ and that move nothing, such as first-layer weights of input features that are ze
 every training example) are written, not computed. ``jacobian_forward_to_disk`` streams
 column blocks of a J too large for memory into a ``.npy`` file and resumes.
 
-Where the time goes, and why the speed-up over ``jax.jit(jax.jacfwd(run))`` stops near 2x
+Where the time goes, and why the speed-up over ``jax.jit(jax.jacfwd(run))`` stops near 2.3x
 on a 2-core CPU: ``benchmarks/jacobian_dense.py`` and docs/jacobian_dense.md.
 """
 
