@@ -66,12 +66,14 @@ from dsb.jacobian import (
     auto_chunk_size,
     cross_entropy_loss,
     fixed_minibatches,
+    identity_columns,
     jacobian_forward,
     make_training_run,
     nnx_apply,
     reference_optimizer,
     reference_run,
 )
+from dsb.jacobian.dense import _chunk_plan, _stack
 
 T_REF = 625
 
@@ -104,6 +106,20 @@ def matmul_gflops(n: int = 1024, reps: int = 10) -> float:
         _sync(f(a))
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best / 1e9
+
+
+def _dsb_chunks(run, theta0, num_identity: int) -> tuple[int, int]:
+    """``(chunk, chunks_per_device)`` that ``jacobian_forward(run, theta0)`` uses with its
+    defaults (all local devices, 2 GiB) when ``num_identity`` columns are skipped."""
+    return _chunk_plan(
+        theta0.size - num_identity,
+        theta0.size,
+        run.num_steps,
+        theta0.dtype.itemsize,
+        mode="forward",
+        memory_bytes=2 * 2**30,
+        num_devices=jax.local_device_count(),
+    )
 
 
 def rel(a, ref) -> float:
@@ -145,12 +161,14 @@ def section_main(args, res):
     base = best["plain_jacfwd"]
     host = {k: np.asarray(v) for k, v in outs.items()}
     del outs
+    ident = identity_columns(run, th)
     res["main"] = {
         "num_params": int(th.size),
         "num_steps": int(run.num_steps),
         "dtype": str(th.dtype),
         "devices": jax.local_device_count(),
-        "chunk_size": auto_chunk_size(th.size, run.num_steps, 4),
+        "identity_columns": len(ident),
+        "chunk_size": _dsb_chunks(run, th, len(ident))[0],
         "first_call_seconds": first,
         "rounds": rounds,
         "best_seconds": best,
@@ -278,10 +296,8 @@ def section_roofline(args, res):
     }
     nd = jax.local_device_count()
     if jax.default_backend() == "cpu":
-        p = th.size - int(res.get("main", {}).get("identity_columns", 192))
-        chunk = auto_chunk_size(th.size, run.num_steps, 4, num_columns=-(-p // nd))
-        per_dev = -(-p // (chunk * nd))
-        chunk = -(-p // (per_dev * nd))
+        p = th.size - len(identity_columns(run, th))
+        chunk, per_dev = _dsb_chunks(run, th, th.size - p)
         floor = gemm_floor(run, th, chunk)
         floor["chunks_per_device"] = per_dev
         floor["seconds_per_step"] = floor["seconds_per_chunk_step_all"] * per_dev
@@ -435,8 +451,6 @@ def section_scaling(args, res):
 
 
 def scale_one(name, make, chunk, nd) -> dict:
-    from dsb.jacobian.dense import _stack
-
     run, th = make()
     p = th.size
     chunk = chunk or auto_chunk_size(
@@ -523,13 +537,7 @@ def main():
     res["runs"] = [*runs, {"argv": sys.argv[1:], "sections": " ".join(args.sections),
                            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                            "load_average_at_start": os.getloadavg()}]  # fmt: skip
-    if "main" in args.sections:
-        from dsb.jacobian import identity_columns
-
-        run, th = reference_run(num_steps=args.steps)
-        section_main(args, res)
-        res["main"]["identity_columns"] = len(identity_columns(run, th))
-    for name in ("roofline", "profile", "scaling"):
+    for name in ("main", "roofline", "profile", "scaling"):
         if name in args.sections:
             globals()[f"section_{name}"](args, res)
     res["load_average_at_end"] = os.getloadavg()

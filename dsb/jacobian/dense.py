@@ -19,6 +19,7 @@ on a 2-core CPU: ``benchmarks/jacobian_dense.py`` and docs/jacobian_dense.md.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -144,6 +145,35 @@ def _stack(run, theta0, ids, *, mode: str, num_devices: int):
     )(theta0, ids)
 
 
+def _chunk_plan(
+    num_columns: int,
+    num_params: int,
+    num_steps: int,
+    itemsize: int,
+    *,
+    mode: str,
+    memory_bytes: int,
+    num_devices: int,
+    chunk_size: int | None = None,
+) -> tuple[int, int]:
+    """``(chunk, chunks_per_device)`` for ``num_columns`` columns (rows) over
+    ``num_devices``: ``chunk_size`` or ``auto_chunk_size`` within each device's share of
+    ``memory_bytes``, then balanced: the fewest chunks per device at that size, and the
+    smallest chunk that covers the columns (less padding than rounding the count of full
+    chunks up)."""
+    nd = num_devices
+    chunk = chunk_size or auto_chunk_size(
+        num_params,
+        num_steps,
+        itemsize,
+        mode=mode,
+        memory_bytes=memory_bytes // nd,
+        num_columns=max(1, -(-num_columns // nd)),
+    )
+    per_device = max(1, math.ceil(num_columns / chunk / nd))
+    return max(1, math.ceil(num_columns / (per_device * nd))), per_device
+
+
 def _rows(run, theta0, which, mode, chunk_size, num_steps, memory_bytes, num_devices):
     """``[len(which), P]``: ``J e_i`` (forward) or ``J^T e_i`` (reverse) for ``i`` in
     ``which``, computed in chunks split over devices."""
@@ -151,18 +181,16 @@ def _rows(run, theta0, which, mode, chunk_size, num_steps, memory_bytes, num_dev
     which = np.asarray(which, np.int64)
     nd = _default_devices(num_devices)
     t = num_steps if num_steps is not None else getattr(run, "num_steps", 1)
-    chunk = chunk_size or auto_chunk_size(
+    chunk, per_device = _chunk_plan(
+        len(which),
         p,
         t,
         theta0.dtype.itemsize,
         mode=mode,
-        memory_bytes=memory_bytes // nd,
-        num_columns=max(1, -(-len(which) // nd)),
+        memory_bytes=memory_bytes,
+        num_devices=nd,
+        chunk_size=chunk_size,
     )
-    # Balance: the fewest chunks per device at this size, then the smallest chunk that
-    # covers the columns (less padding than rounding the count of full chunks up).
-    per_device = max(1, math.ceil(len(which) / chunk / nd))
-    chunk = max(1, math.ceil(len(which) / (per_device * nd)))
     n_chunks = per_device * nd
     ids = np.full(n_chunks * chunk, -1, np.int32)
     ids[: len(which)] = which
@@ -264,15 +292,19 @@ def jacobian_forward(
     ident = _identity(run, theta0, identity)
     skip = np.isin(cols, ident)
     todo = cols[~skip]
-    out = jnp.zeros((len(cols), p), theta0.dtype)
+    stack = None
     if len(todo):
         stack = _rows(
             run, theta0, todo, "forward", chunk_size, num_steps, memory_bytes, num_devices
         )
-        out = out.at[np.flatnonzero(~skip)].set(stack)
-    if skip.any():
-        out = out.at[np.flatnonzero(skip), cols[skip]].set(1)
-    return out.T  # rows of the stack are columns of J
+    if skip.any():  # interleave the computed rows with the e_j rows
+        out = jnp.zeros((len(cols), p), theta0.dtype)
+        if stack is not None:
+            out = out.at[np.flatnonzero(~skip)].set(stack)
+        stack = out.at[np.flatnonzero(skip), cols[skip]].set(1)
+    elif stack is None:  # no columns asked for
+        stack = jnp.zeros((0, p), theta0.dtype)
+    return stack.T  # rows of the stack are columns of J
 
 
 def _identity(run, theta0, identity) -> np.ndarray:
@@ -333,7 +365,7 @@ def jacobian_forward_to_disk(
         "num_params": p,
         "dtype": dtype.name,
         "block_columns": block_columns,
-        "theta0_sha1": __import__("hashlib").sha1(np.asarray(theta0).tobytes()).hexdigest(),
+        "theta0_sha1": hashlib.sha1(np.asarray(theta0).tobytes()).hexdigest(),
         "num_steps": int(getattr(run, "num_steps", -1)),
     }
     done: list[int] = []

@@ -89,7 +89,7 @@ def _gelu_exact_d2(x):
 
 @jax.custom_jvp
 def _gelu_exact_d1(x):
-    return 0.5 * jax.lax.erfc(-x * (1.0 / math.sqrt(2.0))) + x * _normal_pdf(x)
+    return 0.5 * lax.erfc(-x * (1.0 / math.sqrt(2.0))) + x * _normal_pdf(x)
 
 
 @jax.custom_jvp
