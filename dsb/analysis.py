@@ -1,11 +1,14 @@
-"""Notebook helpers: re-run a run's evaluators on its restored checkpoints, on any machine.
+"""Notebook helpers: open a run's checkpoints and re-run its evaluators, on any machine.
 
-    from dsb.analysis import reevaluate
+    from dsb.analysis import load_checkpoint, reevaluate
+    restored = load_checkpoint("runs/digits_default/<date>", step=256)
     df = reevaluate("runs/digits_default/<date>", steps=[0, 256, 16384])
 
-``reevaluate`` builds the same ``dsb.runtime.EvalSuite`` the trainer runs (the same
+``load_checkpoint`` / ``OpenRun`` restore any checkpoint on the local default device,
+without the training mesh (a GPU run opens on a laptop CPU), as a ``RestoredRun``.
+``reevaluate`` builds the same ``dsb.evals.suite.EvalSuite`` the trainer runs (the same
 entries, the same ``when``, the same ``EvalContext``) over checkpoints restored on the local
-default device. ``restored_snapshot`` turns a ``dsb.runtime.RestoredRun`` into the
+default device. ``restored_snapshot`` turns a ``RestoredRun`` into the
 ``Snapshot`` evaluators take (its ``predict`` calls the restored model, batched, on one
 local device); ``eval_context`` rebuilds the ``EvalContext`` the trainer gave them. With
 the default ``out_dir`` (the run directory) the evaluators reuse the probe sets the run
@@ -14,21 +17,110 @@ cached, so the numbers are those the run logged.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import jax
 import pandas as pd
 from flax import nnx
 
 from dsb import parallel
+from dsb.checkpoint import RunCheckpoints
+from dsb.config import Config
 from dsb.evals.base import EvalContext, Snapshot
-from dsb.runtime import EvalSuite, OpenRun, RestoredRun, RunContext, snapshot
-from dsb.step import make_predict
+from dsb.evals.suite import EvalSuite, snapshot
+from dsb.optim import make_optimizer
+from dsb.run_context import RunContext
+from dsb.step import TrainState, init_model, make_predict
 
-__all__ = ["eval_context", "eval_suite", "reevaluate", "restored_snapshot"]
+__all__ = [
+    "OpenRun",
+    "RestoredRun",
+    "eval_context",
+    "eval_suite",
+    "load_checkpoint",
+    "reevaluate",
+    "restored_snapshot",
+]
 
 
+# -------------------------------------------------------- restore a run, on any machine
+@dataclasses.dataclass
+class RestoredRun:
+    """One checkpoint of a run, restored on the local default device."""
+
+    config: Config
+    step: int
+    model: nnx.Module  # eval mode, on the default (e.g. CPU) device
+    state: TrainState
+    meta: dict[str, Any]
+    available_steps: list[int]
+    run_dir: Path | None = None
+
+
+class OpenRun:
+    """A run directory opened for reading: restore any of its checkpoints on the local
+    default device, without the training mesh (a GPU run opens on a laptop CPU). One
+    read-only checkpoint manager serves every step; ``close`` (or ``with``) releases it."""
+
+    def __init__(self, run_dir: str | Path):
+        self.context = RunContext.from_run_dir(run_dir)
+        cfg = self.context.config
+        self.model = init_model(cfg, norm_axis_name=None)
+        tx = make_optimizer(cfg.optim, cfg.train.total_steps)
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        self._target = TrainState.abstract(self.model, tx, sharding=device)
+        self.checkpoints = RunCheckpoints(self.context, read_only=True)
+        self.steps = self.checkpoints.steps()
+        if not self.steps:
+            raise FileNotFoundError(f"no checkpoints in {self.checkpoints.directory}")
+
+    @property
+    def config(self) -> Config:
+        return self.context.config
+
+    def restore(self, step: int | None = None) -> RestoredRun:
+        """Checkpoint ``step`` (default: the newest readable one)."""
+        if step is None:
+            restored = self.checkpoints.restore_latest(self._target)
+            if restored is None:
+                raise RuntimeError(f"no readable checkpoint in {self.checkpoints.directory}")
+            step, state, meta = restored
+        elif step not in self.steps:
+            raise ValueError(f"no checkpoint at step {step}; available: {self.steps}")
+        else:
+            state, meta = self.checkpoints.restore(step, self._target)
+        module = nnx.merge(self.model.graphdef_eval, state.params, state.rest)
+        return RestoredRun(
+            self.config, step, module, state, meta, list(self.steps), self.context.run_dir
+        )
+
+    def predict(self, eval_batch_size: int | None = None):
+        """``predict(params, rest, x)`` of the run's model on one local device."""
+        batch = eval_batch_size or self.config.train.eval_batch_size
+        return make_predict(self.model, parallel.make_mesh(1), batch)
+
+    def close(self) -> None:
+        self.checkpoints.close()
+
+    def __enter__(self) -> OpenRun:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def load_checkpoint(run_dir: str | Path, step: int | None = None) -> RestoredRun:
+    """Open checkpoint ``step`` (default: the newest readable one) of a run directory on
+    the local default device, without the training mesh: a GPU run opens on a laptop CPU.
+    """
+    with OpenRun(run_dir) as run:
+        return run.restore(step)
+
+
+# ------------------------------------------------------------- re-run its evaluators
 def _run_context(restored: RestoredRun, out_dir: str | Path | None) -> RunContext:
     run_dir = restored.run_dir if restored.run_dir is not None else Path(out_dir)
     return RunContext(restored.config, run_dir, write_reports=False)

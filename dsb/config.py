@@ -443,3 +443,9 @@ def _plain(value: Any) -> Any:
     if OmegaConf.is_config(value):
         return OmegaConf.to_container(value, resolve=True)
     return value
+
+
+def read_run_config(run_dir: str | Path) -> Config:
+    """The validated ``Config`` a run directory was written with."""
+    raw = OmegaConf.load(Path(run_dir) / "config.yaml")
+    return to_config(OmegaConf.merge(OmegaConf.structured(Config), raw))

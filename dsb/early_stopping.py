@@ -48,7 +48,7 @@ class EarlyStopping:
         resume_step: int = 0,
         write: bool = True,
     ):
-        from dsb.runtime import load_indices
+        from dsb.data.pipeline import load_indices
 
         n = len(data["label"])
         self.cfg, self.path, self.write = cfg, Path(run_dir) / "early_stopping.json", write

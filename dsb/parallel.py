@@ -24,6 +24,7 @@ from dsb.config import ParallelConfig
 
 __all__ = [
     "DATA_AXIS",
+    "abstract_like",
     "batch_sharding",
     "data_parallel",
     "distributed_args",
@@ -31,7 +32,6 @@ __all__ = [
     "initialize",
     "make_mesh",
     "put_global_batch",
-    "put_replicated",
     "replicated",
     "simulated_devices_env",
 ]
@@ -116,9 +116,15 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def put_replicated(tree, mesh: Mesh):
-    """Place a pytree identically on every device (every host must pass the same values)."""
-    return jax.device_put(tree, replicated(mesh))
+def abstract_like(tree, sharding=None):
+    """ShapeDtypeStructs of ``tree`` (optionally all with ``sharding``): a restore target."""
+
+    def leaf(x):
+        return jax.ShapeDtypeStruct(
+            x.shape, x.dtype, sharding=sharding or getattr(x, "sharding", None)
+        )
+
+    return jax.tree.map(leaf, tree)
 
 
 def put_global_batch(local_batch, mesh: Mesh):

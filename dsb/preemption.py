@@ -12,7 +12,7 @@ last scheduled checkpoint.
 
 ``Preemption`` goes in front of it: its handler only records the signal; the trainer
 checks ``requested`` once per step, saves a checkpoint of the current step with the
-pending training metrics (``dsb.runtime.RunCheckpoints.save``), waits until it is on
+pending training metrics (``dsb.checkpoint.RunCheckpoints.save``), waits until it is on
 disk, then ``hand_over`` gives the signal to the handler that was there before, which
 requeues and exits as it would have. Outside submitit the previous handler is usually
 the default one, so the process then ends by the signal, as it would have without dsb.

@@ -1,5 +1,8 @@
-"""The compiled programs of a run: model initialisation, the train step and prediction.
+"""A run's model and training state, and the compiled programs that act on them.
 
+``SplitModel`` is the configured model split for pure functions (graph definitions plus
+variables; ``SplitModel.module()`` merges it back into an ``nnx.Module``); ``TrainState``
+is everything an optimizer step reads and writes, and what a checkpoint holds.
 ``init_model`` builds the configured model straight into a sharding; ``make_train_step``
 is the jitted data-parallel optimizer step (per-device code under ``shard_map`` with an
 explicit ``pmean``); ``make_predict`` the batched eval-mode forward pass.
@@ -15,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
+from flax import nnx, struct
 from jax.sharding import PartitionSpec as P
 
 from dsb import parallel
@@ -24,12 +27,19 @@ from dsb.data.pipeline import data_info
 from dsb.data.randaugment import randaugment
 from dsb.models.registry import build_model
 
-__all__ = ["Model", "augment_batch", "init_model", "make_predict", "make_train_step"]
+__all__ = [
+    "SplitModel",
+    "TrainState",
+    "augment_batch",
+    "init_model",
+    "make_predict",
+    "make_train_step",
+]
 
 
 # --------------------------------------------------------------------------- model state
 @dataclasses.dataclass
-class Model:
+class SplitModel:
     """A model split for pure functions: graph definitions for each mode plus state.
 
     ``params`` are the ``nnx.Param`` variables, ``rest`` everything else (BatchNorm
@@ -49,7 +59,7 @@ class Model:
 
 def init_model(
     cfg: Config, sharding=None, norm_axis_name: str | None = parallel.DATA_AXIS
-) -> Model:
+) -> SplitModel:
     """Build the configured model: abstractly for its structure, then materialised by a
     jitted initialiser directly into ``sharding`` (no host round trip)."""
     info = data_info(cfg)
@@ -77,7 +87,61 @@ def init_model(
         return params, rest
 
     params, rest = jax.jit(create, out_shardings=sharding)(key)
-    return Model(graphdef_train, graphdef_eval, params, rest)
+    return SplitModel(graphdef_train, graphdef_eval, params, rest)
+
+
+# ----------------------------------------------------------------------- training state
+@struct.dataclass
+class TrainState:
+    """Everything an optimizer step reads and writes, and what a checkpoint holds.
+
+    ``params`` and ``rest`` are the model's ``nnx.Param`` and other variables (BatchNorm
+    statistics), ``opt_state`` the optax state, ``step`` the number of updates done
+    (int32) and ``rng`` the run's key data (each step folds ``step`` into it).
+    """
+
+    params: Any
+    rest: Any
+    opt_state: Any
+    step: jax.Array
+    rng: jax.Array
+
+    @classmethod
+    def create(
+        cls, model: SplitModel, tx: optax.GradientTransformation, seed: int, sharding=None
+    ) -> TrainState:
+        """Step 0 of a run: the model's initial variables, ``tx.init`` and the run's key,
+        placed in ``sharding`` (default: the default device)."""
+        return cls(
+            params=model.params,
+            rest=model.rest,
+            opt_state=jax.jit(tx.init, out_shardings=sharding)(model.params),
+            step=jax.device_put(jnp.asarray(0, jnp.int32), sharding),
+            rng=jax.device_put(_run_key(seed), sharding),
+        )
+
+    @classmethod
+    def abstract(
+        cls, model: SplitModel, tx: optax.GradientTransformation, sharding=None
+    ) -> TrainState:
+        """Shapes, dtypes and ``sharding`` of the state, without computing it: the target a
+        checkpoint is restored into."""
+        state = cls(
+            params=model.params,
+            rest=model.rest,
+            opt_state=jax.eval_shape(tx.init, model.params),
+            step=jax.ShapeDtypeStruct((), jnp.int32),
+            rng=jax.eval_shape(_run_key, 0),
+        )
+        return parallel.abstract_like(state, sharding=sharding)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The checkpointed form (a dict, as checkpoints have always been written)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def _run_key(seed: int) -> jax.Array:
+    return jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 1))
 
 
 # ------------------------------------------------------------------------------- the step
@@ -123,7 +187,7 @@ def make_train_step(
 ) -> Callable:
     """``(state, batch) -> (state, metrics)``, jitted, data parallel, donating ``state``.
 
-    ``state`` is a ``dsb.runtime.TrainState`` (fields ``params``, ``rest``, ``opt_state``,
+    ``state`` is a ``TrainState`` (fields ``params``, ``rest``, ``opt_state``,
     ``step``, ``rng``) replicated on every device. ``batch`` is sharded over ``data``: an
     ``ImageBatch`` for ``kind="image"`` (augmented, then classified) or a ``TokenBatch``
     for ``kind="text"`` (logits at position t predict token t + 1).

@@ -6,9 +6,10 @@ at each scheduled step save a checkpoint and run the configured evaluators; on t
 preemption signal (``dsb.preemption``) save a checkpoint at the current step and let the
 job be requeued; with ``train.early_stopping`` on, stop once the validation loss has not
 improved for ``patience`` checkpoint evaluations (``dsb.early_stopping``); write metrics
-and figures; return a summary. What happens at a checkpoint (the state, the evaluator
-suite, saving and restoring) lives in ``dsb.runtime``, shared with ``dsb.analysis``; the
-compiled programs live in ``dsb.step``.
+and figures; return a summary. The run's data, samplers and schedule come from
+``dsb.run_context.RunContext``, its evaluators from ``dsb.evals.suite.EvalSuite`` and its
+checkpoints from ``dsb.checkpoint.RunCheckpoints``, all shared with ``dsb.analysis``; the
+training state and the compiled programs live in ``dsb.step``.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from dsb import parallel
+from dsb.checkpoint import RunCheckpoints
 from dsb.config import Config
+from dsb.evals.suite import snapshot
 from dsb.metrics import NonFiniteLossError
 from dsb.optim import make_optimizer, make_schedule
 from dsb.preemption import Preemption
-from dsb.runtime import RunCheckpoints, RunContext, TrainState, snapshot
-from dsb.step import init_model, make_predict, make_train_step
+from dsb.run_context import RunContext
+from dsb.step import TrainState, init_model, make_predict, make_train_step
 
 __all__ = ["MAX_CPU_STEPS_IN_FLIGHT", "TrainResult", "train"]
 
@@ -155,8 +158,8 @@ def _early_stopping(ctx: RunContext, start: int):
     es = ctx.config.train.early_stopping
     if es.val_indices is None:
         return None
+    from dsb.data.pipeline import load_indices
     from dsb.early_stopping import EarlyStopping
-    from dsb.runtime import load_indices
 
     n = len(ctx.full_train_data["label"])
     train_idx = ctx.config.data.train_indices

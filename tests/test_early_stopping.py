@@ -102,7 +102,7 @@ def test_config_validation(override, match):
 def test_train_stops_early_on_a_subset_of_the_erased_split(tmp_path):
     """A run on 64 examples of the LEACE-erased split stops before total_steps; its
     sampler sees only those examples, erased with the maps fitted on the whole split."""
-    from dsb.runtime import RunContext
+    from dsb.run_context import RunContext
     from dsb.train import train
 
     np.save(tmp_path / "train.npy", np.arange(64))

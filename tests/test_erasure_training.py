@@ -75,7 +75,7 @@ def test_erase_eval_splits_moves_evaluation_splits_through_the_training_maps(
     tmp_path, tfds_dir, kind
 ):
     from dsb.data.transforms import apply_eraser
-    from dsb.runtime import RunContext
+    from dsb.run_context import RunContext
 
     cfg = tiny_config(f"data.erasure={kind}", "data.erase_eval_splits=true")
     ctx = RunContext(cfg, tmp_path / "run", write_reports=False)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from dsb_testing import ROOT, TINY
 
-from dsb.runtime import load_checkpoint
+from dsb.analysis import load_checkpoint
 
 OVERRIDES = [
     *[o for o in TINY if not o.startswith(("train.total_steps", "ckpt.async_save"))],

@@ -3,8 +3,8 @@
 import numpy as np
 from dsb_testing import TINY_LM, tiny_config
 
+from dsb.analysis import load_checkpoint
 from dsb.metrics import read_metrics
-from dsb.runtime import load_checkpoint
 from dsb.train import train
 
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from dsb_testing import ROOT, tiny_config
 
+from dsb.analysis import load_checkpoint
 from dsb.parallel import distributed_args, simulated_devices_env
-from dsb.runtime import load_checkpoint
 
 # Trains ``tiny_config(*overrides)`` in ``run_dir``, saves this process's copy of the
 # final state to ``out`` (.npz, leaves in tree order) and prints a RESULT line with the
@@ -293,7 +293,7 @@ def _requeue(signum, frame):
     sys.exit(144)
 signal.signal(signal.SIGUSR2, _requeue)
 if os.environ.get("SIGNAL_AT_STEP"):
-    from dsb.runtime import RunContext
+    from dsb.run_context import RunContext
     _at, _sampler = int(os.environ["SIGNAL_AT_STEP"]), RunContext.sampler
     def _signalling(self, *args):
         draw = _sampler(self, *args)

@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 from dsb_testing import ROOT, TINY, tiny_config
 
+from dsb.analysis import load_checkpoint
 from dsb.data.sources import open_source
 from dsb.metrics import read_metrics
 from dsb.preemption import Preemption, preemption_signal
-from dsb.runtime import RunContext, load_checkpoint
+from dsb.run_context import RunContext
 from dsb.train import train
 
 TIMING = re.compile(r"^time/|steps_per_s$")

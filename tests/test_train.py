@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from dsb_testing import tiny_config
 
+from dsb.analysis import load_checkpoint
 from dsb.metrics import NonFiniteLossError, read_metrics
-from dsb.runtime import load_checkpoint
 from dsb.train import train
 
 

@@ -109,3 +109,16 @@ def training_split(
         report_path=report_path,
         return_eraser=return_eraser,
     )
+
+
+def load_indices(path: str | Path, n: int, what: str) -> np.ndarray:
+    """The distinct int indices in ``[0, n)`` stored in the ``.npy`` file ``path``; raises
+    ``ValueError`` naming ``what`` otherwise."""
+    idx = np.load(path)
+    if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer) or len(idx) == 0:
+        raise ValueError(f"{what}={path}: must hold a non-empty 1-D array of ints")
+    if idx.min() < 0 or idx.max() >= n:
+        raise ValueError(f"{what}={path}: indices must lie in [0, {n}) (the training split)")
+    if len(np.unique(idx)) != len(idx):
+        raise ValueError(f"{what}={path}: indices must be distinct")
+    return idx.astype(np.int64)

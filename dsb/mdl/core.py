@@ -136,7 +136,7 @@ def run_mdl(cfg: Config, out_dir: str | Path, *, after_prefix=None) -> MdlResult
     ``out_dir``: ``prefix_<j>/`` runs, ``mdl.json`` (the ``MdlResult`` and the settings).
     Finished prefixes (their ``mdl_prefix.json``) are not retrained.
     ``after_prefix(j)``: called after prefix j is finished (tests simulate a kill)."""
-    from dsb.runtime import RunContext
+    from dsb.run_context import RunContext
     from dsb.train import train
 
     out = Path(out_dir).absolute()

@@ -98,7 +98,7 @@ if perturb:  # the control: the same run from parameters one float32 ulp away
 res = train(cfg, run_dir)
 leaves = jax.tree.leaves((res.state.params, res.state.rest))
 np.savez(out + ".final.npz", *[np.asarray(x) for x in leaves])
-from dsb.runtime import load_checkpoint
+from dsb.analysis import load_checkpoint
 early = load_checkpoint(run_dir, EARLY_STEP).state
 leaves = jax.tree.leaves((early.params, early.rest))
 np.savez(out + ".early.npz", *[np.asarray(x) for x in leaves])

@@ -10,8 +10,7 @@ from flax import nnx
 from dsb import parallel
 from dsb.jacobian import cross_entropy_loss, fixed_minibatches, make_training_run, nnx_apply
 from dsb.models import build_model
-from dsb.runtime import TrainState
-from dsb.step import make_train_step
+from dsb.step import TrainState, make_train_step
 
 # With jax x64 on, as every dsb.jacobian test runs.
 pytestmark = pytest.mark.usefixtures("float64")
@@ -42,7 +41,7 @@ def test_pure_run_equals_trainer_steps():
         step=jnp.zeros((), jnp.int32),
         rng=jax.random.key(0),
     )
-    state = parallel.put_replicated(state, mesh)
+    state = jax.device_put(state, parallel.replicated(mesh))
     batches = fixed_minibatches(x, y, 8)
     apply, params0 = nnx_apply(model)
     run, theta0 = make_training_run(

@@ -150,8 +150,8 @@ def test_chunk_coded_by_best_validation_model_on_erased_data(tmp_path):
     chunk's length is the cross-entropy (bits) of the checkpoint with the lowest
     validation loss (read independently from metrics.jsonl), on the chunk's examples
     erased with the same LEACE maps as the training examples (one stats hash)."""
+    from dsb.analysis import OpenRun
     from dsb.early_stopping import cross_entropy_nats
-    from dsb.runtime import OpenRun
 
     small = [o for o in SMALL if not o.startswith("mdl.num_chunks")]
     cfg = tiny_config(*small, "mdl.num_chunks=3", "data.erasure=leace", "ckpt.keep_interval=1000")

@@ -10,9 +10,8 @@ import pytest
 from dsb_testing import ROOT, TINY_LM, tiny_config
 from nbclient import NotebookClient
 
-from dsb.analysis import reevaluate, restored_snapshot
+from dsb.analysis import load_checkpoint, reevaluate, restored_snapshot
 from dsb.metrics import read_metrics
-from dsb.runtime import load_checkpoint
 from dsb.train import train
 
 NOTEBOOKS = ROOT / "notebooks"

@@ -13,10 +13,10 @@ import pytest
 from dsb_testing import ROOT, compose
 
 from dsb.aggregate import collect
+from dsb.analysis import load_checkpoint
 from dsb.config import to_config
 from dsb.data.registry import DATASETS
 from dsb.models import available_models
-from dsb.runtime import load_checkpoint
 
 SWEEPS = {  # experiment -> number of jobs in its grid
     "sweep_dsb_probes": 4 * 9 * 3,

@@ -1,5 +1,6 @@
-"""dsb.runtime: the train state, the evaluator suite's schedule, checkpoints written the old
-way, and a run context rebuilt from a run directory."""
+"""A run's pieces: the train state (``dsb.step``), the evaluator suite's schedule
+(``dsb.evals.suite``), checkpoints written the old way (``dsb.checkpoint``), and a run
+context rebuilt from a run directory (``dsb.run_context``)."""
 
 import jax
 import jax.numpy as jnp
@@ -7,12 +8,14 @@ import numpy as np
 import pytest
 from dsb_testing import tiny_config
 
-from dsb.checkpoint import Checkpointer
+from dsb.analysis import load_checkpoint
+from dsb.checkpoint import Checkpointer, RunCheckpoints
 from dsb.evals.base import Snapshot
+from dsb.evals.suite import EvalSuite
 from dsb.optim import make_optimizer
-from dsb.runtime import EvalSuite, RunCheckpoints, RunContext, TrainState, load_checkpoint
+from dsb.run_context import RunContext
 from dsb.schedule import Schedule
-from dsb.step import init_model
+from dsb.step import TrainState, init_model
 from dsb.train import train
 
 
@@ -57,7 +60,7 @@ def test_eval_suite_runs_each_entry_when_the_schedule_says(monkeypatch):
     assert suite.types == {"a": "classification", "b": "classification", "c": "classification"}
     recorders = {k: _Recorder() for k in evals}
     monkeypatch.setattr(
-        "dsb.runtime.build_evaluator", lambda ctx, key, type_name, options: recorders[key]
+        "dsb.evals.suite.build_evaluator", lambda ctx, key, type_name, options: recorders[key]
     )
     for step in schedule.checkpoints:
         values = suite.run(Snapshot(step, None, None, None, None))
