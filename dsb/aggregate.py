@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from omegaconf import OmegaConf
 
+from dsb.config import read_run_config
 from dsb.metrics import read_metrics
 
 __all__ = [
@@ -140,11 +140,10 @@ def run_status(run_dir: str | Path, running_within_s: float = 600.0) -> str:
 
 def _load_config(run_dir: Path) -> dict[str, Any]:
     """The run's config, flattened; ``{}`` if config.yaml is missing or unreadable."""
-    path = run_dir / "config.yaml"
-    if not path.is_file():
+    if not (run_dir / "config.yaml").is_file():
         return {}
     try:
-        cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        cfg = read_run_config(run_dir, raw=True)
     except Exception:  # a half-written file of a job killed at start-up
         return {}
     return flatten(cfg) if isinstance(cfg, dict) else {}

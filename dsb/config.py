@@ -31,6 +31,7 @@ __all__ = [
     "TextConfig",
     "TrainConfig",
     "compose",
+    "read_run_config",
     "register_schemas",
     "to_config",
     "validate",
@@ -445,7 +446,13 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def read_run_config(run_dir: str | Path) -> Config:
-    """The validated ``Config`` a run directory was written with."""
-    raw = OmegaConf.load(Path(run_dir) / "config.yaml")
-    return to_config(OmegaConf.merge(OmegaConf.structured(Config), raw))
+def read_run_config(run_dir: str | Path, *, raw: bool = False) -> Config | dict[str, Any]:
+    """The config a run directory was written with (``<run_dir>/config.yaml``): the
+    validated ``Config``, or with ``raw=True`` the file's plain nested dict, unvalidated and
+    with interpolations unresolved (for readers of many, possibly old or half-written, run
+    directories, such as ``dsb.aggregate`` and the figure code). Every reader of a run's
+    config goes through here."""
+    loaded = OmegaConf.load(Path(run_dir) / "config.yaml")
+    if raw:
+        return OmegaConf.to_container(loaded, resolve=False)
+    return to_config(OmegaConf.merge(OmegaConf.structured(Config), loaded))

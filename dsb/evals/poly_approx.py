@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -266,8 +265,3 @@ class PolyApprox:
             summary["linear/val"], summary["linear/gauss"], suffix,
             summary["quadratic/val"], summary["quadratic/gauss"],
         )  # fmt: skip
-
-
-def forms_files(run_dir: str | Path, forms_dir: str = "poly_forms") -> list[Path]:
-    """The saved ``step_<step>.npz`` files of a run, sorted by step."""
-    return sorted((Path(run_dir) / forms_dir).glob("step_*.npz"))

@@ -25,7 +25,6 @@ __all__ = [
     "ClassStats",
     "StatsAccumulator",
     "fit_class_stats",
-    "marginal_cdf",
     "marginal_quantile",
     "projected_third_moments",
 ]
@@ -270,18 +269,6 @@ def marginal_quantile(stats: ClassStats, k: int, u_NxD: np.ndarray) -> np.ndarra
         raise ValueError("these ClassStats were fitted without marginal tables (num_bins=0)")
     idx = _flat_search(stats.bin_cdf_KxDxB[k], np.asarray(u_NxD, np.float64))
     return np.take_along_axis(stats.bin_values_KxDxB[k].T, idx, axis=0)
-
-
-def marginal_cdf(stats: ClassStats, k: int, x_NxD: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(F(x-), F(x))`` of class ``k`` per coordinate, ``[n, d]`` each (bins are atoms)."""
-    if stats.bin_cdf_KxDxB is None:
-        raise ValueError("these ClassStats were fitted without marginal tables (num_bins=0)")
-    nb = stats.bin_cdf_KxDxB.shape[-1]
-    b = np.clip(np.floor(np.asarray(x_NxD, np.float64) * nb), 0, nb - 1).astype(np.int64)
-    cdf_BxD = stats.bin_cdf_KxDxB[k].T
-    hi = np.take_along_axis(cdf_BxD, b, axis=0)
-    lo = np.where(b > 0, np.take_along_axis(cdf_BxD, np.maximum(b - 1, 0), axis=0), 0.0)
-    return lo, hi
 
 
 def projected_third_moments(x_NxD: np.ndarray, proj_DxR: np.ndarray) -> np.ndarray:
