@@ -3,7 +3,7 @@
 One process does what a run does at d = 3072, K = 10: stream synthetic labelled images
 through ``fit_class_stats`` (float64 means and covariances, one pass; the K covariances
 alone are 0.70 GiB) and then ``gaussian_ot_edit`` rows toward targets t != s. The
-issue quotes ~3.8 GB for the reference; all K^2 d x d float64 maps would be 7 GiB.
+authors' reference code needed ~3.8 GB; all K^2 d x d float64 maps would be 7 GiB.
 ``gaussian_ot_edit`` keeps one float64-decomposed source (vectors stored in float32),
 reads each target covariance from the statistics and never forms a d x d map; with
 ``--pair-driver ev`` (default) the per-pair eigh works in place, ``evr`` is faster but

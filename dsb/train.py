@@ -195,15 +195,15 @@ class _InFlight:
     (~0.2 ms from host memory) already overlaps the device computing step s; a thread
     only added GIL contention (benchmarks/train_throughput.py measured it slower).
 
-    Bounded asynchronous dispatch: before step s is dispatched, step s - N has finished
-    (N = train.max_steps_in_flight), so at most N steps are queued or running. Without
-    the bound, XLA:CPU with several devices deadlocks once a logging window dispatches
-    more than ~32 steps (issue 11). Its client launches each device's share of a
+    Bounded asynchronous dispatch: before step s is dispatched, step s - N has finished (N =
+    train.max_steps_in_flight), so at most N steps are queued or running. Without the bound,
+    XLA:CPU with several devices deadlocks once a logging window dispatches more than ~32
+    steps (seen with 2-8 simulated devices). Its client launches each device's share of a
     multi-device program from a thread pool of max(cores, devices) threads, and a launch
     blocks its pool thread while that device already has 32 computations queued
     (max_inflight_computations_per_device). A queued all-reduce needs one running pool
-    thread per device to meet its rendezvous, so the blocked launchers starve it:
-    "Expected 4 threads to join the rendezvous, but only 3 of them arrived", then abort.
+    thread per device to meet its rendezvous, so the blocked launchers starve it: "Expected
+    4 threads to join the rendezvous, but only 3 of them arrived", then abort.
     Waiting on step s - N's loss (an output of the same program, so ready once the
     whole step is done) costs nothing while the device is busier than the host, on CPU
     and on accelerators alike; benchmarks/train_throughput.py measures it. ``pending``

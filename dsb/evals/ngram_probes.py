@@ -1,4 +1,4 @@
-"""n-gram simplicity-bias probes for language models (SCIENCE.md, "Language models").
+"""n-gram simplicity-bias probes for language models (Belrose et al., ICML 2024).
 
 Built once per run: fits unigram..n-gram tables on the training tokens
 (``ctx.load_split(ctx.train_split)["tokens"]``, windows ``[n, t]``; no n-gram crosses a

@@ -219,7 +219,7 @@ def one_hot_moments(
     ``mean [V] = E_t[e(x_t)]`` over every token and ``cross [V, V] = E_t[e(x_t) e(x_{t+1})']``
     over every adjacent pair inside a window (``tokens``: ``[N]`` or windows ``[n, t]``;
     no pair crosses a window boundary), computed as the matrix products of the embeddings
-    (``chunk`` pairs at a time). SCIENCE.md: these equal the n-gram tables, ``mean = p1``
+    (``chunk`` pairs at a time). These equal the n-gram tables, ``mean = p1``
     and ``cross = P(x_t = a, x_{t+1} = b)`` (``NgramModel.joint(1)``, ``joint(2)``), so
     n-gram statistics are the order-n moments of the token embeddings."""
     tokens = np.asarray(tokens)

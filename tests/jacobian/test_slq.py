@@ -277,7 +277,7 @@ def test_golub_kahan_and_randomized_svd_warn_when_unconverged():
 
 
 def test_slq_counts_are_nan_below_the_smallest_ritz_node():
-    # The failure of issue 12: the Gauss staircase says 0 below the smallest node.
+    # The failure this guards: the Gauss staircase says 0 below the smallest node.
     op, d = rotated_operator(np.random.default_rng(5), p=400)
     slq = slq_spectrum(op, num_matvecs=20, num_probes=6)
     assert slq.count_below(1e-3)[0] == 0.0  # the bare staircase
@@ -451,7 +451,8 @@ def test_reference_top20_within_1e_3_by_default(reference):
 
 @pytest.mark.slow
 def test_reference_slq_at_1e_2_is_unresolved_not_zero(reference):
-    # Issue 12's failure: 40 steps x 4 probes, the staircase says 0 where the truth is ~1800.
+    # The failure this guards: 40 steps x 4 probes, the staircase said 0 where the truth is
+    # ~1800.
     op, _, s_d = reference
     slq = slq_spectrum(op.with_shift(1.0), num_matvecs=40, num_probes=4)
     c = slq.counts((1e-2,))[1e-2]

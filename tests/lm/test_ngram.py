@@ -290,7 +290,7 @@ def test_sparse_kl_equals_dense_reference_with_back_off():
 
 
 def test_one_hot_embedding_moments_are_the_ngram_tables(chain_model):
-    """SCIENCE.md: E[e(x_t)] = p1 and E[e(x_t) e(x_{t+1})'] = the joint bigram table."""
+    """One-hot embeddings: E[e(x_t)] = p1 and E[e(x_t) e(x_{t+1})'] = the joint bigram table."""
     from dsb.lm.ngram import one_hot_moments
 
     x, model = chain_model
