@@ -1,8 +1,9 @@
 """Shared test helpers: compose real configs from conf/, run tiny trainings, and sample
 Markov chains with known statistics.
 
-A module with a unique name (several test folders have a ``conftest.py``, so
-``from conftest import ...`` would resolve to whichever was imported first)."""
+A module with a unique name rather than helpers in ``conftest.py``: pytest imports
+conftest files itself (``tests/conftest.py`` holds the fixtures), and a test module's
+``from conftest import ...`` would depend on how pytest put it on ``sys.path``."""
 
 from __future__ import annotations
 

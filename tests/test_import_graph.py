@@ -17,10 +17,10 @@ from dsb_testing import ROOT
 
 PACKAGE = ROOT / "dsb"
 
-# Import cycles that exist today outside the plotting modules, allowed for now. Each entry
-# is the import (importer, imported) that closes the cycles listed with it; the test drops
-# these edges and then requires an acyclic graph. The list is meant to be emptied (those
-# modules are being refactored): an entry whose import no longer exists fails the test.
+# Import cycles allowed by exception: none, and it should stay so. An entry would be the
+# import (importer, imported) that closes a cycle, with the reason; the test drops those
+# edges and then requires an acyclic graph, and an entry whose import no longer exists
+# fails the test.
 KNOWN_CYCLES: dict[tuple[str, str], str] = {}
 
 
