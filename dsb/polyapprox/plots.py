@@ -75,7 +75,8 @@ def plot_poly_curves(records: Sequence[dict], out_dir: str | Path, title: str = 
     ax_r2.legend(fontsize=7, ncol=2)
     how = {"stein": " (Stein Monte Carlo)", "prop": " (propagated)"}
     what = "polynomial approximants across time" + "".join(how[k] for k in sorted(kinds))
-    ax_r2.set_title(f"{title}: {what}" if title else what)
+    # Two lines: the run title and the method both fit the 6.5-inch figure (one line was cut).
+    ax_r2.set_title(f"{title}\n{what}" if title else what, fontsize=10)
     for ax in (ax_r2, ax_kl):
         ax.grid(alpha=0.3)
     fig.tight_layout()
