@@ -6,6 +6,7 @@ from dsb.evals import (  # noqa: F401  (importing registers the evaluator types)
     jacobian_probe,
     ngram_probes,
     poly_approx,
+    sharpness,
 )
 from dsb.evals.base import (
     EvalContext,
