@@ -155,7 +155,7 @@ class DsbProbes:
         # when __init__ returns.
         self.stats_hash = stats.content_hash
         cache = _cache_dir(ctx, cache_dir)
-        set_values = {"clip": clip, "particle_steps": particle_steps}
+        set_values = {"clip": clip, "particle_steps": particle_steps}  # every SET_OPTIONS key
         self.maxent: list[EvalSet] = []
         for kind in maxent_sets:
             opts = _set_kwargs(MAXENT_SETS.get(kind), set_values)
