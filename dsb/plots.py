@@ -117,14 +117,14 @@ def plot_curves(
 
 def run_evals(run_dir: str | Path) -> dict[str, str]:
     """``{key: type}`` of the ``evals`` entries in ``<run_dir>/config.yaml``."""
-    from omegaconf import OmegaConf
+    from dsb.config import read_run_config
 
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: no such file; pass evals={{key: type}} to say which evaluators ran"
         )
-    evals = OmegaConf.to_container(OmegaConf.load(path)).get("evals") or {}
+    evals = read_run_config(run_dir, raw=True).get("evals") or {}
     out = {}
     for key, entry in evals.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("type"), str):
@@ -134,11 +134,10 @@ def run_evals(run_dir: str | Path) -> dict[str, str]:
 
 
 def _num_classes(run_dir: Path) -> int:
-    from omegaconf import OmegaConf
-
+    from dsb.config import read_run_config
     from dsb.data.registry import get_dataset_spec
 
-    return get_dataset_spec(OmegaConf.load(run_dir / "config.yaml").data.name).num_classes
+    return get_dataset_spec(read_run_config(run_dir, raw=True)["data"]["name"]).num_classes
 
 
 def _entry_figures(
