@@ -121,9 +121,9 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"  # adamw | sgd
+    name: str = "adamw"  # adamw | sgd (dsb.optim.OPTIMIZERS)
     learning_rate: float = 1e-3
-    schedule: str = "constant"  # constant | cosine | warmup_cosine
+    schedule: str = "constant"  # constant | cosine | warmup_cosine (dsb.optim.SCHEDULES)
     warmup_steps: int = 0
     # Cosine schedules decay to learning_rate * final_lr_fraction.
     final_lr_fraction: float = 0.0
@@ -286,8 +286,6 @@ def compose(overrides: list[str] | None = None, config_name: str = "config", **k
 
 
 _CHOICES = {
-    "optim.name": ("adamw", "sgd"),
-    "optim.schedule": ("constant", "cosine", "warmup_cosine"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "data.text.tokenizer": ("byte", "bpe"),
 }
@@ -314,6 +312,7 @@ def validate(cfg: Config) -> None:
     from dsb.data.registry import get_dataset_spec
     from dsb.evals.base import check_evaluator_options, split_entry
     from dsb.models.registry import check_model_kwargs
+    from dsb.optim import OPTIMIZERS, SCHEDULES
     from dsb.schedule import Schedule, check_when
 
     for key, allowed in _CHOICES.items():
@@ -324,6 +323,8 @@ def validate(cfg: Config) -> None:
         value = getattr(node, attr)
         if value not in allowed:
             raise ValueError(f"{key}={value!r}: must be one of {', '.join(allowed)}")
+    OPTIMIZERS.get(cfg.optim.name)  # raise on unknown names, naming the key
+    SCHEDULES.get(cfg.optim.schedule)
     if cfg.logging.wandb_mode is not None and cfg.logging.wandb_mode not in _WANDB_MODES:
         raise ValueError(
             f"logging.wandb_mode={cfg.logging.wandb_mode!r}: must be null or one of "

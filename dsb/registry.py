@@ -1,10 +1,13 @@
-"""Named registries of constructors: models, evaluator types and datasets share one helper.
+"""Named registries: every extension point of dsb (models, datasets, evaluator types, figures,
+probe-set kinds, optimizers, schedules, activations) is one ``Registry``.
 
 A ``Registry`` maps a name to a constructor (or a spec) and checks configured options
 against the constructor's signature before any compute, with errors that name the config
-key. A registry lives in a package's ``registry``/``base`` module and the package's
-``__init__`` imports every module that registers a built-in entry; since importing any
-submodule imports its package first, a lookup always sees every built-in::
+key. Where built-ins are registered in several modules, the registry lives in a package's
+``registry``/``base`` module and the package's ``__init__`` imports every module that
+registers a built-in entry; since importing any submodule imports its package first, a
+lookup always sees every built-in. Where they all sit in one module (optimizers,
+activations, run figures), the registry lives in that module::
 
     MODELS = Registry("model")
 
@@ -35,7 +38,7 @@ class Registry(Generic[T]):
     """``name -> entry``, filled by ``register``."""
 
     def __init__(self, kind: str, config_key: str | None = None):
-        self.kind = kind  # "model", "evaluator type", "dataset": used in messages
+        self.kind = kind  # "model", "evaluator type", "dataset", ...: used in messages
         self.config_key = config_key  # e.g. "data.name", for messages about a bad name
         self._entries: dict[str, T] = {}
 
@@ -59,11 +62,20 @@ class Registry(Generic[T]):
     def __contains__(self, name: str) -> bool:
         return name in self._entries
 
-    def get(self, name: str) -> T:
+    def copy(self) -> Registry[T]:
+        """A new registry with the same entries (tests register into a copy)."""
+        new = Registry(self.kind, self.config_key)
+        new._entries = dict(self._entries)
+        return new
+
+    def get(self, name: str, config_key: str | None = None) -> T:
+        """The entry ``name``; a ValueError naming ``config_key`` (default: the registry's)
+        and the registered names if there is none."""
         try:
             return self._entries[name]
-        except KeyError:
-            where = f"{self.config_key}={name!r}: " if self.config_key else ""
+        except (KeyError, TypeError):  # TypeError: an unhashable name, e.g. a list
+            config_key = config_key or self.config_key
+            where = f"{config_key}={name!r}: " if config_key else ""
             raise ValueError(
                 f"{where}unknown {self.kind} {name!r}; registered: {', '.join(self.names())}"
             ) from None

@@ -1,6 +1,7 @@
 """Config composition, validation errors, every experiment file, and the shared pieces
 (conf/recipe/, conf/evals/) that experiments include through their defaults lists."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -211,6 +212,31 @@ def test_wrong_type_names_the_key():
 def test_semantic_errors_name_the_key(override, needle):
     with pytest.raises(ValueError, match=needle.replace(".", r"\.")):
         to_config(compose([override]))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        # A misspelt set name (it used to pass validation and fail when the evaluator was
+        # built, at the first checkpoint).
+        (
+            "evals.dsb.maxent_sets=[ics,gausian]",
+            "evals.dsb.maxent_sets[1]='gausian': unknown max-ent set 'gausian'; registered: ",
+        ),
+        ("evals.dsb.ot_sets=[cqn,meanshift]", "evals.dsb.ot_sets[1]='meanshift': unknown OT"),
+        ("evals.dsb.maxent_sets=ics", "evals.dsb.maxent_sets='ics': must be a list"),
+        # A bad value of a set option (box2's particle steps: optax failed at step 0).
+        (
+            "+evals.dsb.particle_steps=0",
+            "evals.dsb.particle_steps=0 (used by max-ent set 'box2'): must be a positive",
+        ),
+    ],
+)
+def test_probe_sets_and_their_options_are_checked_at_validation(override, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        to_config(compose([override]))
+    # Unused by every configured set, the option is not checked (as before).
+    to_config(compose(["evals.dsb.maxent_sets=[ics]", "+evals.dsb.particle_steps=0"]))
 
 
 def test_tiny_config_helper():

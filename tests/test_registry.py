@@ -66,3 +66,39 @@ def test_models_evaluators_and_datasets_share_it():
         check_evaluator_options("v", "classification", {"when": "last"})
     with pytest.raises(ValueError, match=r"data.name='svhn': unknown dataset"):
         DATASETS.get("svhn")
+
+
+def test_every_extension_point_is_a_registry():
+    from dsb.models.layers import ACTIVATIONS, get_activation
+    from dsb.optim import OPTIMIZERS, SCHEDULES
+    from dsb.plots import FIGURES
+    from dsb.stats.maxent import SAMPLERS
+    from dsb.stats.ot import OT_EDITS
+    from dsb.stats.probesets import MAXENT_SETS, OT_SETS
+
+    regs = (FIGURES, MAXENT_SETS, OT_SETS, OPTIMIZERS, SCHEDULES, ACTIVATIONS)
+    for reg in regs:
+        assert isinstance(reg, Registry)
+        name = reg.names()[0]
+        with pytest.raises(ValueError, match=f"{reg.kind} {name!r} is already registered"):
+            reg.register(name, object())
+        with pytest.raises(ValueError, match=f"unknown {reg.kind} 'nope'; registered: "):
+            reg.get("nope")
+    assert SAMPLERS is MAXENT_SETS and OT_EDITS is OT_SETS  # the older names
+    assert FIGURES.names() == ["dsb_probes", "ngram_probes", "poly_approx"]
+    assert OPTIMIZERS.names() == ["adamw", "sgd"]
+    assert SCHEDULES.names() == ["constant", "cosine", "warmup_cosine"]
+    with pytest.raises(ValueError, match=r"optim.name='lion': unknown optimizer 'lion'"):
+        OPTIMIZERS.get("lion")
+    with pytest.raises(ValueError, match=r"unknown activation 'gelu2'; registered: elu, gelu"):
+        get_activation("gelu2")
+    # A lookup may name the config key it came from.
+    with pytest.raises(ValueError, match=r"evals.dsb.maxent_sets\[0\]='x': unknown max-ent"):
+        MAXENT_SETS.get("x", config_key="evals.dsb.maxent_sets[0]")
+
+
+def test_copy_is_independent():
+    reg = _toy()
+    other = reg.copy()
+    other.register("extra", object())
+    assert "extra" in other and "extra" not in reg and other.kind == reg.kind

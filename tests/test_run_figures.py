@@ -9,7 +9,14 @@ import pytest
 from dsb_testing import ROOT
 
 from dsb import plots
-from dsb.plots import FIGURES, plot_probe_figures, plot_run, register_figure, run_evals
+from dsb.plots import (
+    FIGURES,
+    figures_for,
+    plot_probe_figures,
+    plot_run,
+    register_figure,
+    run_evals,
+)
 
 STEPS = [0, 1, 2, 4, 8, 16]
 
@@ -88,8 +95,33 @@ def test_several_entries_of_one_type_get_subfolders(tmp_path):
     ]  # fmt: skip
 
 
+def test_figures_from_a_reevaluate_dataframe(tmp_path):
+    """A ``dsb.analysis.reevaluate`` table (``step`` and ``<key>/<name>`` columns, NaN
+    where an entry was not due) draws the same figures as metrics.jsonl records."""
+    import pandas as pd
+
+    recs = [{k: v for k, v in r.items() if not k.startswith("train/")} for r in _records()]
+    run = _run(tmp_path / "run", _records())
+    df = pd.DataFrame(recs)
+    df.loc[1, "dsb/ot/cqn/loss"] = float("nan")
+    as_records = plots._as_records(df)
+    assert [r["step"] for r in as_records] == STEPS and isinstance(as_records[0]["step"], int)
+    assert "dsb/ot/cqn/loss" not in as_records[1] and as_records[2] == recs[2]
+    out = tmp_path / "analysis"
+    paths = plot_run(run, metrics=df, out_dir=out, title="run (re-evaluated)")
+    names = sorted(str(p.relative_to(out)) for p in paths)
+    assert names == ["curves.png", "maxent_across_time.png", "ot_across_time.png"]
+    assert not (run / "figures").exists()
+    # Without a run directory: figures_for, here the probe figures of "dsb" alone.
+    evals = {"dsb": "dsb_probes"}
+    paths = figures_for(df, evals, tmp_path / "x", num_classes=10, curves=False)
+    assert sorted(p.name for p in paths) == ["maxent_across_time.png", "ot_across_time.png"]
+    with pytest.raises(ValueError, match="needs a 'step' column"):
+        figures_for(df.drop(columns="step"), evals, tmp_path / "y")
+
+
 def test_register_figure_and_bad_input(tmp_path, monkeypatch):
-    monkeypatch.setattr(plots, "FIGURES", dict(FIGURES))
+    monkeypatch.setattr(plots, "FIGURES", FIGURES.copy())
     seen = []
 
     @register_figure("my_probe")
@@ -102,6 +134,9 @@ def test_register_figure_and_bad_input(tmp_path, monkeypatch):
     assert seen == [(len(STEPS), "mine", "figures", "run", 3)]
     with pytest.raises(ValueError, match="already registered"):
         register_figure("dsb_probes")(my_figures)
+    with pytest.raises(ValueError, match="already registered: its entries are lines of curves"):
+        register_figure("classification")
+    assert "my_probe" not in FIGURES  # registered into the test's copy only
     with pytest.raises(TypeError, match="evals must map entry keys to type names"):
         plot_run(run, evals={"dsb": {"type": "dsb_probes"}})
     bare = tmp_path / "bare"
@@ -122,7 +157,7 @@ def test_plotting_modules_leave_the_backend_alone(tmp_path):
     code = textwrap.dedent(f"""
         import matplotlib
         matplotlib.rcParams["backend"] = "module://no_such_backend"
-        import dsb.figures, dsb.lm.plots, dsb.plots, dsb.stats.plots
+        import dsb.lm.plots, dsb.plot_helpers, dsb.plots, dsb.stats.plots
         assert matplotlib.get_backend() == "module://no_such_backend", "import"
         paths = dsb.plots.plot_run({str(run)!r}, evals={{
             "val": "classification", "dsb": "dsb_probes", "ngram": "ngram_probes"}})

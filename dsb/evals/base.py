@@ -4,11 +4,14 @@ An evaluator is registered by type name and built from a config entry::
 
     evals:
       val:       {type: classification, split: test}
-      maxent:    {type: maxent_probes, sets: [ics, gaussian], num_samples: 2000}
+      dsb:       {type: dsb_probes, maxent_sets: [ics, gaussian], ot_sets: [cqn],
+                  num_samples: 2000}
 
 Every evaluator class takes ``(ctx: EvalContext, **options)`` and implements
 ``run(snapshot: Snapshot) -> Iterable[tuple[str, float]]``. The trainer prefixes each
-yielded name with the entry's key (``val/loss``, ``maxent/ics/accuracy``).
+yielded name with the entry's key (``val/loss``, ``dsb/maxent/ics/accuracy``). Options are
+checked against ``__init__``'s signature at config validation, and by the class's
+``check_options`` classmethod where it has one (``check_evaluator_options``).
 Expensive set-up (fitting statistics, sampling fixed evaluation sets) belongs in
 ``__init__`` or a cached property, never in ``run``: ``run`` is called at every checkpoint.
 """
@@ -115,8 +118,14 @@ def available_evaluators() -> list[str]:
 
 
 def check_evaluator_options(key: str, type_name: str, options: dict[str, Any]) -> None:
-    """Fail before any compute on an option the evaluator's constructor does not take."""
+    """Fail before any compute on an option the evaluator's constructor does not take,
+    and on a bad value where the class checks its options: a classmethod
+    ``check_options(config_key, options)`` raising ValueError that names the key
+    (``dsb_probes`` checks its set names and set options that way)."""
     EVALUATORS.check_options(f"evals.{key}", type_name, options, reserved={"ctx"})
+    check = getattr(EVALUATORS.get(type_name), "check_options", None)
+    if check is not None:
+        check(f"evals.{key}", options)
 
 
 def build_evaluator(ctx: EvalContext, key: str, type_name: str, options: dict[str, Any]):

@@ -17,18 +17,46 @@ generating class (max-ent) or the target class t and the source class s (OT).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from dsb.evals.base import EvalContext, Snapshot, register_evaluator
 from dsb.evals.classification import cross_entropy_and_accuracy
+from dsb.registry import Registry, signature_of
 from dsb.stats.evalsets import EvalSet, build_maxent_set, build_ot_set
 from dsb.stats.moments import fit_class_stats
+from dsb.stats.probesets import MAXENT_SETS, OT_SETS, ProbeSetKind
 from dsb.stats.report import unmet_checks, warn_unmet
 
-__all__ = ["DsbProbes"]
+__all__ = ["SET_OPTIONS", "DsbProbes"]
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool) or int(value) < 1:
+        raise ValueError("must be a positive integer")
+    return int(value)
+
+
+# The options of this evaluator that a probe-set kind may take (``ProbeSetKind.options``
+# maps them to keywords of its function): each converts the configured value into what the
+# function gets, which is also what the set's cache key holds, and raises ValueError for a
+# bad value (checked at config validation, before any compute).
+SET_OPTIONS: dict[str, Callable[[Any], Any]] = {
+    "clip": bool,
+    "particle_steps": _positive_int,
+}
+
+# Evaluator option -> registry of the kinds it lists.
+_SET_LISTS: dict[str, Registry[ProbeSetKind]] = {"maxent_sets": MAXENT_SETS, "ot_sets": OT_SETS}
+
+
+def _set_kwargs(spec: ProbeSetKind, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of ``spec.fn`` from this evaluator's option ``values``."""
+    return {kw: SET_OPTIONS[option](values[option]) for option, kw in spec.options.items()}
+
 
 MOMENTS_FILE = "dsb_probes_moments.json"
 
@@ -52,8 +80,9 @@ class DsbProbes:
     """Evaluator over fixed max-ent and OT-edited sets.
 
     Options:
-      maxent_sets: names in ``dsb.stats.maxent.SAMPLERS`` (ics, box1, gaussian, box2, box3).
-      ot_sets: names in ``dsb.stats.ot.OT_EDITS`` (cqn, mean_shift, gaussian).
+      maxent_sets: names in ``dsb.stats.probesets.MAXENT_SETS`` (ics, box1, gaussian,
+        box2, box3).
+      ot_sets: names in ``dsb.stats.probesets.OT_SETS`` (cqn, mean_shift, gaussian).
       num_samples: size of each max-ent set and (at most) of each OT set.
       seed: fixes every sample, label, OT target and source subset.
       shrinkage: ``None`` or ``[a, b]``: Sigma_hat = a S + b (tr S / d) I for the
@@ -69,7 +98,34 @@ class DsbProbes:
       particle_steps: Adam steps of the box2 / box3 particle samplers (cost per step
         ~ n_y d^2 per class: seconds on digits, a GPU job at CIFAR size).
       fit_batch_size: batch size of the streaming statistics fit.
+
+    ``clip`` and ``particle_steps`` go to the kinds whose registration takes them
+    (``SET_OPTIONS``); ``check_options`` checks set names and those values at config
+    validation.
     """
+
+    @classmethod
+    def check_options(cls, config_key: str, options: Mapping[str, Any]) -> None:
+        """Unknown set names and bad values of the set options, before any compute;
+        each message names the key (``<config_key>.maxent_sets[1]``, ...)."""
+        params = signature_of(cls).parameters
+        values = {k: options.get(k, params[k].default) for k in (*_SET_LISTS, *SET_OPTIONS)}
+        for list_key, registry in _SET_LISTS.items():
+            names = values[list_key]
+            if isinstance(names, str) or not isinstance(names, Sequence):
+                raise ValueError(
+                    f"{config_key}.{list_key}={names!r}: must be a list of {registry.kind} names"
+                )
+            for i, name in enumerate(names):
+                spec = registry.get(name, config_key=f"{config_key}.{list_key}[{i}]")
+                for option in spec.options:
+                    try:
+                        SET_OPTIONS[option](values[option])
+                    except (TypeError, ValueError) as e:
+                        raise ValueError(
+                            f"{config_key}.{option}={values[option]!r} (used by "
+                            f"{registry.kind} {name!r}): {e}"
+                        ) from None
 
     def __init__(
         self,
@@ -99,13 +155,10 @@ class DsbProbes:
         # when __init__ returns.
         self.stats_hash = stats.content_hash
         cache = _cache_dir(ctx, cache_dir)
+        set_values = {"clip": clip, "particle_steps": particle_steps}  # every SET_OPTIONS key
         self.maxent: list[EvalSet] = []
         for kind in maxent_sets:
-            opts = {}
-            if kind == "gaussian":
-                opts["clip"] = bool(clip)
-            if kind in ("box2", "box3"):
-                opts["steps"] = int(particle_steps)
+            opts = _set_kwargs(MAXENT_SETS.get(kind), set_values)
             self.maxent.append(
                 build_maxent_set(stats, kind, num_samples, seed, cache_dir=cache, **opts)
             )
@@ -117,7 +170,7 @@ class DsbProbes:
             x_src = np.asarray(src["image"]).reshape(n_src, -1)[pick]
             y_src = np.asarray(src["label"])[pick]
             for kind in ot_sets:
-                opts = {"clip": bool(clip)} if kind == "gaussian" else {}
+                opts = _set_kwargs(OT_SETS.get(kind), set_values)
                 self.ot.append(
                     build_ot_set(stats, kind, x_src, y_src, seed, cache_dir=cache, **opts)
                 )

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from dsb.figures import setup_step_axis
+from dsb.plot_helpers import setup_step_axis
 
 __all__ = [
     "ngram_probe_figures",

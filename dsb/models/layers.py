@@ -15,6 +15,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
+from dsb.registry import Registry
+
 __all__ = [
     "ACTIVATIONS",
     "DropPath",
@@ -103,7 +105,10 @@ gelu_tanh.defjvp(_closed_form_jvp(gelu_tanh, _gelu_tanh_d1))
 _gelu_exact_d1.defjvp(_closed_form_jvp(_gelu_exact_d1, _gelu_exact_d2))
 gelu_exact.defjvp(_closed_form_jvp(gelu_exact, _gelu_exact_d1))
 
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+# Activation functions by the name models take (``activation=...`` in ``model.kwargs``); a
+# new one is ``ACTIVATIONS.register("name", fn)`` here. ``dsb.polyapprox`` reads it too.
+ACTIVATIONS: Registry[Callable[[jax.Array], jax.Array]] = Registry("activation")
+for _name, _fn in {
     "relu": jax.nn.relu,
     # "gelu" is the tanh approximation, the default of jax.nn.gelu and flax's nn.gelu and
     # what the training-Jacobian reference notebook (flax linen) used; "gelu_tanh" names it
@@ -122,17 +127,14 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "leaky_relu": jax.nn.leaky_relu,
     "softplus": jax.nn.softplus,
     "identity": lambda x: x,
-}
+}.items():
+    ACTIVATIONS.register(_name, _fn)
+del _name, _fn
 
 
 def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
     """The activation function called ``name``; ``ValueError`` for unknown names."""
-    try:
-        return ACTIVATIONS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown activation {name!r}; choose one of: {', '.join(sorted(ACTIVATIONS))}"
-        ) from None
+    return ACTIVATIONS.get(name)
 
 
 def upcast(x: jax.Array) -> jax.Array:

@@ -88,7 +88,7 @@ __all__ = [
 QUAD_POINTS = 4001
 QUAD_HALF_WIDTH = 10.0
 
-_LEAKY_SLOPE = 0.01  # jax.nn.leaky_relu's default, what ACTIVATIONS["leaky_relu"] uses
+_LEAKY_SLOPE = 0.01  # jax.nn.leaky_relu's default, what ACTIVATIONS' "leaky_relu" uses
 _CLOSED = ("relu", "leaky_relu")
 _SMOOTH = (
     "gelu", "gelu_tanh", "gelu_exact", "tanh", "silu", "swish", "sigmoid", "softplus", "elu",
@@ -99,7 +99,8 @@ SUPPORTED_ACTIVATIONS = _CLOSED + _SMOOTH
 
 def activation_name(fn: Callable) -> str:
     """The ``dsb.models.layers.ACTIVATIONS`` name of the function object ``fn`` (the MLP
-    keeps the function, not its name); ``ValueError`` if it is not one of them."""
+    keeps the function, not its name; of two names of one function the first in sorted
+    order: "gelu", "silu"); ``ValueError`` if it is not one of them."""
     names = [n for n, f in ACTIVATIONS.items() if f is fn]
     if not names:
         raise ValueError(f"activation {fn!r} is not one of dsb.models.layers.ACTIVATIONS")
@@ -155,7 +156,7 @@ def activation_moments(name: str, m, s, n_points: int = QUAD_POINTS):
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _smooth_moments(name: str, m, s, n_points: int):
-    fn = ACTIVATIONS[name]
+    fn = ACTIVATIONS.get(name)
     d1 = jnp.vectorize(jax.grad(fn))
     d2 = jnp.vectorize(jax.grad(jax.grad(fn)))
     z, w = _nodes(n_points)
@@ -357,7 +358,7 @@ def stein_mc_approximants(
 def mlp_function(layers: Sequence[tuple], activation: str) -> Callable[[jax.Array], jax.Array]:
     """``x [d] -> logits [K]`` of ``layers = [(W [out, in], b or None), ...]`` (the layout of
     ``mlp_approximants``), in the dtype of ``x``."""
-    act = ACTIVATIONS[activation]
+    act = ACTIVATIONS.get(activation)
 
     def fn(x):
         for W, b in layers[:-1]:

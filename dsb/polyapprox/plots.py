@@ -4,7 +4,7 @@
 
 - ``poly_across_time.png``: R^2 (top) and KL(network || approximant) (bottom) of the linear
   and quadratic approximants against the step on the log2 axis of the max-ent figures
-  (``dsb.figures.setup_step_axis``), solid on the real val split, dashed on the Gaussian
+  (``dsb.plot_helpers.setup_step_axis``), solid on the real val split, dashed on the Gaussian
   samples; grey dotted: the in-sample linear least-squares R^2 on the Gaussian samples.
 - ``poly_eigenvectors.png``: the top-2 eigenvectors (by |eigenvalue|) of each logit's
   quadratic form in whitened coordinates, shown as input-space displacements (images), at
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from dsb.figures import save_figure, setup_step_axis
+from dsb.plot_helpers import save_figure, setup_step_axis
 
 __all__ = ["collect_poly_curves", "plot_poly_curves", "plot_poly_eigenvectors", "poly_figures"]
 

@@ -24,20 +24,22 @@ from pathlib import Path
 
 import numpy as np
 
-from dsb.stats.maxent import SAMPLERS
 from dsb.stats.moments import ClassStats
-from dsb.stats.ot import OT_EDITS, draw_targets
+from dsb.stats.ot import draw_targets
+from dsb.stats.probesets import MAXENT_SETS, OT_SETS, ProbeSetKind
 
 __all__ = ["EvalSet", "build_maxent_set", "build_ot_set", "eval_set_key"]
 
 _VERSION = "evalset-v1"
-# Bumped when a sampler's output changes, so one cache key never names two different sets:
-# the particle samplers' hand-written gradient (box2, box3) moved their samples at
-# rounding level (v2); the entropy factor d, minibatched projections and the noise-floor
-# checks in the report (v3). OT edits are keyed "ot/<kind>": version 2 is the lifted
-# Gaussian map on singular covariances, the bisection mean shift and the deterministic
-# rank-based CQN.
-_SAMPLER_VERSIONS = {"box2": 3, "box3": 3, "ot/cqn": 2, "ot/mean_shift": 2, "ot/gaussian": 2}
+# Each kind's own cache version (``ProbeSetKind.version``, bumped when its output changes)
+# is registered with it (dsb.stats.probesets) and goes into the key as "sampler_version".
+
+
+def _set_config(kind: ProbeSetKind, n: int, seed: int, options: dict) -> dict:
+    config = {"n": n, "seed": seed, **options}
+    if kind.version is not None:
+        config["sampler_version"] = kind.version
+    return config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,16 +153,13 @@ def build_maxent_set(
     cache_dir: str | Path | None = None,
     **options,
 ) -> EvalSet:
-    """Max-ent set ``kind`` in ``SAMPLERS`` (``options`` go to the sampler, e.g. ``clip``)."""
-    if kind not in SAMPLERS:
-        raise ValueError(f"unknown max-ent set {kind!r}; known: {sorted(SAMPLERS)}")
-    config = {"n": num_samples, "seed": seed, **options}
-    if kind in _SAMPLER_VERSIONS:
-        config["sampler_version"] = _SAMPLER_VERSIONS[kind]
+    """Max-ent set ``kind`` in ``MAXENT_SETS`` (``options`` go to the sampler, e.g. ``clip``)."""
+    spec = MAXENT_SETS.get(kind)  # ValueError for an unknown kind
+    config = _set_config(spec, num_samples, seed, options)
     key = eval_set_key(stats, f"maxent/{kind}", config)
 
     def build():
-        s = SAMPLERS[kind](stats, num_samples, seed, **options)
+        s = spec.fn(stats, num_samples, seed, **options)
         rep = _jsonable(s.report.to_dict() | {"config": config})
         return EvalSet(kind, s.x_NxD, s.y_N, None, rep, key)
 
@@ -177,23 +176,20 @@ def build_ot_set(
     cache_dir: str | Path | None = None,
     **options,
 ) -> EvalSet:
-    """OT-edited set ``kind`` in ``OT_EDITS`` of real ``x [n, d]`` with labels ``src [n]``.
+    """OT-edited set ``kind`` in ``OT_SETS`` of real ``x [n, d]`` with labels ``src [n]``.
 
     Targets t != s come from ``draw_targets(src, K, seed)``; the edits themselves are
     deterministic.
     """
-    if kind not in OT_EDITS:
-        raise ValueError(f"unknown OT set {kind!r}; known: {sorted(OT_EDITS)}")
+    spec = OT_SETS.get(kind)  # ValueError for an unknown kind
     x = np.ascontiguousarray(x_NxD, np.float32)
     src = np.ascontiguousarray(src_N, np.int32)
-    config = {"n": len(src), "seed": seed, **options}
-    if f"ot/{kind}" in _SAMPLER_VERSIONS:
-        config["sampler_version"] = _SAMPLER_VERSIONS[f"ot/{kind}"]
+    config = _set_config(spec, len(src), seed, options)
     key = eval_set_key(stats, f"ot/{kind}", config, x.tobytes() + src.tobytes())
 
     def build():
         tgt = draw_targets(src, stats.num_classes, seed)
-        e = OT_EDITS[kind](stats, x, src, tgt, **options)
+        e = spec.fn(stats, x, src, tgt, **options)
         rep = _jsonable(e.report.to_dict() | {"config": config})
         return EvalSet(kind, e.x_NxD, e.y_N, e.src_N, rep, key)
 

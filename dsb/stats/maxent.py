@@ -5,7 +5,8 @@ Every sampler draws labels ``y ~ Cat(pi)`` (label = generating class), returns f
 moment errors against the fitted targets. Randomness comes from an integer ``seed`` only,
 so a fixed seed gives identical arrays.
 
-Samplers (``SAMPLERS`` maps the names used in configs):
+Samplers, registered as probe-set kinds under the names used in configs
+(``dsb.stats.probesets.MAXENT_SETS``, also ``SAMPLERS`` here):
   ics       first order, independent coordinates: inverse CDF of each class marginal.
   box1      first order, box max-ent (Conrad): product of truncated exponentials.
   gaussian  second order: N(mu_y, Sigma_y); ``clip`` to [0, 1] is an option, reported.
@@ -33,6 +34,7 @@ import numpy as np
 import optax
 
 from dsb.stats.moments import ClassStats, marginal_quantile
+from dsb.stats.probesets import MAXENT_SETS, register_maxent_set
 from dsb.stats.report import HELDOUT_PROJECTIONS, MomentReport, floor_checks, moment_report
 
 __all__ = [
@@ -78,6 +80,7 @@ def _report(x, y, stats, claims, ref, extra=None, skew_cols=None) -> MomentRepor
 # ----------------------------------------------------------------------------- ICS
 
 
+@register_maxent_set("ics")
 def sample_ics(
     stats: ClassStats, n: int, seed: int = 0, *, reference_x=None, reference_y=None
 ) -> SampledSet:
@@ -163,6 +166,7 @@ def conrad_sample(b: np.ndarray, u: np.ndarray) -> np.ndarray:
     return np.where(b >= 0, xp, 1.0 - xp)
 
 
+@register_maxent_set("box1")
 def sample_box1(
     stats: ClassStats, n: int, seed: int = 0, *, reference_x=None, reference_y=None
 ) -> SampledSet:
@@ -188,6 +192,7 @@ def psd_factor(cov_DxD: np.ndarray) -> np.ndarray:
     return u * np.sqrt(np.clip(lam, 0.0, None))
 
 
+@register_maxent_set("gaussian", options={"clip": "clip"})
 def sample_gaussian(
     stats: ClassStats,
     n: int,
@@ -444,20 +449,20 @@ def particle_maxent(
     return SampledSet(x.astype(np.float32), y, rep)
 
 
+# Cache versions of the particle samplers: the hand-written gradient moved their samples at
+# rounding level (2); the entropy factor d, minibatched projections and the noise-floor
+# checks in the report (3).
+@register_maxent_set("box2", version=3, options={"particle_steps": "steps"})
 def sample_box2(stats: ClassStats, n: int, seed: int = 0, **kw) -> SampledSet:
     """Second-order box max-ent (particle method, see ``particle_maxent``)."""
     return particle_maxent(stats, n, seed, order=2, **kw)
 
 
+@register_maxent_set("box3", version=3, options={"particle_steps": "steps"})
 def sample_box3(stats: ClassStats, n: int, seed: int = 0, **kw) -> SampledSet:
     """Third-order box max-ent: mean, covariance and projected co-skewness matched."""
     return particle_maxent(stats, n, seed, order=3, **kw)
 
 
-SAMPLERS = {
-    "ics": sample_ics,
-    "box1": sample_box1,
-    "gaussian": sample_gaussian,
-    "box2": sample_box2,
-    "box3": sample_box3,
-}
+# The registry of max-ent probe-set kinds (``ProbeSetKind`` entries), by its older name.
+SAMPLERS = MAXENT_SETS

@@ -2,7 +2,9 @@
 
 Edited sets keep both labels: the target t (the set's label) and the source s. Targets are
 drawn once from a seed (``draw_targets``), uniformly among the other classes. Every edit
-states its targets in ``report.checks`` (``dsb.stats.report.target_check``).
+states its targets in ``report.checks`` (``dsb.stats.report.target_check``). The edits are
+registered as probe-set kinds under these names (``dsb.stats.probesets.OT_SETS``, also
+``OT_EDITS`` here):
 
   cqn         first order: per-coordinate monotone 1-D OT inside each (s, t) group of rows,
               rank-based and deterministic: the group's edited values per pixel are the
@@ -58,6 +60,7 @@ import numpy as np
 import scipy.linalg
 
 from dsb.stats.moments import ClassStats, marginal_quantile
+from dsb.stats.probesets import OT_SETS, register_ot_set
 from dsb.stats.report import MomentReport, moment_report, target_check
 
 __all__ = [
@@ -120,6 +123,9 @@ def _ks_to_marginal(stats: ClassStats, t: int, v_NxD: np.ndarray) -> np.ndarray:
     )
 
 
+# Cache versions of the OT edits: 2 is the lifted Gaussian map on singular covariances, the
+# bisection mean shift and the deterministic rank-based CQN.
+@register_ot_set("cqn", version=2)
 def cqn_edit(
     stats: ClassStats, x_NxD: np.ndarray, src_N: np.ndarray, tgt_N: np.ndarray
 ) -> EditedSet:
@@ -177,6 +183,7 @@ def cqn_edit(
 _BISECT_WIDTH = 1e-14
 
 
+@register_ot_set("mean_shift", version=2)
 def mean_shift_edit(
     stats: ClassStats,
     x_NxD: np.ndarray,
@@ -510,6 +517,7 @@ def gaussian_ot_map(stats: ClassStats, s: int, t: int, *, rcond: float = 1e-10) 
     return np.ascontiguousarray(tz.T)
 
 
+@register_ot_set("gaussian", version=2, options={"clip": "clip"})
 def gaussian_ot_edit(
     stats: ClassStats,
     x_NxD: np.ndarray,
@@ -616,8 +624,5 @@ def _cov_checks(pair_info: list[dict], tol: float) -> dict:
     return checks
 
 
-OT_EDITS = {
-    "cqn": cqn_edit,
-    "mean_shift": mean_shift_edit,
-    "gaussian": gaussian_ot_edit,
-}
+# The registry of OT probe-set kinds (``ProbeSetKind`` entries), by its older name.
+OT_EDITS = OT_SETS

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from dsb.figures import setup_step_axis
+from dsb.plot_helpers import setup_step_axis
 
 __all__ = ["collect_probe_curves", "dsb_probe_figures", "plot_probe_curves"]
 
@@ -60,7 +60,7 @@ def plot_probe_curves(
     (none if ``num_classes`` is None), saved to ``out_png``.
 
     OT sets: target accuracy solid, source accuracy dotted in the same colour. The step
-    axis is ``dsb.figures.setup_step_axis`` (log2, step 0 shown). Returns the figure (a
+    axis is ``dsb.plot_helpers.setup_step_axis`` (log2, step 0 shown). Returns the figure (a
     ``matplotlib.figure.Figure``, not registered with pyplot: no backend is involved).
     """
     import matplotlib

@@ -26,7 +26,7 @@ import pandas as pd
 from dsb.aggregate import load_table as aggregate_load_table
 from dsb.aggregate import over_seeds, sweep_plot_args, variant_columns
 from dsb.data.registry import get_dataset_spec
-from dsb.figures import finish_sweep_figure, plot_seed_band, save_figure, setup_step_axis
+from dsb.plot_helpers import finish_sweep_figure, plot_seed_band, save_figure, setup_step_axis
 
 MAXENT_ORDER = ["ics", "box1", "gaussian", "box2", "box3"]
 OT_ORDER = ["cqn", "mean_shift", "gaussian"]

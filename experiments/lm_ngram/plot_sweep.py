@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 
 from dsb.aggregate import load_table, sweep_plot_args, variant_columns
-from dsb.figures import finish_sweep_figure, save_figure, setup_step_axis
 from dsb.lm.ngram import bootstrap_ci
+from dsb.plot_helpers import finish_sweep_figure, save_figure, setup_step_axis
 
 ORDER = ["unigram", "bigram", "trigram"]
 

@@ -141,3 +141,26 @@ def test_plot_probe_curves(tmp_path):
             assert {"cqn (target)", "cqn (source)"} <= set(labels)
         ys = [line.get_ydata()[0] for line in ax_loss.get_lines() if line.get_label() == "ln K"]
         np.testing.assert_allclose(ys, [np.log(10)])
+
+
+def test_every_set_kind_is_registered_with_its_version_and_options():
+    from dsb.registry import signature_of
+    from dsb.stats.probesets import MAXENT_SETS, OT_SETS
+
+    # The cache versions are part of every cache key: changing one is a new set.
+    assert {n: k.version for n, k in MAXENT_SETS.items()} == {
+        "box1": None, "box2": 3, "box3": 3, "gaussian": None, "ics": None
+    }  # fmt: skip
+    assert {n: k.version for n, k in OT_SETS.items()} == {
+        "cqn": 2, "gaussian": 2, "mean_shift": 2
+    }  # fmt: skip
+    assert set(probes.SET_OPTIONS) <= set(signature_of(probes.DsbProbes).parameters)
+    for registry in (MAXENT_SETS, OT_SETS):
+        for name, kind in registry.items():
+            # Each option a kind takes is an evaluator option, passed to a keyword it has.
+            assert set(kind.options) <= set(probes.SET_OPTIONS), name
+            params = signature_of(kind.fn).parameters.values()
+            if not any(p.kind is p.VAR_KEYWORD for p in params):
+                assert set(kind.options.values()) <= {p.name for p in params}, name
+    assert MAXENT_SETS.get("box2").options == {"particle_steps": "steps"}
+    assert OT_SETS.get("gaussian").options == {"clip": "clip"}

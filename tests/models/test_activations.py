@@ -66,5 +66,5 @@ def test_tangent_is_one_multiply():
     x = jnp.linspace(-3.0, 3.0, 64)
     assert _num_tangent_eqns(gelu_tanh, x) <= 2
     assert _num_tangent_eqns(jax.grad(lambda z: jnp.sum(gelu_tanh(z))), x) <= 2
-    assert _num_tangent_eqns(ACTIVATIONS["gelu_tanh_autodiff"], x) >= 5
-    assert ACTIVATIONS["gelu"] is gelu_tanh and ACTIVATIONS["gelu_exact"] is gelu_exact
+    assert _num_tangent_eqns(ACTIVATIONS.get("gelu_tanh_autodiff"), x) >= 5
+    assert ACTIVATIONS.get("gelu") is gelu_tanh and ACTIVATIONS.get("gelu_exact") is gelu_exact

@@ -1,9 +1,12 @@
 """Fixed evaluation sets: fixed-seed determinism and on-disk cache hits."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from dsb.data.digits import digits_arrays
+from dsb.registry import Registry
 from dsb.stats.evalsets import build_maxent_set, build_ot_set
 from dsb.stats.moments import fit_class_stats
 
@@ -76,7 +79,7 @@ def test_concurrent_builders_share_one_build(data, tmp_path):
 
     st, *_ = data
     calls = []
-    real = evalsets.SAMPLERS["gaussian"]
+    real = evalsets.MAXENT_SETS.get("gaussian").fn
 
     def slow_sampler(*a, **kw):
         calls.append(1)
@@ -88,15 +91,19 @@ def test_concurrent_builders_share_one_build(data, tmp_path):
     def job(i):
         out[i] = build_maxent_set(st, "gaussian", 300, seed=5, cache_dir=tmp_path)
 
-    evalsets.SAMPLERS["gaussian"] = slow_sampler
-    try:
+    # A copy of the registry whose "gaussian" kind is the slow sampler (same version).
+    slow = Registry("max-ent set")
+    for name, spec in evalsets.MAXENT_SETS.items():
+        slow.register(
+            name, dataclasses.replace(spec, fn=slow_sampler) if name == "gaussian" else spec
+        )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(evalsets, "MAXENT_SETS", slow)
         threads = [threading.Thread(target=job, args=(i,)) for i in range(2)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-    finally:
-        evalsets.SAMPLERS["gaussian"] = real
     assert len(calls) == 1
     assert sorted(o.from_cache for o in out) == [False, True]
     np.testing.assert_array_equal(out[0].x_NxD, out[1].x_NxD)

@@ -92,7 +92,7 @@ def digit_stats():
 
 def test_box1_and_ics_first_order_on_digits(digit_stats):
     for name in ("box1", "ics"):
-        s = maxent.SAMPLERS[name](digit_stats, 20_000, seed=0)
+        s = maxent.SAMPLERS.get(name).fn(digit_stats, 20_000, seed=0)
         assert s.x_NxD.shape == (20_000, 64) and s.x_NxD.dtype == np.float32
         assert np.all((s.x_NxD >= 0) & (s.x_NxD <= 1))
         assert s.report.mean_rel_err < 0.015, (name, s.report.mean_rel_err)
@@ -156,9 +156,9 @@ def test_particle_samplers_match_moments_in_the_box():
 
 def test_fixed_seed_determinism(digit_stats):
     for name in ("ics", "box1", "gaussian"):
-        a = maxent.SAMPLERS[name](digit_stats, 500, seed=3)
-        b = maxent.SAMPLERS[name](digit_stats, 500, seed=3)
-        c = maxent.SAMPLERS[name](digit_stats, 500, seed=4)
+        a = maxent.SAMPLERS.get(name).fn(digit_stats, 500, seed=3)
+        b = maxent.SAMPLERS.get(name).fn(digit_stats, 500, seed=3)
+        c = maxent.SAMPLERS.get(name).fn(digit_stats, 500, seed=4)
         np.testing.assert_array_equal(a.x_NxD, b.x_NxD)
         np.testing.assert_array_equal(a.y_N, b.y_N)
         assert not np.array_equal(a.x_NxD, c.x_NxD)
@@ -263,7 +263,7 @@ def test_box3_is_third_order_on_held_out_projections(digit_stats, digits_train_f
 
 def test_sampler_checks_state_their_claims(digit_stats):
     for name, claims in (("ics", {"mean"}), ("box1", {"mean"}), ("gaussian", {"mean", "cov"})):
-        rep = maxent.SAMPLERS[name](digit_stats, 2000, seed=0).report
+        rep = maxent.SAMPLERS.get(name).fn(digit_stats, 2000, seed=0).report
         assert set(rep.checks) == claims, name
         assert rep.met, (name, rep.checks)
         assert rep.noise_floor["source"] == "gaussian"
