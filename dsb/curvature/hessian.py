@@ -64,7 +64,8 @@ class CurvatureOperator:
     ``x [n, ...]``, ``y [n]``: the batch (``n`` must divide over the mesh's devices);
     ``loss``: a ``dsb.losses.LOSSES`` name; ``matrix``: ``"hessian"`` or ``"gauss_newton"``;
     ``precond_sqrt_inv [P]``: ``P^{-1/2}`` (then the operator is ``P^{-1/2} M P^{-1/2}``);
-    ``mesh``: the data mesh (default: every device). ``dim`` is ``P``; ``theta`` the flat
+    ``mesh``: the data mesh (default: the devices ``params`` live on, i.e. the run's mesh).
+    ``dim`` is ``P``; ``theta`` the flat
     parameters; ``unravel`` maps a flat vector back to the parameter pytree.
     """
 
@@ -83,11 +84,15 @@ class CurvatureOperator:
     ):
         if matrix not in MATRICES:
             raise ValueError(f"matrix={matrix!r}: must be one of {', '.join(MATRICES)}")
-        self.mesh = parallel.make_mesh() if mesh is None else mesh
+        theta, self.unravel = ravel_pytree(params)
+        if mesh is None:  # the devices the parameters live on (the run's mesh), else one
+            ndev = len(theta.devices()) if isinstance(theta, jax.Array) else 1
+            mesh = parallel.make_mesh(ndev)
+        self.mesh = mesh
         ndev = self.mesh.devices.size
         if len(y) % ndev:
             raise ValueError(f"{len(y)} examples do not divide over {ndev} devices")
-        self.theta, self.unravel = ravel_pytree(params)
+        self.theta = jax.device_put(theta, parallel.replicated(self.mesh))
         self.dim = int(self.theta.shape[0])
         self.matrix = matrix
         dtype = self.theta.dtype
@@ -125,7 +130,9 @@ class CurvatureOperator:
         )
         self._product = jax.jit(product)
         s = jnp.ones_like(self.theta) if precond_sqrt_inv is None else precond_sqrt_inv
-        self.precond_sqrt_inv = jnp.asarray(s, dtype)
+        self.precond_sqrt_inv = jax.device_put(
+            jnp.asarray(s, dtype), parallel.replicated(self.mesh)
+        )
         batch = parallel.batch_sharding(self.mesh)
         self.x = jax.device_put(jnp.asarray(x), batch)
         self.y = jax.device_put(jnp.asarray(y), batch)
