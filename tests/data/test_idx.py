@@ -24,7 +24,8 @@ from dsb.data.sources import DatasetNotPreparedError, load_split
 IDX_ROOT = Path(os.environ.get("DSB_IDX_DIR", "~/.cache/dsb-raw")).expanduser()
 FETCH = (
     "needs the real MNIST / Fashion-MNIST IDX files in {}: from the repository root run "
-    "`PYTHON=.venv/bin/python bash ../shared/data/fetch_mnist_fashion.sh` (or set DSB_IDX_DIR)"
+    f"`PYTHON=.venv/bin/python bash ../shared/data/fetch_mnist_fashion.sh {IDX_ROOT}` "
+    "(DSB_IDX_DIR, default ~/.cache/dsb-raw, says where the tests look)"
 )
 # Class counts of the standard splits (LeCun et al.; Xiao et al. 2017).
 CLASS_COUNTS = {
