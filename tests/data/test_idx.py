@@ -6,6 +6,7 @@ the real files (fetched by ``bash ../shared/data/fetch_mnist_fashion.sh`` into
 """
 
 import gzip
+import json
 import os
 import subprocess
 import sys
@@ -286,7 +287,8 @@ def test_real_prepare_equals_idx(name, real_prepared):
 @pytest.mark.slow
 def test_mnist_lenet5_offline_end_to_end(real_prepared, tmp_path):
     """experiment=mnist_lenet5 on MNIST prepared offline: a short run trains, evaluates
-    (held-out accuracy and the DSB probes at d = 784) and checkpoints."""
+    (held-out accuracy and every DSB probe set of the experiment, at d = 784, made small)
+    and checkpoints."""
     data_dir = real_prepared("mnist")
     run_dir = tmp_path / "run"
     cmd = [
@@ -297,6 +299,8 @@ def test_mnist_lenet5_offline_end_to_end(real_prepared, tmp_path):
         f"data.data_dir={data_dir}",
         "train.total_steps=64",
         "optim.warmup_steps=8",
+        "evals.dsb.num_samples=200",
+        "evals.dsb.particle_steps=20",
         "train.progress_bar=false",
         f"hydra.run.dir={run_dir}",
     ]
@@ -304,4 +308,8 @@ def test_mnist_lenet5_offline_end_to_end(real_prepared, tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=tmp_path)
     print(f"mnist_lenet5, 64 steps: {time.perf_counter() - t:.0f} s")
     assert r.returncode == 0, r.stderr[-4000:]
-    assert (run_dir / "metrics.jsonl").is_file()
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    last = {k: v for row in rows for k, v in row.items()}
+    assert last["step"] == 64
+    assert 0.0 <= last["val/accuracy"] <= 1.0
+    assert "dsb/maxent/box2/accuracy" in last and "dsb/ot/gaussian/target_accuracy" in last
