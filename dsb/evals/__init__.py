@@ -3,7 +3,7 @@
 from dsb.evals import (  # noqa: F401  (importing registers the evaluator types)
     classification,
     dsb_probes,
-    jacobian_probe,
+    training_jacobian,
     ngram_probes,
     poly_approx,
 )

@@ -13,7 +13,7 @@ Modules, each importing only those above it in this list:
   products certificates use (triplet residuals, Gram rows).
 * ``certified``: top-k triplets with residuals, kernel-polynomial bulk counts with brackets.
 * ``matrix_free``: randomized SVD, Golub-Kahan SVD, SLQ on ``D = J - I``.
-* ``analysis``: regions, bulk, alignment,
+* ``directions``: analyses of J's singular directions: regions, bulk, alignment,
   projections, overlaps, KL probes, restricted training.
 """
 
@@ -35,7 +35,7 @@ from dsb.jacobian.dense import (
     robust_svd,
     save_spectrum,
 )
-from dsb.jacobian.analysis import (
+from dsb.jacobian.directions import (
     alignment,
     bulk_counts,
     closest_to_one,
