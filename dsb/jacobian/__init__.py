@@ -15,6 +15,9 @@ Modules, each importing only those above it in this list:
 * ``matrix_free``: randomized SVD, Golub-Kahan SVD, SLQ on ``D = J - I``.
 * ``directions``: analyses of J's singular directions: regions, bulk, alignment,
   projections, overlaps, KL probes, restricted training.
+* ``study`` (not imported here): the Belrose & Scherlis (2024, arXiv 2412.07003) study on
+  digits behind ``experiments/training_jacobian``: its runs, cached spectra, numbers and
+  figures.
 """
 
 from dsb.jacobian.certified import (
