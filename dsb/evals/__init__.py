@@ -3,9 +3,9 @@
 from dsb.evals import (  # noqa: F401  (importing registers the evaluator types)
     classification,
     dsb_probes,
-    jacobian_probe,
     ngram_probes,
     poly_approx,
+    training_jacobian,
 )
 from dsb.evals.base import (
     EvalContext,
