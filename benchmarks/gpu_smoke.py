@@ -19,10 +19,10 @@ Steps, each timed, its status recorded (``ok``; ``failed`` with the tail of the 
   ``--quick``: ResNet width 8, batch 16, 8 steps, probes ``ics``/``box1`` and
   ``mean_shift`` with 64 samples, 64 mock examples (RandAugment included).
 - ``jacobian_dense``: the training Jacobian d theta_T / d theta_0 of the reference setup
-  (MLP 64-GELU-10, P = 4810, T = 625; ``experiments/training_jacobian/run.py``'s
-  ``setup``) by ``dsb.jacobian.jacobian_forward``, timed twice (first call includes
-  compilation), then its float64 SVD on the host: sigma_1 and the bulk counts against the
-  reference numbers of that script. ``--quick``: the same P, T = 4 steps, no SVD.
+  (MLP 64-GELU-10, P = 4810, T = 625; ``dsb.jacobian.study.setup``) by
+  ``dsb.jacobian.jacobian_forward``, timed twice (first call includes compilation), then
+  its float64 SVD on the host: sigma_1 and the bulk counts against the paper's
+  (``study.PAPER``). ``--quick``: the same P, T = 4 steps, no SVD.
 - ``model_throughput``: forward+backward examples/s of every model in
   ``benchmarks/model_throughput.py`` at 32x32x3 (its ``measure``), batch 128.
   ``--quick``: mlp and lenet5, batch 8, 2 timed steps.
@@ -198,11 +198,10 @@ def step_cifar10_recipe(quick: bool) -> dict:
 
 
 def step_jacobian_dense(quick: bool) -> dict:
-    from dsb.jacobian import bulk_counts, jacobian_forward, robust_svd
+    from dsb.jacobian import bulk_counts, jacobian_forward, robust_svd, study
 
-    tj = load_script("experiments/training_jacobian/run.py")
     bench = load_script("benchmarks/jacobian_dense.py")
-    s = tj.setup(0)
+    s = study.setup(0)
     run, theta0 = s["run"], s["theta0"]
     if quick:
         run = run.with_steps(4)
@@ -229,7 +228,7 @@ def step_jacobian_dense(quick: bool) -> dict:
     out["sigma_1"] = float(s_vals[0])
     counts = {str(k): v for k, v in bulk_counts(s_vals).items()}
     out["count_abs_sigma_minus_1_below"] = counts
-    out["reference"] = {k: tj.REFERENCE[k] for k in ("sigma_1", "count_abs_sigma_minus_1_below")}
+    out["reference"] = {k: study.PAPER[k] for k in ("sigma_1", "count_abs_sigma_minus_1_below")}
     return out
 
 

@@ -141,10 +141,10 @@ class Products:
         self._mv, self._rmv = jax.jit(mv), jax.jit(rmv)
 
     def matvec(self, v):
-        return self._mv(self.op._f_jvp, v)
+        return self._mv(self.op.linear_jvp, v)
 
     def rmatvec(self, u):
-        return self._rmv(self.op._f_jvp, u)
+        return self._rmv(self.op.linear_jvp, u)
 
 
 def time_products(op: JacobianOperator, reps: int, log) -> dict:

@@ -150,7 +150,7 @@ def restored_snapshot(
     in eval mode on one local device, in batches of ``eval_batch_size`` (default: the
     run's ``train.eval_batch_size``). Pass the ``predict(params, rest, x)`` of an earlier
     call (``snapshot.predict.func``) to reuse its compiled forward for another step.
-    ``init_params`` (the step-0 parameters) is what the training-Jacobian hook replays."""
+    ``init_params`` (the step-0 parameters) is what the training-Jacobian evaluator replays."""
     graphdef, params, rest = nnx.split(restored.model, nnx.Param, ...)
     if predict is None:
         batch = eval_batch_size or restored.config.train.eval_batch_size

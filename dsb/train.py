@@ -67,7 +67,7 @@ def train(cfg: Config, run_dir: str | Path) -> TrainResult:
     rep = parallel.replicated(mesh)
     model = init_model(cfg, sharding=rep)
     state = TrainState.create(model, tx, cfg.seed, sharding=rep)
-    init_params = jax.tree.map(jnp.copy, model.params)  # for the training-Jacobian hook
+    init_params = jax.tree.map(jnp.copy, model.params)  # for the training-Jacobian evaluator
 
     checkpoints = RunCheckpoints(ctx)
     writer = ctx.metrics_writer()

@@ -19,6 +19,8 @@ EXPECTED_EXPERIMENTS = {
     "digits_resnet18",
     "dsb_cifar10",
     "dsb_digits",
+    "dsb_fashion_mnist",
+    "dsb_mnist",
     "jacobian_digits",
     "lm_ngram_cluster",
     "lm_ngram_default",
@@ -123,12 +125,29 @@ def test_dsb_cifar10_recipe_is_the_papers():
     assert cfg.evals["dsb"]["num_samples"] == 10000
 
 
+@pytest.mark.parametrize("name", ["dsb_mnist", "dsb_fashion_mnist"])
+def test_dsb_mnist_recipes_have_the_papers_shape(name):
+    """AdamW + warmup-cosine, log-spaced checkpoints, every max-ent set and OT edit, on a
+    model that runs on 2 CPU cores."""
+    cfg = to_config(compose([f"experiment={name}"]))
+    assert (cfg.data.name, cfg.model.name) == (name.removeprefix("dsb_"), "lenet5")
+    o = cfg.optim
+    assert (o.name, o.learning_rate, o.b1, o.b2, o.weight_decay) == ("adamw", 1e-3, 0.9, 0.95, 0.05)
+    assert o.schedule == "warmup_cosine" and 0 < o.warmup_steps < cfg.train.total_steps
+    assert cfg.ckpt.log_spaced and cfg.data.batch_size == 128
+    dsb = cfg.evals["dsb"]
+    assert dsb["maxent_sets"] == ["ics", "box1", "gaussian", "box2", "box3"]
+    assert dsb["ot_sets"] == ["cqn", "mean_shift", "gaussian"]
+
+
 # The evaluators each experiment brings itself, whatever the `evals` group says (its own
 # keys and the shared conf/evals/ files in its defaults list): what `~evals` leaves.
 # conf/evals/probes.yaml brings `poly` (poly_approx, skipped with a warning for non-MLPs).
 OWN_EVALS = {
     "dsb_cifar10": {"val", "dsb", "poly"},
     "dsb_digits": {"val", "dsb", "poly"},
+    "dsb_fashion_mnist": {"val", "dsb", "poly"},
+    "dsb_mnist": {"val", "dsb", "poly"},
     "jacobian_digits": {"val", "jac"},
     "sweep_dsb_probes": {"val", "dsb", "poly"},
     "sweep_dsb_probes_local": {"val", "dsb", "poly"},

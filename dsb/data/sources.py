@@ -22,12 +22,19 @@ class DatasetNotPreparedError(RuntimeError):
 
 def _prepare_hint(spec: DatasetSpec, data_dir: str | None) -> str:
     where = f" --data_dir {data_dir}" if data_dir else ""
-    return (
+    hint = (
         f"TFDS dataset {spec.tfds_name!r} is not prepared in "
         f"{data_dir or tfds.core.constants.DATA_DIR}. On a machine with internet, run\n"
         f"  pip install -e '.[prepare]'\n  python -m dsb.data.prepare {spec.tfds_name}{where}\n"
-        "and point data.data_dir at that directory."
     )
+    if spec.tfds_name in ("mnist", "fashion_mnist"):  # dsb.data.idx.IDX_BUILDERS
+        hint += (
+            "or offline (no TensorFlow), from the standard IDX files in DIR/"
+            f"{spec.tfds_name}/ (bash ../shared/data/fetch_mnist_fashion.sh fetches them "
+            "into ~/.cache/dsb-raw):\n"
+            f"  python -m dsb.data.prepare {spec.tfds_name} --from_idx ~/.cache/dsb-raw{where}\n"
+        )
+    return hint + "and point data.data_dir at that directory."
 
 
 def open_source(name: str, split: str, data_dir: str | None = None):

@@ -3,10 +3,10 @@
 from dsb.evals import (  # noqa: F401  (importing registers the evaluator types)
     classification,
     dsb_probes,
-    jacobian_probe,
     ngram_probes,
     poly_approx,
     sharpness,
+    training_jacobian,
 )
 from dsb.evals.base import (
     EvalContext,

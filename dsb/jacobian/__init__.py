@@ -1,32 +1,28 @@
 """The training Jacobian ``J = d theta_T / d theta_0`` of a whole training run.
 
-* ``training``: the run as a pure function (nested ``lax.scan`` over fixed minibatches).
+Modules, each importing only those above it in this list:
+
+* ``training``: the run as a pure function (nested ``lax.scan`` over fixed minibatches), and
+  the reference run.
 * ``dense``: forward/reverse-mode dense J in memory-bounded chunks, robust float64 SVD.
-* ``matrix_free``: J v / J^T u, randomized SVD, Golub-Kahan, SLQ on ``D = J - I``.
+* ``estimates``: the result and warning types the matrix-free estimators share
+  (``CountEstimate``, ``UnconvergedWarning``).
+* ``krylov``: Krylov kernels on any linear map: Golub-Kahan bidiagonalisation, Lanczos,
+  the work-dtype rule.
+* ``operator``: ``JacobianOperator`` (J v / J^T u from one linearisation) and the explicit
+  products certificates use (triplet residuals, Gram rows).
 * ``certified``: top-k triplets with residuals, kernel-polynomial bulk counts with brackets.
-* ``analysis``: regions, bulk, alignment, projections, overlaps, KL probes, restricted
-  training.
+* ``matrix_free``: randomized SVD, Golub-Kahan SVD, SLQ on ``D = J - I``.
+* ``directions``: analyses of J's singular directions: regions, bulk, alignment,
+  projections, overlaps, KL probes, restricted training.
+* ``study`` (not imported here): the Belrose & Scherlis (2024, arXiv 2412.07003) study on
+  digits behind ``experiments/training_jacobian``: its runs, cached spectra, numbers and
+  figures.
 """
 
-from dsb.jacobian.analysis import (
-    alignment,
-    bulk_counts,
-    closest_to_one,
-    max_kl,
-    max_kl_directions,
-    ood_inputs,
-    perturbation_sweep,
-    random_subspace_overlap,
-    restricted_training,
-    spectrum_regions,
-    subspace_overlap,
-    update_projection,
-)
 from dsb.jacobian.certified import (
-    CountEstimate,
     KPMCounts,
     TopSingular,
-    UnconvergedWarning,
     kpm_counts,
     top_singular_triplets,
 )
@@ -42,13 +38,29 @@ from dsb.jacobian.dense import (
     robust_svd,
     save_spectrum,
 )
+from dsb.jacobian.directions import (
+    alignment,
+    bulk_counts,
+    closest_to_one,
+    max_kl,
+    max_kl_directions,
+    ood_inputs,
+    perturbation_sweep,
+    random_subspace_overlap,
+    restricted_training,
+    spectrum_regions,
+    subspace_overlap,
+    update_projection,
+)
+from dsb.jacobian.estimates import CountEstimate, UnconvergedWarning
+from dsb.jacobian.krylov import LanczosResult, golub_kahan, lanczos
 from dsb.jacobian.matrix_free import (
-    JacobianOperator,
     SLQResult,
     golub_kahan_svd,
     randomized_svd,
     slq_spectrum,
 )
+from dsb.jacobian.operator import JacobianOperator
 from dsb.jacobian.training import (
     TrainingRun,
     check_full_precision,
@@ -67,6 +79,7 @@ __all__ = [
     "CountEstimate",
     "JacobianOperator",
     "KPMCounts",
+    "LanczosResult",
     "SLQResult",
     "SVDResult",
     "TopSingular",
@@ -79,6 +92,7 @@ __all__ = [
     "closest_to_one",
     "cross_entropy_loss",
     "fixed_minibatches",
+    "golub_kahan",
     "golub_kahan_svd",
     "identity_columns",
     "jacobian_forward",
@@ -86,6 +100,7 @@ __all__ = [
     "jacobian_forward_to_disk",
     "jacobian_reverse",
     "kpm_counts",
+    "lanczos",
     "linen_fold_in",
     "load_spectrum",
     "make_training_run",

@@ -79,12 +79,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dsb.jacobian.estimates import CountEstimate, UnconvergedWarning
+from dsb.jacobian.krylov import golub_kahan, work_dtype
+from dsb.jacobian.operator import JacobianOperator, gram_rows, triplet_residuals
+
 __all__ = [
-    "CountEstimate",
     "Deflation",
     "KPMCounts",
     "TopSingular",
-    "UnconvergedWarning",
     "deflation_subspace",
     "jackson_coefficients",
     "jackson_delta",
@@ -92,16 +94,7 @@ __all__ = [
     "kpm_counts_from_moments",
     "step_filter",
     "top_singular_triplets",
-    "triplet_residuals",
 ]
-
-
-class UnconvergedWarning(RuntimeWarning):
-    """A matrix-free estimate did not reach its stated tolerance within its budget."""
-
-
-def _work_dtype():
-    return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
 
 
 # --------------------------------------------------------------------------------------
@@ -145,49 +138,6 @@ class TopSingular:
         return bool(self.converged.all())
 
 
-def triplet_residuals(op, U: np.ndarray, s: np.ndarray, Vt: np.ndarray):
-    """``(||A v_i - s_i u_i||, ||A^T u_i - s_i v_i||)`` for ``A = op`` (``op.shift``
-    included), by ``2k`` explicit products (vmapped), in float64 on the host."""
-    dt = op.dtype
-
-    # The linear map is a jit argument: closed over, its residuals (the activations of
-    # the whole run) would be baked into the program as constants.
-    @jax.jit
-    def products(f_jvp, v_kp, u_kp, shift):
-        f_vjp = jax.linear_transpose(f_jvp, v_kp[0])
-        av = jax.vmap(lambda v: f_jvp(v) - shift * v)(v_kp)
-        atu = jax.vmap(lambda u: f_vjp(u)[0] - shift * u)(u_kp)
-        return av, atu
-
-    av, atu = products(op._f_jvp, jnp.asarray(Vt, dt), jnp.asarray(U.T, dt), op.shift)
-    av, atu = np.asarray(av, np.float64).T, np.asarray(atu, np.float64).T
-    r_left = np.linalg.norm(av - U * s, axis=0)
-    r_right = np.linalg.norm(atu - Vt.T * s, axis=0)
-    return r_left, r_right
-
-
-def _golub_kahan(op, m: int, v0):
-    from matfree import decomp
-
-    work = _work_dtype()
-    bidiag = decomp.bidiag(m, materialize=True, reortho="full")
-
-    @jax.jit
-    def run(f_jvp, v0):
-        def av(v):
-            v = v.astype(op.dtype)
-            return (f_jvp(v) - op.shift * v).astype(work)
-
-        (u_mk, v_mk), b_mm, *_ = bidiag(av, v0)
-        return u_mk, b_mm, v_mk
-
-    u_mk, b_mm, v_mk = run(op._f_jvp, v0)
-    pu, s, pvt = np.linalg.svd(np.asarray(b_mm, np.float64))
-    u = np.asarray(u_mk, np.float64).T @ pu
-    vt = pvt @ np.asarray(v_mk, np.float64)
-    return u, s, vt
-
-
 def top_singular_triplets(
     op,
     k: int,
@@ -216,12 +166,12 @@ def top_singular_triplets(
         raise ValueError(f"top_singular_triplets: rtol must be > 0, got {rtol}")
     max_products = 20 * p if max_products is None else int(max_products)
     key = jax.random.key(0) if key is None else key
-    v0 = jax.random.normal(key, (p,), _work_dtype())
+    v0 = jax.random.normal(key, (p,), work_dtype())
     m = min(max(num_krylov or max(2 * k + 10, 40), k), p)
     t0 = time.perf_counter()
     products = 0
     while True:
-        u, s, vt = _golub_kahan(op, m, v0)
+        u, s, vt = golub_kahan(op.linear_jvp, v0, m, shift=op.shift, dtype=op.dtype)
         products += 2 * m
         u, s, vt = u[:, :k], s[:k], vt[:k]
         r_left, r_right = triplet_residuals(op, u, s, vt)
@@ -257,33 +207,6 @@ def top_singular_triplets(
 
 # --------------------------------------------------------------------------------------
 # Deflation with a certificate for inexactness (module docstring, "Inexact deflation").
-
-
-def _gram_rows(op, vt_kp: np.ndarray, chunk: int = 64) -> np.ndarray:
-    """Rows ``M v_i = A^T A v_i`` ``[k, P]`` (float64 on the host) by ``2k`` explicit
-    products, vmapped over fixed-size chunks (one compile)."""
-    dt = op.dtype
-    k, p = vt_kp.shape
-
-    @jax.jit
-    def products(f_jvp, v_kp, shift):
-        f_vjp = jax.linear_transpose(f_jvp, v_kp[0])
-
-        def gram(v):
-            w = f_jvp(v) - shift * v
-            return f_vjp(w)[0] - shift * w
-
-        return jax.vmap(gram)(v_kp)
-
-    c = min(chunk, k)
-    out = np.empty((k, p))
-    for i in range(0, k, c):
-        block = np.zeros((c, p))
-        rows = vt_kp[i : i + c]
-        block[: len(rows)] = rows
-        w = products(op._f_jvp, jnp.asarray(block, dt), op.shift)
-        out[i : i + len(rows)] = np.asarray(w, np.float64)[: len(rows)]
-    return out
 
 
 @dataclasses.dataclass
@@ -375,13 +298,13 @@ def deflation_subspace(
     else:
         m = min(max(num_krylov or max(2 * k + 10, 40), k + 1), p)
         key = jax.random.key(0) if key is None else key
-        v0 = jax.random.normal(key, (p,), _work_dtype())
-        _, ritz, vt_all = _golub_kahan(op, m, v0)
+        v0 = jax.random.normal(key, (p,), work_dtype())
+        _, ritz, vt_all = golub_kahan(op.linear_jvp, v0, m, shift=op.shift, dtype=op.dtype)
         vt, products = vt_all[:k], 2 * m
     if k:
         q, r = np.linalg.qr(vt.T)
         vt = (q * np.sign(np.diag(r))).T  # orthonormal to float64 rounding, same prefixes
-        mvt = _gram_rows(op, vt, chunk)
+        mvt = gram_rows(op, vt, chunk)
         products += 2 * k
     else:
         vt, mvt = np.zeros((0, p)), np.zeros((0, p))
@@ -435,32 +358,6 @@ def step_filter(n: int, phi_c: float) -> np.ndarray:
     c[0] = (np.pi - th) / np.pi
     c[1:] = -2.0 * np.sin(k * th) / (np.pi * k)
     return c * jackson_coefficients(n)
-
-
-@dataclasses.dataclass
-class CountEstimate:
-    """A count of singular values below ``threshold`` with its certificate.
-
-    ``estimate`` is ``NaN`` unless ``resolved``; ``low``/``high`` always bound the count
-    (systematic part rigorous, Hutchinson part ``z_score`` standard errors); ``resolution``
-    is the smallest threshold the method's degree could bracket at all; ``stderr`` the
-    estimate's standard error over probes and ``stat_width`` the part of the bracket's
-    width that is statistical (the rest is the filters' resolution and the deflation's
-    inexactness: ``deflation_shift = rho_+``, the upper filter sits at ``sqrt(t^2 + rho_+)``).
-    """
-
-    threshold: float
-    estimate: float
-    low: float
-    high: float
-    resolved: bool
-    resolution: float
-    stderr: float = float("nan")
-    stat_width: float = float("nan")
-    deflation_shift: float = 0.0
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass
@@ -627,7 +524,7 @@ def _choose_depth(defl: Deflation, thresholds, *, num_probes, budget, tol, jcons
 
 
 def kpm_counts(
-    op,
+    op: JacobianOperator,
     thresholds: Sequence[float],
     *,
     deflate: int | None = None,
@@ -673,6 +570,11 @@ def kpm_counts(
        double. Stops at ``max_degree``, ``max_products`` (default ``10 P``) or
        ``max_seconds``, and reports what was reached (``stop_reason``); unresolved counts
        have ``estimate = NaN``.
+
+    The steps, each a function below: ``_deflate`` (deflation, depth, bound, certificate),
+    ``_starting_degree``, ``_ChebyshevMoments`` (the probes' moments, batched and extended
+    in place), ``_next_move`` (more degree, more probes, or stop) inside
+    ``_resolve_counts``, and ``kpm_counts_from_moments`` (moments to counts and brackets).
     """
     p = op.num_params
     thresholds = tuple(sorted(float(t) for t in thresholds))
@@ -687,196 +589,76 @@ def kpm_counts(
     max_products = 10 * p if max_products is None else int(max_products)
     eps = 1e-3 if eps is None else float(eps)
     key = jax.random.key(0) if key is None else key
-    work = _work_dtype()
+    work = work_dtype()
     t_start = time.perf_counter()
-    products = 0
 
     jconst = jackson_delta(256, eps) * 256  # delta ~ jconst / N
 
     # 1. Deflation, its certificate and the spectral bound.
-    if top is not None:
-        products += top.products
-        k_max = min(len(top.s) - 1, p - 1) if deflate is None else min(deflate, len(top.s) - 1)
-        defl = deflation_subspace(op, k_max, top=top, chunk=chunk)
-    else:
-        if deflate is None:
-            m = num_krylov or min(p, max(40, max_products // 24))
-            k_max = min(m // 2, p - 1)
-        else:
-            m = num_krylov or max(2 * deflate + 10, 40)
-            k_max = deflate
-        defl = deflation_subspace(op, k_max, num_krylov=m, key=key, chunk=chunk)
-    products += defl.products
-    deflation_products = products
-    if deflate is None:
-        k = _choose_depth(
-            defl,
-            thresholds,
-            num_probes=num_probes,
-            budget=max_products - products,
-            tol=deflation_tol,
-            jconst=jconst,
-            margin=sigma_margin,
-        )
-    else:
-        k = min(deflate, defl.size)
-    s_next = float(defl.ritz[min(k, len(defl.ritz) - 1)])
-    lsq = (sigma_margin * s_next) ** 2
-    if k:
-        h, xtx = defl.blocks(k)  # direct, not the Gram shortcut of the depth choice
-        cert = {t: _schur_shifts(h, xtx, t * t) for t in thresholds}
-    else:
-        cert = {t: (0, 0.0, 0.0) for t in thresholds}
-    extra = {t: c[0] for t, c in cert.items()}
-    shift_above = {t: c[1] for t, c in cert.items()}
-    shift_below = {t: c[2] for t, c in cert.items()}
+    defl, k, lsq, cert, deflation_products = _deflate(
+        op,
+        thresholds,
+        deflate=deflate,
+        top=top,
+        num_krylov=num_krylov,
+        max_products=max_products,
+        key=key,
+        chunk=chunk,
+        num_probes=num_probes,
+        deflation_tol=deflation_tol,
+        jconst=jconst,
+        sigma_margin=sigma_margin,
+    )
     vt = jnp.asarray(defl.Vt[:k], work) if k else None
-    proj = _project_out(vt)
+    moments = _ChebyshevMoments(op, vt, work, chunk)
 
-    def scaled_gram(f_jvp, lsq):
-        """``v -> 2 A_k^T A_k v / lsq - v`` (A_k = D with the top k directions projected
-        out): the operator whose Chebyshev recurrence gives the moments."""
-        f_vjp = jax.linear_transpose(f_jvp, jnp.zeros(p, op.dtype))
+    # 2. The starting degree: the one that brackets the largest threshold (the cheapest),
+    # within the budget; the loop doubles it while smaller thresholds stay unresolved.
+    target_deg = _starting_degree(
+        thresholds,
+        lsq,
+        budget=max_products - deflation_products,
+        num_probes=num_probes,
+        jconst=jconst,
+        degree=degree,
+    )
 
-        def bmat(v):
-            v = proj(v)
-            x = v.astype(op.dtype)
-            w = f_jvp(x) - op.shift * x
-            y = (f_vjp(w)[0] - op.shift * w).astype(work)
-            return 2.0 * proj(y) / lsq - v
+    # 3. Moments and counts, until resolved or out of budget.
+    def to_counts(mom, lsq):
+        return kpm_counts_from_moments(
+            mom,
+            math.sqrt(lsq),
+            thresholds,
+            num_params=p,
+            eps=eps,
+            z_score=z_score,
+            rel_width=rel_width,
+            extra_below={t: c[0] for t, c in cert.items()},
+            shift_above={t: c[1] for t, c in cert.items()},
+            shift_below={t: c[2] for t, c in cert.items()},
+            num_deflated=k,
+        )
 
-        return bmat
-
-    @jax.jit
-    def advance(f_jvp, lsq, t_prev, t_cur, mu0, mu1, num):
-        """``num`` Chebyshev steps (``num`` a static-length fori_loop via a mask), each
-        one product with ``A_k^T A_k``, batched over probes. Returns the new pair and the
-        two moments per step."""
-        bmat = scaled_gram(f_jvp, lsq)
-
-        def body(i, carry):
-            tp, tc, mo = carry
-            tn = 2.0 * jax.vmap(bmat)(tc) - tp
-            odd = 2.0 * jnp.sum(tn * tc, axis=1) - mu1
-            even = 2.0 * jnp.sum(tn * tn, axis=1) - mu0
-            mo = mo.at[:, 2 * i].set(odd).at[:, 2 * i + 1].set(even)
-            return tc, tn, mo
-
-        mo = jnp.zeros((t_cur.shape[0], 2 * chunk), work)
-        tp, tc, mo = jax.lax.fori_loop(0, num, body, (t_prev, t_cur, mo))
-        return tp, tc, mo
-
-    @jax.jit
-    def first(f_jvp, lsq, z):
-        bmat = scaled_gram(f_jvp, lsq)
-
-        return jax.vmap(bmat)(z)
-
-    def new_probes(key, n):
-        r = jax.random.rademacher(key, (n, p), work)
-        return jax.vmap(proj)(r)
-
-    # Start at the degree that brackets the largest threshold (the cheapest), within the
-    # budget; the loop doubles it while smaller thresholds stay unresolved.
-    phi_max = 2 * np.arcsin(min(thresholds[-1] / math.sqrt(lsq), 1.0))
-    affordable = max(16, (max_products - products) // (2 * num_probes))
-    target_deg = degree or min(int(np.ceil(2.0 * jconst / max(phi_max, 1e-12))), affordable)
-    max_degree = max_degree or 10**7
-    stop_reason = "resolved"
-
-    def start_batch(bkey, n, lsq):
-        nonlocal products
-        z = new_probes(bkey, n)
-        t1 = first(op._f_jvp, lsq, z)
-        products += 2 * n
-        mu0 = jnp.sum(z * z, axis=1)
-        mu1 = jnp.sum(z * t1, axis=1)
-        mu2 = 2.0 * jnp.sum(t1 * t1, axis=1) - mu0
-        mom = np.stack([np.asarray(mu0), np.asarray(mu1), np.asarray(mu2)], axis=1)
-        return {"tp": z, "tc": t1, "mu0": mu0, "mu1": mu1, "mom": mom, "n": n}
-
-    def extend(b, deg, lsq):
-        nonlocal products
-        while b["mom"].shape[1] - 1 < deg:
-            have = b["mom"].shape[1] - 1  # moments 0..have, have = 2 * (steps + 1)
-            steps = max(1, min(chunk, (deg - have + 1) // 2))
-            tp, tc, mo = advance(op._f_jvp, lsq, b["tp"], b["tc"], b["mu0"], b["mu1"], steps)
-            products += 2 * b["n"] * steps
-            b["tp"], b["tc"] = tp, tc
-            b["mom"] = np.concatenate([b["mom"], np.asarray(mo, np.float64)[:, : 2 * steps]], 1)
-
-    while True:
-        batches = []  # per batch: the probes' last two Chebyshev vectors, moments
-        key, bkey = jax.random.split(key)
-        batches.append(start_batch(bkey, num_probes, lsq))
-        deg = min(target_deg, max_degree)
-        blown = False
-        while True:
-            for b in batches:
-                extend(b, deg, lsq)
-            mom = np.concatenate([b["mom"][:, : deg + 1] for b in batches], 0)
-            if not np.isfinite(mom).all() or (np.abs(mom) > mom[:, :1] * (1 + 1e-6) + 1e-9).any():
-                blown = True
-                break
-            counts = kpm_counts_from_moments(
-                mom,
-                math.sqrt(lsq),
-                thresholds,
-                num_params=p,
-                eps=eps,
-                z_score=z_score,
-                rel_width=rel_width,
-                extra_below=extra,
-                shift_above=shift_above,
-                shift_below=shift_below,
-                num_deflated=k,
-            )
-            if all(c.resolved for c in counts.values()):
-                stop_reason = "resolved"
-                break
-            # What limits the worst unresolved count: resolution (degree) or probes.
-            worst = [c for c in counts.values() if not c.resolved]
-            n_all = sum(b["n"] for b in batches)
-            sub_resolution = any(c.threshold <= c.resolution for c in worst)
-            stat = max(c.stat_width for c in worst)
-            systematic = max(c.high - c.low - c.stat_width for c in worst)
-            more_probes = not sub_resolution and stat > systematic
-            cost = (deg + 1) * n_all  # either move: about deg products per probe
-            elapsed = time.perf_counter() - t_start
-            if more_probes and products + cost > max_products:
-                stop_reason = "max_products"
-                break
-            if not more_probes and (2 * deg > max_degree):
-                stop_reason = "max_degree"
-                break
-            if not more_probes and products + cost > max_products:
-                stop_reason = "max_products"
-                break
-            if max_seconds is not None and elapsed * 2.2 > max_seconds:
-                stop_reason = "max_seconds"
-                break
-            if more_probes:
-                # Double the probes, in batches of the first batch's size (one compile).
-                for _ in range(len(batches)):
-                    key, bkey = jax.random.split(key)
-                    batches.append(start_batch(bkey, num_probes, lsq))
-            else:
-                deg = 2 * deg
-        if not blown:
-            break
-        # The spectrum left [-1, 1]: the bound L was too small.
-        lsq *= 2.0
-        if products > max_products:
-            raise FloatingPointError(
-                "kpm_counts: the deflated spectrum exceeds the estimated bound and the "
-                "product budget is spent"
-            )
+    counts, deg, lsq, num_probes_used, mom, stop_reason = _resolve_counts(
+        moments,
+        to_counts,
+        key=key,
+        lsq=lsq,
+        num_probes=num_probes,
+        target_deg=target_deg,
+        max_degree=max_degree or 10**7,
+        deflation_products=deflation_products,
+        max_products=max_products,
+        max_seconds=max_seconds,
+        t_start=t_start,
+    )
+    products = deflation_products + moments.products
 
     seconds = time.perf_counter() - t_start
     res = KPMCounts(
         counts=counts,
         degree=deg,
-        num_probes=sum(b["n"] for b in batches),
+        num_probes=num_probes_used,
         sigma_max=math.sqrt(lsq),
         deflated=k,
         products=products,
@@ -899,3 +681,267 @@ def kpm_counts(
             stacklevel=2,
         )
     return res
+
+
+def _deflate(
+    op: JacobianOperator,
+    thresholds: tuple[float, ...],
+    *,
+    deflate: int | None,
+    top: TopSingular | None,
+    num_krylov: int | None,
+    max_products: int,
+    key: jax.Array,
+    chunk: int,
+    num_probes: int,
+    deflation_tol: float,
+    jconst: float,
+    sigma_margin: float,
+) -> tuple[Deflation, int, float, dict[float, tuple[int, float, float]], int]:
+    """Step 1 of ``kpm_counts``: deflate and bound what is left.
+
+    Builds the candidate directions (``deflation_subspace``, from ``top`` or from
+    Golub-Kahan), picks the depth ``k`` (``deflate``, or ``_choose_depth`` when ``None``),
+    sets the Chebyshev interval ``L = (sigma_margin * s_{k+1})^2`` from the next Ritz value
+    and computes the certificate ``(count(H < t^2), rho_+, rho_-)`` at each threshold
+    from the chosen prefix's blocks directly. Returns ``(deflation, k, L, certificate,
+    products)``, ``products`` counting ``top``'s too when given.
+    """
+    p = op.num_params
+    products = 0
+    if top is not None:
+        products += top.products
+        k_max = min(len(top.s) - 1, p - 1) if deflate is None else min(deflate, len(top.s) - 1)
+        defl = deflation_subspace(op, k_max, top=top, chunk=chunk)
+    else:
+        if deflate is None:
+            m = num_krylov or min(p, max(40, max_products // 24))
+            k_max = min(m // 2, p - 1)
+        else:
+            m = num_krylov or max(2 * deflate + 10, 40)
+            k_max = deflate
+        defl = deflation_subspace(op, k_max, num_krylov=m, key=key, chunk=chunk)
+    products += defl.products
+    if deflate is None:
+        k = _choose_depth(
+            defl,
+            thresholds,
+            num_probes=num_probes,
+            budget=max_products - products,
+            tol=deflation_tol,
+            jconst=jconst,
+            margin=sigma_margin,
+        )
+    else:
+        k = min(deflate, defl.size)
+    s_next = float(defl.ritz[min(k, len(defl.ritz) - 1)])
+    lsq = (sigma_margin * s_next) ** 2
+    if k:
+        h, xtx = defl.blocks(k)  # direct, not the Gram shortcut of the depth choice
+        cert = {t: _schur_shifts(h, xtx, t * t) for t in thresholds}
+    else:
+        cert = {t: (0, 0.0, 0.0) for t in thresholds}
+    return defl, k, lsq, cert, products
+
+
+def _starting_degree(
+    thresholds: tuple[float, ...],
+    lsq: float,
+    *,
+    budget: int,
+    num_probes: int,
+    jconst: float,
+    degree: int | None,
+) -> int:
+    """Step 2 of ``kpm_counts``: ``degree`` if given, else the degree whose Jackson width
+    (``jconst / N``) is half the largest threshold's angle, capped by what ``budget``
+    products afford for ``num_probes`` probes (at least 16)."""
+    phi_max = 2 * np.arcsin(min(thresholds[-1] / math.sqrt(lsq), 1.0))
+    affordable = max(16, budget // (2 * num_probes))
+    return degree or min(int(np.ceil(2.0 * jconst / max(phi_max, 1e-12))), affordable)
+
+
+class _ChebyshevMoments:
+    """Step 3 of ``kpm_counts``: Chebyshev moments ``z^T T_j(B) z`` of
+    ``B = 2 A_k^T A_k / L - I`` on batches of Rademacher probes ``z`` (projected).
+
+    A batch (``start``) keeps its probes' last two Chebyshev vectors and its moments
+    ``[n, 2 s + 1]``; ``extend`` advances it to a degree, two moments per product with
+    ``A_k^T A_k`` (``T_{2j} = 2 T_j^2 - 1``, ``T_{2j+1} = 2 T_j T_{j+1} - T_1``).
+    ``products`` counts the Jacobian products spent (two per probe and step).
+    """
+
+    def __init__(self, op: JacobianOperator, vt: jax.Array | None, work, chunk: int):
+        p = op.num_params
+        proj = _project_out(vt)
+        self.products = 0
+
+        def scaled_gram(f_jvp, lsq):
+            """``v -> 2 A_k^T A_k v / lsq - v`` (A_k = D with the top k directions projected
+            out): the operator whose Chebyshev recurrence gives the moments."""
+            f_vjp = jax.linear_transpose(f_jvp, jnp.zeros(p, op.dtype))
+
+            def bmat(v):
+                v = proj(v)
+                x = v.astype(op.dtype)
+                w = f_jvp(x) - op.shift * x
+                y = (f_vjp(w)[0] - op.shift * w).astype(work)
+                return 2.0 * proj(y) / lsq - v
+
+            return bmat
+
+        @jax.jit
+        def advance(f_jvp, lsq, t_prev, t_cur, mu0, mu1, num):
+            """``num`` Chebyshev steps (``num`` a static-length fori_loop via a mask), each
+            one product with ``A_k^T A_k``, batched over probes. Returns the new pair and
+            the two moments per step."""
+            bmat = scaled_gram(f_jvp, lsq)
+
+            def body(i, carry):
+                tp, tc, mo = carry
+                tn = 2.0 * jax.vmap(bmat)(tc) - tp
+                odd = 2.0 * jnp.sum(tn * tc, axis=1) - mu1
+                even = 2.0 * jnp.sum(tn * tn, axis=1) - mu0
+                mo = mo.at[:, 2 * i].set(odd).at[:, 2 * i + 1].set(even)
+                return tc, tn, mo
+
+            mo = jnp.zeros((t_cur.shape[0], 2 * chunk), work)
+            tp, tc, mo = jax.lax.fori_loop(0, num, body, (t_prev, t_cur, mo))
+            return tp, tc, mo
+
+        @jax.jit
+        def first(f_jvp, lsq, z):
+            bmat = scaled_gram(f_jvp, lsq)
+
+            return jax.vmap(bmat)(z)
+
+        self._op, self._p, self._work, self._chunk, self._proj = op, p, work, chunk, proj
+        self._advance, self._first = advance, first
+
+    def start(self, bkey: jax.Array, n: int, lsq: float) -> dict:
+        """A batch of ``n`` probes drawn from ``bkey``, with moments 0, 1 and 2."""
+        r = jax.random.rademacher(bkey, (n, self._p), self._work)
+        z = jax.vmap(self._proj)(r)
+        t1 = self._first(self._op.linear_jvp, lsq, z)
+        self.products += 2 * n
+        mu0 = jnp.sum(z * z, axis=1)
+        mu1 = jnp.sum(z * t1, axis=1)
+        mu2 = 2.0 * jnp.sum(t1 * t1, axis=1) - mu0
+        mom = np.stack([np.asarray(mu0), np.asarray(mu1), np.asarray(mu2)], axis=1)
+        return {"tp": z, "tc": t1, "mu0": mu0, "mu1": mu1, "mom": mom, "n": n}
+
+    def extend(self, b: dict, deg: int, lsq: float) -> None:
+        """Advance batch ``b`` in place until it has the moments ``0..deg``."""
+        while b["mom"].shape[1] - 1 < deg:
+            have = b["mom"].shape[1] - 1  # moments 0..have, have = 2 * (steps + 1)
+            steps = max(1, min(self._chunk, (deg - have + 1) // 2))
+            tp, tc, mo = self._advance(
+                self._op.linear_jvp, lsq, b["tp"], b["tc"], b["mu0"], b["mu1"], steps
+            )
+            self.products += 2 * b["n"] * steps
+            b["tp"], b["tc"] = tp, tc
+            b["mom"] = np.concatenate([b["mom"], np.asarray(mo, np.float64)[:, : 2 * steps]], 1)
+
+
+def _moments_blew_up(mom: np.ndarray) -> bool:
+    """Whether some probe's moments leave ``[-|z|^2, |z|^2]`` (or are not finite): then
+    ``B``'s spectrum left ``[-1, 1]`` and the bound ``L`` was too small."""
+    return bool(not np.isfinite(mom).all() or (np.abs(mom) > mom[:, :1] * (1 + 1e-6) + 1e-9).any())
+
+
+def _next_move(
+    counts: dict[float, CountEstimate],
+    *,
+    deg: int,
+    num_probes: int,
+    products: int,
+    max_products: int,
+    max_degree: int,
+    elapsed: float,
+    max_seconds: float | None,
+) -> str:
+    """What to do about unresolved ``counts``: ``"probes"`` (double them: the worst bracket
+    is mostly statistical), ``"degree"`` (double it: mostly systematic, or a threshold at or
+    below the resolution) or a stop reason (``"max_products"``, ``"max_degree"``,
+    ``"max_seconds"``) when the move would not fit the budget."""
+    worst = [c for c in counts.values() if not c.resolved]
+    sub_resolution = any(c.threshold <= c.resolution for c in worst)
+    stat = max(c.stat_width for c in worst)
+    systematic = max(c.high - c.low - c.stat_width for c in worst)
+    more_probes = not sub_resolution and stat > systematic
+    cost = (deg + 1) * num_probes  # either move: about deg products per probe
+    if more_probes and products + cost > max_products:
+        return "max_products"
+    if not more_probes and (2 * deg > max_degree):
+        return "max_degree"
+    if not more_probes and products + cost > max_products:
+        return "max_products"
+    if max_seconds is not None and elapsed * 2.2 > max_seconds:
+        return "max_seconds"
+    return "probes" if more_probes else "degree"
+
+
+def _resolve_counts(
+    moments: _ChebyshevMoments,
+    to_counts,
+    *,
+    key: jax.Array,
+    lsq: float,
+    num_probes: int,
+    target_deg: int,
+    max_degree: int,
+    deflation_products: int,
+    max_products: int,
+    max_seconds: float | None,
+    t_start: float,
+):
+    """Step 3 of ``kpm_counts``: moments, counts (``to_counts(moments, L)``) and the next
+    move, until every count is resolved or the budget is spent. When the moments blow up
+    (``_moments_blew_up``) the run restarts from fresh probes with ``L`` doubled. Returns
+    ``(counts, degree, L, probes, moments, stop_reason)``."""
+    while True:
+        batches = []  # per batch: the probes' last two Chebyshev vectors, moments
+        key, bkey = jax.random.split(key)
+        batches.append(moments.start(bkey, num_probes, lsq))
+        deg = min(target_deg, max_degree)
+        blown = False
+        while True:
+            for b in batches:
+                moments.extend(b, deg, lsq)
+            mom = np.concatenate([b["mom"][:, : deg + 1] for b in batches], 0)
+            if _moments_blew_up(mom):
+                blown = True
+                break
+            counts = to_counts(mom, lsq)
+            if all(c.resolved for c in counts.values()):
+                stop_reason = "resolved"
+                break
+            move = _next_move(
+                counts,
+                deg=deg,
+                num_probes=sum(b["n"] for b in batches),
+                products=deflation_products + moments.products,
+                max_products=max_products,
+                max_degree=max_degree,
+                elapsed=time.perf_counter() - t_start,
+                max_seconds=max_seconds,
+            )
+            if move == "probes":
+                # Double the probes, in batches of the first batch's size (one compile).
+                for _ in range(len(batches)):
+                    key, bkey = jax.random.split(key)
+                    batches.append(moments.start(bkey, num_probes, lsq))
+            elif move == "degree":
+                deg = 2 * deg
+            else:
+                stop_reason = move
+                break
+        if not blown:
+            return counts, deg, lsq, sum(b["n"] for b in batches), mom, stop_reason
+        # The spectrum left [-1, 1]: the bound L was too small.
+        lsq *= 2.0
+        if deflation_products + moments.products > max_products:
+            raise FloatingPointError(
+                "kpm_counts: the deflated spectrum exceeds the estimated bound and the "
+                "product budget is spent"
+            )

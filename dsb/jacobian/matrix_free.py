@@ -1,8 +1,7 @@
 """Matrix-free training-Jacobian spectra: products with J and J^T, never J itself.
 
-``JacobianOperator`` linearises the run once (``jax.linearize``) and gets ``J^T u`` by
-``jax.linear_transpose`` of the same linear map, so each product costs about one
-training run. On top of it:
+On top of ``JacobianOperator`` (``dsb.jacobian.operator``; re-exported here) and the Krylov
+kernels of ``dsb.jacobian.krylov``:
 
 * ``randomized_svd``: Halko-Martinsson-Tropp range finder with power iterations, top-k.
 * ``golub_kahan_svd``: Golub-Kahan bidiagonalisation with full reorthogonalisation
@@ -21,80 +20,23 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dsb.jacobian.certified import CountEstimate, UnconvergedWarning, triplet_residuals
+from dsb.jacobian.certified import top_singular_triplets
+from dsb.jacobian.estimates import CountEstimate, UnconvergedWarning
+from dsb.jacobian.krylov import golub_kahan, shifted_matvec, work_dtype
+from dsb.jacobian.operator import JacobianOperator, triplet_residuals
 
 __all__ = [
-    "JacobianOperator",
+    "JacobianOperator",  # re-exported from dsb.jacobian.operator
     "SLQResult",
     "golub_kahan_svd",
     "randomized_svd",
     "slq_spectrum",
 ]
-
-
-def _work_dtype():
-    # The Krylov bases (matfree allocates them with the default float dtype) and the
-    # reorthogonalisation run in float64 when it is enabled, whatever the run's dtype.
-    return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
-
-
-def _work_matvec(op: JacobianOperator, f_jvp: Callable) -> Callable[[jax.Array], jax.Array]:
-    """``v -> (J - shift I) v`` through the linear map ``f_jvp`` (a jit argument, so the
-    map is traced, not baked in as constants), cast to and from the Krylov work dtype."""
-    work = _work_dtype()
-
-    def av(v):
-        v = v.astype(op.dtype)
-        return (f_jvp(v) - op.shift * v).astype(work)
-
-    return av
-
-
-class JacobianOperator:
-    """``J v`` and ``J^T u`` of ``run: theta_0 [P] -> theta_T [P]`` at ``theta0``.
-
-    ``shift`` subtracts ``shift * I``: ``JacobianOperator(run, theta0, shift=1.0)`` is
-    ``D = J - I``. Residuals of one linearisation are kept (memory ~ the activations of
-    all ``T`` steps); every product is a jitted call of the stored linear map.
-    """
-
-    def __init__(self, run: Callable[[jax.Array], jax.Array], theta0: jax.Array, *, shift=0.0):
-        self.theta0 = theta0
-        self.shift = shift
-        self.theta_t, self._f_jvp = jax.jit(lambda th: jax.linearize(run, th))(theta0)
-        self._f_vjp = jax.linear_transpose(self._f_jvp, theta0)
-        self.num_params = theta0.size
-        self.dtype = theta0.dtype
-
-    def with_shift(self, shift: float) -> JacobianOperator:
-        new = object.__new__(JacobianOperator)
-        new.__dict__.update(self.__dict__)
-        new.shift = shift
-        return new
-
-    def matvec(self, v: jax.Array) -> jax.Array:
-        """``(J - shift I) v`` for ``v [P]``."""
-        return self._f_jvp(v) - self.shift * v
-
-    def rmatvec(self, u: jax.Array) -> jax.Array:
-        """``(J - shift I)^T u`` for ``u [P]``."""
-        return self._f_vjp(u)[0] - self.shift * u
-
-    def gram(self, v: jax.Array) -> jax.Array:
-        """``A^T A v`` with ``A = J - shift I``."""
-        return self.rmatvec(self.matvec(v))
-
-    def matmat(self, v_PxK: jax.Array) -> jax.Array:
-        return jax.vmap(self.matvec, in_axes=1, out_axes=1)(v_PxK)
-
-    def rmatmat(self, u_PxK: jax.Array) -> jax.Array:
-        return jax.vmap(self.rmatvec, in_axes=1, out_axes=1)(u_PxK)
 
 
 def randomized_svd(
@@ -162,28 +104,13 @@ def golub_kahan_svd(
     (``UnconvergedWarning``) when a triplet misses ``rtol`` (``rtol=None``: no check,
     fixed steps only).
     """
-    from matfree import decomp
-
     if num_matvecs is None:
-        from dsb.jacobian.certified import top_singular_triplets
-
         top = top_singular_triplets(op, k, rtol=rtol or 1e-3, key=key, warn=rtol is not None)
         return top.U, top.s, top.Vt
     m = min(num_matvecs, op.num_params)
     key = jax.random.key(0) if key is None else key
-    work = _work_dtype()
-    v0 = jax.random.normal(key, (op.num_params,), work)
-    bidiag = decomp.bidiag(m, materialize=True, reortho="full")
-
-    @jax.jit
-    def run(f_jvp, v0):
-        (u_mk, v_mk), b_mm, *_ = bidiag(_work_matvec(op, f_jvp), v0)
-        return u_mk, b_mm, v_mk
-
-    u_mk, b_mm, v_mk = run(op._f_jvp, v0)
-    pu, s, pvt = np.linalg.svd(np.asarray(b_mm, np.float64))
-    u = np.asarray(u_mk, np.float64).T @ pu  # [P, m]
-    vt = pvt @ np.asarray(v_mk, np.float64)  # [m, P]
+    v0 = jax.random.normal(key, (op.num_params,), work_dtype())
+    u, s, vt = golub_kahan(op.linear_jvp, v0, m, shift=op.shift, dtype=op.dtype)
     u, s, vt = u[:, :k], s[:k], vt[:k]
     if rtol is not None:
         _warn_unconverged("golub_kahan_svd", op, u, s, vt, rtol)
@@ -319,14 +246,14 @@ def slq_spectrum(
         raise ValueError(f"slq_spectrum: num_probes must be >= 1, got {num_probes}")
     m = min(num_matvecs, op.num_params)
     key = jax.random.key(0) if key is None else key
-    work = _work_dtype()
+    work = work_dtype()
 
     if method == "bidiag":
         bidiag = decomp.bidiag(m, materialize=True, reortho="full")
 
         @jax.jit
         def all_probes(f_jvp, v0_NxP):
-            av = _work_matvec(op, f_jvp)
+            av = shifted_matvec(f_jvp, shift=op.shift, dtype=op.dtype, work=work)
             return jax.vmap(lambda v0: bidiag(av, v0).J_small)(v0_NxP)
 
     else:
@@ -344,7 +271,7 @@ def slq_spectrum(
             return jax.vmap(lambda v0: tridiag(gram, v0).J_small)(v0_NxP)
 
     v0 = jax.random.rademacher(key, (num_probes, op.num_params), work)
-    small = np.asarray(all_probes(op._f_jvp, v0), np.float64)
+    small = np.asarray(all_probes(op.linear_jvp, v0), np.float64)
     if not np.isfinite(small).all():
         raise FloatingPointError("slq_spectrum: the Krylov recurrence produced non-finite values")
     if method == "bidiag":

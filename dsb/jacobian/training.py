@@ -191,22 +191,37 @@ def reference_optimizer(
 
 
 def reference_run(
-    seed: int = 0, *, num_steps: int = 625, dtype: Any = jnp.float32, closed_form: bool = True
-) -> tuple[TrainingRun, jax.Array]:
-    """The reference training run (Belrose & Scherlis 2024) with dsb's own initial draw:
-    MLP 64-GELU-10 (tanh GELU) with N(0, 0.125^2) biases (P = 4810), the digits train
-    split in 25 fixed minibatches of 64, ``reference_optimizer(num_steps)``; returns
-    ``(run, theta0)`` as ``make_training_run`` does. The tests, benchmarks and the
-    matrix-free reference numbers all use this one setup (the notebook's exact draw:
-    ``notebook_mlp_init``, in experiments/training_jacobian/run.py). ``closed_form=False``
-    gives the same function with the notebook's autodiff derivatives (``jax.nn.gelu``,
-    optax's cross-entropy) instead of dsb's closed forms, for benchmarks."""
+    seed: int = 0,
+    *,
+    num_steps: int = 625,
+    dtype: Any = jnp.float32,
+    closed_form: bool = True,
+    init: str = "dsb",
+    data: tuple[np.ndarray, np.ndarray] | None = None,
+    optimizer: optax.GradientTransformation | None = None,
+    with_apply: bool = False,
+):
+    """The reference training run (Belrose & Scherlis 2024, arXiv 2412.07003): MLP
+    64-GELU-10 (tanh GELU) with N(0, 0.125^2) biases (P = 4810), the digits train split in
+    25 fixed minibatches of 64, ``reference_optimizer(num_steps)``; returns
+    ``(run, theta0)`` as ``make_training_run`` does, and the model's ``apply(params, x)``
+    third with ``with_apply``. The tests, benchmarks, the matrix-free reference numbers and
+    ``dsb.jacobian.study`` all use this one setup.
+
+    ``init="dsb"`` is dsb's own initial draw (``nnx.Rngs(seed)``); ``init="notebook"`` the
+    public notebook's exact theta_0 (``notebook_mlp_init``; EleutherAI/training-jacobian).
+    ``data=(x, y)`` replaces the digits train split (controls: shuffled labels, white-noise
+    inputs) and ``optimizer`` the reference optimizer. ``closed_form=False`` gives the same
+    function with the notebook's autodiff derivatives (``jax.nn.gelu``, optax's
+    cross-entropy) instead of dsb's closed forms, for benchmarks."""
     from flax import nnx
 
     from dsb.data.digits import digits_arrays
     from dsb.models import build_model
 
-    x, y = digits_arrays()["train"]
+    if init not in ("dsb", "notebook"):
+        raise ValueError(f"reference_run: init must be 'dsb' or 'notebook', got {init!r}")
+    x, y = digits_arrays()["train"] if data is None else data
     model = build_model(
         "mlp",
         num_classes=10,
@@ -217,15 +232,18 @@ def reference_run(
         bias_init_std=0.125,
         dtype=dtype,
     )
+    if init == "notebook":
+        notebook_mlp_init(model, seed)
     apply, params = nnx_apply(model)
-    return make_training_run(
+    run, theta0 = make_training_run(
         cross_entropy_loss(apply) if closed_form else _optax_cross_entropy_loss(apply),
         params,
-        reference_optimizer(num_steps),
+        reference_optimizer(num_steps) if optimizer is None else optimizer,
         fixed_minibatches(x, y, 64),
         num_steps=num_steps,
         dtype=dtype,
     )
+    return (run, theta0, apply) if with_apply else (run, theta0)
 
 
 def fixed_minibatches(
@@ -250,7 +268,7 @@ class TrainingRun:
     """A deterministic training run, as pure functions of the flat initial parameters.
 
     ``__call__(theta0 [P]) -> theta_T [P]``; ``trajectory(theta0)`` also returns the
-    per-step losses ``[T]``. ``num_steps`` may stop mid-epoch (the checkpoint hook).
+    per-step losses ``[T]``. ``num_steps`` may stop mid-epoch (the ``training_jacobian`` evaluator).
     ``remat`` wraps the step in ``jax.checkpoint`` so reverse mode stores only the
     carries, not every activation, of the ``T`` steps.
     """

@@ -57,7 +57,7 @@ EXPERIMENTS = {
     "dsb_digits": ["experiment=dsb_digits", "optim.warmup_steps=64"],
     "digits_lenet5": ["experiment=digits_lenet5"],
     "digits_resnet18": ["experiment=digits_resnet18"],
-    # The training-Jacobian hook replays the run (P = 610) under the same mesh.
+    # The training-Jacobian evaluator replays the run (P = 610) under the same mesh.
     "jacobian_digits": [
         "experiment=jacobian_digits",
         "model.kwargs.widths=[8]",

@@ -10,8 +10,11 @@ are read from ``metrics.jsonl`` (``sharp/eig_1`` is NaN wherever Lanczos did not
 and such checkpoints are counted, not used):
 
 * ``sharpness_init``: the sharpness at step 0; ``sharpness_max`` and the step it is reached;
-* ``first_step_at_90pct``: the first checkpoint with sharpness >= 0.9 * 2 / eta (null if
-  never), i.e. when progressive sharpening reaches the threshold;
+* ``sharpness_min_first_half`` and its step: the flattest checkpoint of the first half of
+  the run (where the initialisation is sharper than 2 / eta, the first steps are unstable
+  and fall to a flatter region first);
+* ``first_step_at_90pct``: the first checkpoint from that minimum on with sharpness
+  >= 0.9 * 2 / eta (null if never), i.e. when progressive sharpening reaches the threshold;
 * ``late_mean_ratio``, ``late_min_ratio``, ``late_max_ratio``: sharpness / (2 / eta) over the
   checkpoints after ``first_step_at_90pct`` + 256 steps (the regime the paper calls the edge
   of stability), with ``late_checkpoints`` counting them;
@@ -56,21 +59,32 @@ def _finite(v) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
+def sharp_steps(conv: list[tuple[int, float]]) -> int:
+    return conv[-1][0] if conv else 0
+
+
 def summarise(run_dir: Path, lr: float) -> dict:
     recs = read_metrics(run_dir)
     thr = 2.0 / lr
     sharp = [(r["step"], r["sharp/eig_1"]) for r in recs if "sharp/eig_1_ritz" in r]
     conv = [(s, v) for s, v in sharp if _finite(v)]
     loss = [(r["step"], r["train/loss"]) for r in recs if "train/loss" in r]
-    first = next((s for s, v in conv if v >= 0.9 * thr), None)
-    late = [v / thr for s, v in conv if first is not None and s >= first + 256]
     smax = max(conv, key=lambda sv: sv[1]) if conv else (None, float("nan"))
+    # Where the initialisation is already sharper than 2 / eta, the first steps are unstable
+    # and throw the parameters to a flatter region (the sharpness falls); sharpening is
+    # measured from the flattest checkpoint of the first half of the run.
+    early = [(s, v) for s, v in conv if s <= sharp_steps(conv) // 2] or conv
+    smin = min(early, key=lambda sv: sv[1]) if early else (None, float("nan"))
+    first = next((s for s, v in conv if s >= (smin[0] or 0) and v >= 0.9 * thr), None)
+    late = [v / thr for s, v in conv if first is not None and s >= first + 256]
     return {
         "learning_rate": lr,
         "threshold_2_over_lr": thr,
         "sharpness_init": conv[0][1] if conv and conv[0][0] == 0 else None,
         "sharpness_max": smax[1],
         "sharpness_max_step": smax[0],
+        "sharpness_min_first_half": smin[1],
+        "sharpness_min_step": smin[0],
         "first_step_at_90pct": first,
         "late_checkpoints": len(late),
         "late_mean_ratio": sum(late) / len(late) if late else None,
@@ -131,13 +145,23 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE)
     ap.add_argument("--steps", type=int, default=2048)
     ap.add_argument("--lrs", type=float, nargs="+", default=[0.05, 0.1, 0.2])
+    ap.add_argument(
+        "--summarise-only", action="store_true", help="redraw from existing runs, train none"
+    )
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = ap.parse_args()
+    old = args.out / "numbers.json"
+    walls = {}
+    if args.summarise_only and old.is_file():
+        walls = {k: v.get("wall_s") for k, v in json.loads(old.read_text())["runs"].items()}
     runs, numbers = {}, {"steps": args.steps, "runs": {}}
     for loss in LOSSES:
         for lr in args.lrs:
             run_dir = args.runs / f"{loss}_lr{lr:g}"
-            wall = run_one(run_dir, loss, lr, args.steps, args.overrides)
+            if args.summarise_only:
+                wall = walls.get(f"{loss}_lr{lr:g}")
+            else:
+                wall = run_one(run_dir, loss, lr, args.steps, args.overrides)
             runs[(loss, lr)] = run_dir
             numbers["runs"][f"{loss}_lr{lr:g}"] = summarise(run_dir, lr) | {"wall_s": wall}
             print(json.dumps(numbers["runs"][f"{loss}_lr{lr:g}"]), flush=True)

@@ -73,7 +73,7 @@ def test_pure_run_matches_python_loop():
             p = optax.apply_updates(p, upd)
     want = jax.flatten_util.ravel_pytree(p)[0]
     np.testing.assert_allclose(run(theta0), want, rtol=1e-12, atol=1e-12)
-    # Mid-epoch stop (the checkpoint hook replays the first t steps).
+    # Mid-epoch stop (the training_jacobian evaluator replays the first t steps).
     assert run.with_steps(4)(theta0).shape == theta0.shape
 
 

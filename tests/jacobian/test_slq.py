@@ -277,7 +277,8 @@ def test_golub_kahan_and_randomized_svd_warn_when_unconverged():
 
 
 def test_slq_counts_are_nan_below_the_smallest_ritz_node():
-    # The failure this guards: the Gauss staircase says 0 below the smallest node.
+    # The failure this guards against: the Gauss staircase says 0 below the smallest node,
+    # and a bare staircase would report that 0 as a count.
     op, d = rotated_operator(np.random.default_rng(5), p=400)
     slq = slq_spectrum(op, num_matvecs=20, num_probes=6)
     assert slq.count_below(1e-3)[0] == 0.0  # the bare staircase

@@ -142,7 +142,7 @@ def test_training_jacobian_notebook(digits_run, tmp_path, monkeypatch):
 
 def test_reevaluate_honours_when_and_replays_the_training_jacobian(tmp_path, tfds_dir):
     """A run whose evaluators use ``when`` (reevaluate used to refuse the key), with the
-    training-Jacobian hook, dense and matrix-free, which needs the step-0 parameters."""
+    training-Jacobian evaluator, dense and matrix-free, which needs the step-0 parameters."""
     run = tmp_path / "jac"
     cfg = tiny_config(
         "experiment=jacobian_digits",

@@ -1,4 +1,8 @@
-"""Analyses of a training Jacobian's SVD ``J = U diag(s) V^T`` (Belrose & Scherlis).
+"""Analyses of a training Jacobian's singular directions, from its SVD ``J = U diag(s) V^T``
+(Belrose & Scherlis 2024, arXiv 2412.07003): which directions are chaotic, bulk or stable
+(``spectrum_regions``, ``bulk_counts``, ``closest_to_one``), how left and right vectors
+align, how the update projects on them, how subspaces of them overlap, what adding one to
+the trained parameters does to the outputs (KL probes), and training restricted to them.
 
 Conventions: ``s [P]`` descending, ``U [P, P]`` left vectors as columns, ``Vt [P, P]``
 right vectors as rows (what ``robust_svd`` returns). All host numpy in float64.

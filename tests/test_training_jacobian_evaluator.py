@@ -1,4 +1,4 @@
-"""The training-Jacobian checkpoint hook replays the trainer's own run."""
+"""The training-Jacobian evaluator replays the trainer's own run."""
 
 import json
 from pathlib import Path
@@ -11,7 +11,7 @@ from dsb.metrics import read_metrics
 from dsb.train import train
 
 
-def test_jacobian_hook_replays_the_run_and_tracks_the_spectrum(tmp_path, tfds_dir):
+def test_training_jacobian_evaluator_replays_the_run_and_tracks_the_spectrum(tmp_path, tfds_dir):
     cfg = tiny_config(
         "experiment=jacobian_digits",
         "model.kwargs.widths=[8]",  # P = 64*8 + 8 + 8*10 + 10 = 610
@@ -35,12 +35,12 @@ def test_jacobian_hook_replays_the_run_and_tracks_the_spectrum(tmp_path, tfds_di
     assert saved["s"].shape == (610,) and np.isclose(saved["s"][0], recs[16]["jac/sigma_1"])
 
 
-def test_jacobian_hook_refuses_augmentation():
+def test_training_jacobian_evaluator_refuses_augmentation():
     cfg = tiny_config(
         "experiment=jacobian_digits", "evals.jac.when=last", "data.augment.crop_padding=1"
     )
     from dsb.evals.base import EvalContext
-    from dsb.evals.jacobian_probe import TrainingJacobianProbe
+    from dsb.evals.training_jacobian import TrainingJacobian
 
     ctx = EvalContext(
         load_split=lambda split: {},
@@ -53,7 +53,7 @@ def test_jacobian_hook_refuses_augmentation():
         train_batch=lambda step: {},
     )
     with pytest.raises(ValueError, match="augmentation"):
-        TrainingJacobianProbe(ctx)
+        TrainingJacobian(ctx)
 
 
 MATRIX_FREE_IN_A_RUN = r"""
@@ -80,7 +80,7 @@ print("RESULT", json.dumps({"devices": jax.device_count(), **rec}))
 # One device is the slow variant (39 s): the 4-device case is the one that used to fail,
 # and the fast suite is near its 10-minute budget.
 @pytest.mark.parametrize("devices", [pytest.param(1, marks=pytest.mark.slow), 4])
-def test_matrix_free_hook_runs_inside_a_training_run(tmp_path, devices):
+def test_matrix_free_evaluator_runs_inside_a_training_run(tmp_path, devices):
     """The matrix-free path (every model above max_dense_params) inside a run. It used to
     fail with 'Passing lowering_platforms ... only AbstractMesh exists': theta_0 carried the
     training mesh's sharding into the replay. Its top singular value must agree with the

@@ -1,11 +1,12 @@
-"""Checkpoint hook: the training Jacobian d theta_t / d theta_0 at every checkpoint.
+"""Evaluator ``training_jacobian``: the training Jacobian d theta_t / d theta_0 at every
+checkpoint.
 
 Config entry::
 
     evals:
       jac: {type: training_jacobian, when: [0, 16, 64, 256, 625]}
 
-At a checkpoint at step t the probe replays the first t steps of training as a pure
+At a checkpoint at step t the evaluator replays the first t steps of training as a pure
 function of theta_0 (``dsb.jacobian.TrainingRun``) from ``snapshot.init_params``.
 ``recipe="trainer"`` (the default inside a dsb run) replays the run itself: the
 trainer's batches ``ctx.train_batch(0..t-1)`` and its optimizer ``make_optimizer(
@@ -14,7 +15,7 @@ options (fixed minibatches of ``batch_size`` in order, SGD with ``momentum``, co
 ``learning_rate`` to 0 over ``total_steps``), for use outside the trainer.
 ``replay_rel_error`` compares the replayed theta_t with the checkpoint's parameters: a
 large value means the replay does not describe how the run was trained (e.g. data
-augmentation, dropout or BatchNorm, which the replay does not model and which the probe
+augmentation, dropout or BatchNorm, which the replay does not model and which the evaluator
 refuses up front where it can tell).
 
 Small models (P <= ``max_dense_params``): dense forward-mode J and its float64 SVD;
@@ -54,13 +55,13 @@ from flax import nnx
 
 from dsb.evals.base import EvalContext, Snapshot, register_evaluator
 
-__all__ = ["TrainingJacobianProbe"]
+__all__ = ["TrainingJacobian"]
 
 log = logging.getLogger(__name__)
 
 
 @register_evaluator("training_jacobian")
-class TrainingJacobianProbe:
+class TrainingJacobian:
     def __init__(
         self,
         ctx: EvalContext,

@@ -4,7 +4,7 @@ import pytest
 from flax import nnx
 
 from dsb.evals.base import EvalContext, Snapshot
-from dsb.evals.jacobian_probe import TrainingJacobianProbe
+from dsb.evals.training_jacobian import TrainingJacobian
 from dsb.jacobian import (
     cross_entropy_loss,
     fixed_minibatches,
@@ -18,7 +18,7 @@ from dsb.models import build_model
 pytestmark = pytest.mark.usefixtures("float64")
 
 
-def test_probe_replays_and_reports(tmp_path):
+def test_evaluator_replays_and_reports(tmp_path):
     rng = np.random.default_rng(0)
     split = {
         "image": rng.uniform(size=(32, 3, 3, 1)).astype(np.float32),
@@ -48,14 +48,14 @@ def test_probe_replays_and_reports(tmp_path):
     params_t = run.unravel(run(theta0))
     snap = Snapshot(6, None, graphdef, params_t, rest, init_params=params)
 
-    probe = TrainingJacobianProbe(ctx, total_steps=20, batch_size=8, num_bulk=10)
-    out = dict(probe.run(snap))
+    evaluator = TrainingJacobian(ctx, total_steps=20, batch_size=8, num_bulk=10)
+    out = dict(evaluator.run(snap))
     assert out["replay_rel_error"] < 1e-6
     assert out["count_abs_s_minus_1_below_0.001"] >= 4
     assert (tmp_path / "jacobian" / "step_6.npz").exists()
 
     # The matrix-free path on the same run, against the dense truth of sigma(D), D = J - I.
-    big = TrainingJacobianProbe(
+    big = TrainingJacobian(
         ctx, total_steps=20, batch_size=8, max_dense_params=1, count_max_products=4000
     )
     out_mf = dict(big.run(snap))

@@ -1,0 +1,219 @@
+"""Contracts of the certified bulk counts (``dsb.jacobian.kpm_counts``), pinned by value.
+
+Each quantity is recomputed from its definition in ``dsb.jacobian.certified``'s module
+docstring, independently of the module's helpers:
+
+* the resolution at degree ``N`` is ``sqrt(L) sin(delta / 2)``, ``delta`` the angle beyond
+  which the degree-``N`` Jackson kernel's tail mass (both sides) is at most ``eps``
+  (integrated numerically here from the kernel's Chebyshev series);
+* a count is resolved exactly when its threshold is above the resolution and its bracket
+  is at most ``max(rel_width * estimate, abs_width)`` wide;
+* every bracket contains the exact count of a dense SVD, including when a deflated
+  direction lies below the threshold (the lower filter then moves DOWN, to
+  ``sqrt(t^2 - rho_-)``).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dsb.jacobian import JacobianOperator, TopSingular, UnconvergedWarning, kpm_counts
+from dsb.jacobian.certified import kpm_counts_from_moments
+
+pytestmark = pytest.mark.usefixtures("float64")
+
+
+def jackson_delta_by_quadrature(n: int, eps: float) -> float:
+    """The angle ``delta`` where the two-sided tail mass of the degree-``n`` Jackson kernel
+    falls to ``eps``: the kernel ``(1/2pi) (g_0 + 2 sum_k g_k cos(k x))`` (Jackson factors
+    ``g_k`` for ``n + 1`` moments, Weisse et al. 2006 eq. 71) integrated by the trapezoid
+    rule on a fine grid, not by the module's closed form."""
+    m = n + 2
+    k = np.arange(n + 1)
+    g = ((m - k) * np.cos(np.pi * k / m) + np.sin(np.pi * k / m) / np.tan(np.pi / m)) / m
+    x = np.linspace(0.0, 25.0 / n, 5001)  # delta ~ 17 / n lies inside
+    kern = (g[0] + 2.0 * np.cos(np.outer(x, k[1:])) @ g[1:]) / (2 * np.pi)
+    inner = 2.0 * np.concatenate([[0.0], np.cumsum(0.5 * (kern[1:] + kern[:-1]) * np.diff(x))])
+    tail = 1.0 - inner  # mass outside [-x, x]
+    return float(x[np.flatnonzero(tail <= eps)[0]])
+
+
+def exact_moments(d, lsq, degree):
+    """Exact Chebyshev moments ``tr T_j(2 A^T A / L - I)`` of singular values ``d``."""
+    theta = np.arccos(np.clip(2 * d**2 / lsq - 1, -1, 1))
+    return np.cos(np.outer(np.arange(degree + 1), theta)).sum(1)[None]
+
+
+def _rotated(rng, d):
+    p = len(d)
+    qu, qv = (np.linalg.qr(rng.normal(size=(p, p)))[0] for _ in range(2))
+    return qu, qv, (qu * d) @ qv.T
+
+
+def _spectrum(rng):
+    return np.sort(np.concatenate([10 ** rng.uniform(-4, -1.5, 400), rng.uniform(0.03, 1, 300)]))
+
+
+@pytest.mark.parametrize("degree", [100, 400, 1600])
+def test_resolution_is_sqrt_l_sin_half_jackson_width(degree):
+    d = _spectrum(np.random.default_rng(degree))
+    sigma_max, eps = 1.05, 1e-3
+    delta = jackson_delta_by_quadrature(degree, eps)
+    expected = sigma_max * math.sin(delta / 2)
+    # delta ~ 17 / N at eps = 1e-3 (the module docstring's "N ~ 17 sigma_max / t").
+    assert 16 / degree < delta < 18 / degree
+    counts = kpm_counts_from_moments(
+        exact_moments(d, sigma_max**2, degree), sigma_max, (1e-3, 0.1), num_params=len(d), eps=eps
+    )
+    for c in counts.values():
+        assert c.resolution == pytest.approx(expected, rel=2e-3), (degree, c, expected)
+    # Its meaning: no threshold below it is ever resolved (however wide a bracket is
+    # allowed), any threshold above it is (when any width is allowed).
+    below, above = 0.98 * expected, 1.02 * expected
+    wide = kpm_counts_from_moments(
+        exact_moments(d, sigma_max**2, degree),
+        sigma_max,
+        (below, above),
+        num_params=len(d),
+        eps=eps,
+        abs_width=2.0 * len(d),
+    )
+    assert not wide[below].resolved and np.isnan(wide[below].estimate), wide[below]
+    assert wide[above].resolved, wide[above]
+
+
+def test_resolved_exactly_when_the_bracket_fits_the_asked_width():
+    # Brackets do not depend on rel_width: only the verdict does. Just above the bracket's
+    # own relative width a count is resolved, just below it is not.
+    d = _spectrum(np.random.default_rng(5))
+    mom = exact_moments(d, 1.05**2, 800)
+    kw = dict(num_params=len(d))
+    for t in (0.02, 0.1, 0.5):
+        ref = kpm_counts_from_moments(mom, 1.05, (t,), rel_width=10.0, **kw)[t]
+        assert ref.resolved and t > ref.resolution
+        rel = (ref.high - ref.low) / ref.estimate
+        assert rel > 0.01, ref  # a real width, so that the boundary below is meaningful
+        for factor, resolved in ((1.02, True), (0.98, False), (0.6, False)):
+            c = kpm_counts_from_moments(mom, 1.05, (t,), rel_width=factor * rel, **kw)[t]
+            assert (c.low, c.high) == (ref.low, ref.high)
+            assert c.resolved is resolved, (t, factor, rel, c)
+            assert np.isnan(c.estimate) is not resolved
+        # abs_width is the other half of the tolerance.
+        w = ref.high - ref.low
+        assert kpm_counts_from_moments(mom, 1.05, (t,), rel_width=0, abs_width=1.02 * w, **kw)[
+            t
+        ].resolved
+        assert not kpm_counts_from_moments(mom, 1.05, (t,), rel_width=0, abs_width=0.98 * w, **kw)[
+            t
+        ].resolved
+
+
+def test_kpm_counts_resolution_and_resolved_widths():
+    # Through kpm_counts: the reported resolution is that of the degree it stopped at, and
+    # every count it reports as resolved has a bracket within the asked width.
+    rng = np.random.default_rng(1)
+    p = 300
+    d = np.concatenate([rng.uniform(3, 10, 4), 10 ** rng.uniform(-4, -1.5, 120)])
+    d = np.concatenate([d, rng.uniform(0.03, 1.0, p - len(d))])
+    _, _, a = _rotated(rng, d)
+    aj = jnp.asarray(a)
+    op = JacobianOperator(lambda th: aj @ th, jnp.zeros(p))
+    s = np.linalg.svd(a, compute_uv=False)
+    rel_width = 0.2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnconvergedWarning)
+        res = kpm_counts(
+            op, (1e-3, 0.02, 0.1, 0.5), deflate=4, num_probes=8, rel_width=rel_width,
+            max_products=6000,
+        )  # fmt: skip
+    delta = jackson_delta_by_quadrature(res.degree, 1e-3)
+    expected = res.sigma_max * math.sin(delta / 2)
+    assert res.resolution == pytest.approx(expected, rel=2e-3), (res, expected)
+    assert all(c.resolution == res.resolution for c in res.counts.values())
+    assert not res.counts[1e-3].resolved and 1e-3 < res.resolution
+    resolved = 0
+    for t, c in res.counts.items():
+        true = int((s < t).sum())
+        assert c.low <= true <= c.high, (t, true, c)
+        if c.resolved:
+            resolved += 1
+            assert t > c.resolution
+            assert c.high - c.low <= rel_width * c.estimate, (rel_width, c)
+            assert c.low <= c.estimate <= c.high
+        else:
+            assert np.isnan(c.estimate)
+    assert resolved >= 1, res
+
+
+def _mixed_top(d, qu, qv, n_exact, small, big, sin2):
+    """A ``TopSingular`` whose first ``n_exact`` triplets are exact and whose last right
+    vector mixes the singular direction ``small`` (weight ``1 - sin2``) with ``big``: a
+    deflated direction with Rayleigh quotient ``(1 - sin2) d_small^2 + sin2 d_big^2``,
+    coupled to the rest of the space. A last, exact triplet (``big``, not deflated) gives
+    ``kpm_counts`` the bound on the deflated spectrum (the next Ritz value)."""
+    order = [*np.argsort(d)[::-1][:n_exact], small, big]
+    vt = qv[:, order].T.copy()
+    vt[-2] = math.sqrt(1 - sin2) * qv[:, small] + math.sqrt(sin2) * qv[:, big]
+    s = d[order]
+    zeros = np.zeros(len(order))
+    return TopSingular(qu[:, order], s, vt, zeros, zeros, 1e-3, len(order), 0, 0.0, "given")
+
+
+@pytest.mark.parametrize("sin2", [5e-3, 2e-5])
+def test_brackets_contain_the_dense_count_with_a_deflated_direction_below_threshold(sin2):
+    # 64 singular values below t = 0.1, 200 just above it (0.11 .. 0.3), the rest spread,
+    # 4 large. The deflation takes the 4 large exactly plus one direction that is mostly a
+    # singular vector below t (sigma = 0.02) with a little of one at sigma = 1: its Rayleigh
+    # quotient is below t^2, so the certificate's rho_- > 0 and the lower filter must move
+    # down to sqrt(t^2 - rho_-) (with sin2 = 5e-3, rho_- > t^2: no lower filter at all; with
+    # sin2 = 2e-5, rho_- ~ 2e-3 < t^2: a lower filter moved down by ~10%). Moving it up
+    # instead counts the cluster above t as below it.
+    rng = np.random.default_rng(11)
+    p = 400
+    d = np.concatenate(
+        [
+            [0.02],
+            rng.uniform(0.01, 0.08, 63),
+            rng.uniform(0.11, 0.3, 200),
+            [1.0],
+            rng.uniform(0.4, 0.9, p - 269),
+            rng.uniform(3, 10, 4),
+        ]
+    )
+    assert len(d) == p
+    qu, qv, a = _rotated(rng, d)
+    aj = jnp.asarray(a)
+    op = JacobianOperator(lambda th: aj @ th, jnp.zeros(p))
+    top = _mixed_top(d, qu, qv, 4, small=0, big=264, sin2=sin2)
+    s = np.linalg.svd(a, compute_uv=False)
+    thresholds = (5e-3, 0.05, 0.1, 0.2, 0.6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnconvergedWarning)
+        res = kpm_counts(
+            op, thresholds, deflate=5, top=top, num_probes=8, rel_width=0.2, max_products=8000
+        )
+    assert res.deflated == 5
+    defl = res.deflation
+    rayleigh = (1 - sin2) * 0.02**2 + sin2 * 1.0**2
+    branches = set()
+    for t, c in res.counts.items():
+        true = int((s < t).sum())
+        below, _, rho_lo = defl.certificate(5, t)
+        # The branch each threshold takes: below the mixed direction's Rayleigh quotient
+        # the usual one (rho_- = 0), above it the corrected lower filter (rho_- > 0).
+        assert below == int(t * t > rayleigh), (t, below)
+        assert (rho_lo > 0) == (t * t > rayleigh), (t, rho_lo)
+        branches.add(below)
+        assert c.low <= true <= c.high, (t, true, c, rho_lo)
+        if c.resolved:
+            assert abs(c.estimate - true) <= c.high - c.low, (t, true, c)
+            assert c.high - c.low <= 0.2 * c.estimate, (t, c)
+    assert int((s < 0.1).sum()) == 64 and branches == {0, 1}
+    if sin2 == 2e-5:
+        _, _, rho_lo = defl.certificate(5, 0.1)
+        assert 0 < rho_lo < 0.1**2  # the lower filter exists and is moved, not dropped

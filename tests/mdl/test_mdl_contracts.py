@@ -1,0 +1,107 @@
+"""Bookkeeping contracts of prequential MDL (``dsb.mdl.run_mdl``), pinned by value.
+
+No model is trained: the trainer is replaced by a stub that records which index files each
+prefix run was given and reports a code length. What is checked is what ``run_mdl`` itself
+decides: the index partition of the training split (every example is in exactly one of
+the first chunk, a later coded chunk or the validation set; a prefix trains on exactly
+the chunks before the one it codes; validation examples are never trained on nor coded)
+and the metadata of ``mdl.json`` (``log2_num_classes`` is log2 K, the totals follow from
+the chunk lengths).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from dsb_testing import tiny_config
+
+from dsb.mdl import run_mdl
+
+pytestmark = pytest.mark.usefixtures("tfds_dir", "one_blas_thread")
+
+NUM_TRAIN = 1600  # the digits train split
+K = 10
+
+
+@pytest.fixture
+def stub_train(monkeypatch):
+    """Replace the trainer: each prefix "run" records its index files and reports a code
+    length of 1 bit per coded example plus the prefix number (distinct, known values)."""
+    import dsb.train
+
+    calls = []
+
+    def fake_train(cfg, run_dir):
+        es = cfg.train.early_stopping
+        rec = {
+            "run_dir": str(run_dir),
+            "train": np.load(cfg.data.train_indices),
+            "val": np.load(es.val_indices),
+            "coded": np.load(es.report_indices["next_chunk"]),
+        }
+        calls.append(rec)
+        j = len(calls) - 1
+        best = {
+            "step": 10 * (j + 1),
+            "val/loss": 1.0,
+            "next_chunk/sum_bits": float(len(rec["coded"]) + j),
+        }
+        (run_dir / "early_stopping.json").write_text(json.dumps({"best": best}))
+
+    monkeypatch.setattr(dsb.train, "train", fake_train)
+    return calls
+
+
+def test_mdl_index_sets_partition_the_split(stub_train, tmp_path):
+    cfg = tiny_config("mdl.num_chunks=5", "mdl.first_chunk=20", "mdl.val_fraction=0.1")
+    result = run_mdl(cfg, tmp_path)
+    rec = json.loads((tmp_path / "mdl.json").read_text())
+    bounds = result.bounds
+    n_val = rec["num_val"]
+    assert n_val == round(0.1 * NUM_TRAIN)
+    assert bounds[0] == 0 and bounds[1] == 20 and bounds[-1] == NUM_TRAIN - n_val
+    assert result.num_coded == bounds[-1] == rec["num_coded"]
+    assert len(stub_train) == len(bounds) - 2
+
+    val = stub_train[0]["val"]
+    assert len(val) == n_val and len(set(val.tolist())) == n_val
+    first_chunk = stub_train[0]["train"]
+    coded_so_far = set(first_chunk.tolist())
+    assert len(first_chunk) == bounds[1] == len(coded_so_far)
+    for j, call in enumerate(stub_train):
+        train, coded = set(call["train"].tolist()), set(call["coded"].tolist())
+        # Sizes are what the schedule claims, without duplicates.
+        assert len(call["train"]) == len(train) == bounds[j + 1], j
+        assert len(call["coded"]) == len(coded) == bounds[j + 2] - bounds[j + 1], j
+        np.testing.assert_array_equal(call["val"], val)  # one validation set for all
+        # Pairwise disjoint: train/val, train/chunk and chunk/val.
+        assert not train & set(val.tolist()), j
+        assert not train & coded, j
+        assert not coded & set(val.tolist()), j
+        # A prefix trains on exactly the chunks before the one it codes.
+        assert train == coded_so_far, j
+        coded_so_far |= coded
+    # Every example of the split is in exactly one of: a coded chunk (the first included)
+    # or the validation set.
+    assert len(coded_so_far) == bounds[-1]
+    assert coded_so_far | set(val.tolist()) == set(range(NUM_TRAIN))
+    assert len(coded_so_far) + n_val == NUM_TRAIN
+
+
+def test_mdl_json_records_log2_k_and_consistent_totals(stub_train, tmp_path):
+    cfg = tiny_config("mdl.num_chunks=4", "mdl.first_chunk=32")
+    result = run_mdl(cfg, tmp_path)
+    rec = json.loads((tmp_path / "mdl.json").read_text())
+    assert rec["log2_num_classes"] == pytest.approx(math.log2(K), rel=1e-15)
+    assert rec["num_classes"] == K and rec["units"] == "bits per sample"
+    b = rec["bounds"]
+    # Chunk 0: the uniform code, log2 K bits per example; the others: the stub's lengths.
+    expected = [b[1] * math.log2(K)] + [(b[j + 2] - b[j + 1]) + j for j in range(len(b) - 2)]
+    np.testing.assert_allclose(rec["chunk_bits"], expected, rtol=1e-12)
+    assert rec["total_bits"] == pytest.approx(sum(expected), rel=1e-12)
+    assert rec["mdl_bits_per_sample"] == pytest.approx(sum(expected) / b[-1], rel=1e-12)
+    assert rec["best_steps"] == [10 * (j + 1) for j in range(len(b) - 2)]
+    assert result.to_dict() == {k: rec[k] for k in result.to_dict()}
