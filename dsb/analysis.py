@@ -155,7 +155,8 @@ def restored_snapshot(
     if predict is None:
         batch = eval_batch_size or restored.config.train.eval_batch_size
         predict = make_predict(graphdef, parallel.make_mesh(1), batch)
-    return snapshot(restored.step, graphdef, params, rest, predict, init_params)
+    opt_state = restored.state.opt_state
+    return snapshot(restored.step, graphdef, params, rest, predict, init_params, opt_state)
 
 
 def reevaluate(

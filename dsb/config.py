@@ -202,6 +202,9 @@ class TrainConfig:
     # batches in device memory. A few steps in flight hide the host's dispatch time
     # whenever a step takes longer than dispatching one.
     max_steps_in_flight: int = 4
+    # The per-example training loss (dsb.losses.LOSSES): cross_entropy, or mse (the square
+    # loss of the edge-of-stability experiments). Evaluators report cross-entropy anyway.
+    loss: str = "cross_entropy"
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
 
@@ -338,6 +341,9 @@ def validate(cfg: Config) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ValueError(f"{key}={value}: must be positive")
+    from dsb.losses import LOSSES
+
+    LOSSES.get(cfg.train.loss)  # an unknown name fails here, naming train.loss
     if (
         cfg.optim.schedule == "warmup_cosine"
         and not 0 < cfg.optim.warmup_steps < cfg.train.total_steps

@@ -30,6 +30,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from dsb.curvature.plots import sharpness_figures
 from dsb.lm.plots import ngram_probe_figures
 from dsb.metrics import read_metrics
 from dsb.plot_helpers import setup_step_axis
@@ -54,6 +55,7 @@ FIGURES: Registry[RunFigures] = Registry("figure for evaluator type")
 FIGURES.register("dsb_probes", dsb_probe_figures)
 FIGURES.register("ngram_probes", ngram_probe_figures)
 FIGURES.register("poly_approx", poly_figures)
+FIGURES.register("sharpness", sharpness_figures)
 
 # Entries of this type are lines of curves.png, not figures of their own.
 CURVES_TYPE = "classification"

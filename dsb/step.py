@@ -25,6 +25,7 @@ from dsb import parallel
 from dsb.config import AugmentConfig, Config
 from dsb.data.pipeline import data_info
 from dsb.data.randaugment import randaugment
+from dsb.losses import LOSSES, per_example_loss
 from dsb.models.registry import build_model
 
 __all__ = [
@@ -184,13 +185,15 @@ def make_train_step(
     aug: AugmentConfig | None = None,
     lr_schedule: optax.Schedule | None = None,
     kind: str = "image",
+    loss: str = "cross_entropy",
 ) -> Callable:
     """``(state, batch) -> (state, metrics)``, jitted, data parallel, donating ``state``.
 
     ``state`` is a ``TrainState`` (fields ``params``, ``rest``, ``opt_state``,
     ``step``, ``rng``) replicated on every device. ``batch`` is sharded over ``data``: an
     ``ImageBatch`` for ``kind="image"`` (augmented, then classified) or a ``TokenBatch``
-    for ``kind="text"`` (logits at position t predict token t + 1).
+    for ``kind="text"`` (logits at position t predict token t + 1). ``loss`` names the
+    per-example training loss (``dsb.losses.LOSSES``), averaged over the batch.
     Per device: forward and backward on the local slice, then ``pmean`` over ``data`` of
     gradients, loss and accuracy (BatchNorm layers pmean their batch statistics
     themselves through ``norm_axis_name``). With equal local batches, the mean of local
@@ -198,6 +201,8 @@ def make_train_step(
     """
     axis = parallel.DATA_AXIS
     aug = aug or AugmentConfig()
+    loss_name = loss  # ``loss`` names the batch loss below
+    LOSSES.get(loss_name)
     if kind not in ("image", "text"):
         raise ValueError(f"kind={kind!r}: must be 'image' or 'text'")
 
@@ -217,7 +222,7 @@ def make_train_step(
         def loss_fn(params, rest):
             model = nnx.merge(graphdef_train, params, rest, copy=True)
             logits = model(x, rngs=nnx.Rngs(dropout=dropout_key)).astype(jnp.float32)
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+            loss = per_example_loss(loss_name, logits, y).mean()
             _, _, rest = nnx.split(model, nnx.Param, ...)
             return loss, (logits, rest)
 

@@ -85,7 +85,9 @@ def train(cfg: Config, run_dir: str | Path) -> TrainResult:
         if step != resumed_from:
             checkpoints.save(step, state)
         graphdef = model.graphdef_eval
-        snap = snapshot(step, graphdef, state.params, state.rest, predict, init_params)
+        snap = snapshot(
+            step, graphdef, state.params, state.rest, predict, init_params, state.opt_state
+        )
         values = suite.run(snap)
         if early is not None:
             values |= early.evaluate(step, snap.predict)
@@ -94,7 +96,13 @@ def train(cfg: Config, run_dir: str | Path) -> TrainResult:
         return values
 
     train_step = make_train_step(
-        model.graphdef_train, tx, mesh, cfg.data.augment, lr, kind=ctx.info.kind
+        model.graphdef_train,
+        tx,
+        mesh,
+        cfg.data.augment,
+        lr,
+        kind=ctx.info.kind,
+        loss=cfg.train.loss,
     )
     # Step 0 is the initialisation; a resumed run re-evaluates its restored step, since a
     # kill between saving a checkpoint and finishing its evaluations loses them (a

@@ -5,6 +5,7 @@ from dsb.evals import (  # noqa: F401  (importing registers the evaluator types)
     dsb_probes,
     ngram_probes,
     poly_approx,
+    sharpness,
     training_jacobian,
 )
 from dsb.evals.base import (

@@ -88,7 +88,9 @@ class Snapshot:
     ``[n, k]`` (LMs: ``[n, t, vocab]``) in eval mode, batched and sharded over the mesh.
     ``params`` is the model's parameter ``nnx.State``; ``graphdef`` with ``params`` and
     ``rest`` rebuilds the model with ``nnx.merge(graphdef, params, rest)``.
-    ``init_params`` are the parameters at step 0 (for the training-Jacobian evaluator).
+    ``init_params`` are the parameters at step 0 (for the training-Jacobian evaluator);
+    ``opt_state`` the optimizer state at this step (for the preconditioned sharpness of
+    adaptive optimizers), ``None`` where it was not restored.
     """
 
     step: int
@@ -97,6 +99,7 @@ class Snapshot:
     params: Any
     rest: Any
     init_params: Any = None
+    opt_state: Any = None
 
 
 class Evaluator(Protocol):

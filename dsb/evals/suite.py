@@ -19,7 +19,9 @@ from dsb.schedule import Schedule
 __all__ = ["EvalSuite", "snapshot"]
 
 
-def snapshot(step: int, graphdef, params, rest, predict, init_params=None) -> Snapshot:
+def snapshot(
+    step: int, graphdef, params, rest, predict, init_params=None, opt_state=None
+) -> Snapshot:
     """The model at checkpoint ``step`` as evaluators see it; ``predict(params, rest, x)``
     is a compiled forward (``dsb.step.make_predict``), bound here to this step's state."""
     return Snapshot(
@@ -29,6 +31,7 @@ def snapshot(step: int, graphdef, params, rest, predict, init_params=None) -> Sn
         params=params,
         rest=rest,
         init_params=init_params,
+        opt_state=opt_state,
     )
 
 
