@@ -41,7 +41,7 @@ def _dense_top(run_dir, step, loss, n=96, seed=0):
     return np.linalg.eigvalsh(0.5 * (h + h.T))[::-1]
 
 
-@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+@pytest.mark.parametrize("loss", ["cross_entropy", pytest.param("mse", marks=pytest.mark.slow)])
 def test_sharpness_in_a_gd_run_equals_the_dense_hessian_and_the_threshold_formula(
     tmp_path, tfds_dir, loss
 ):
@@ -104,6 +104,7 @@ print("RESULT", json.dumps(out))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.multidevice
 def test_four_devices_give_the_sharpness_of_one(tmp_path):
     code = SCRIPT.replace("ROOT", str(tmp_path)).replace("BASE, SHARP", f"{BASE!r}, {SHARP!r}")
