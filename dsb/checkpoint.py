@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 import zlib
 from pathlib import Path
@@ -89,6 +90,31 @@ def _meta_checksum(meta: dict[str, Any]) -> str:
     return f"{zlib.crc32(json.dumps(body, sort_keys=True).encode()):08x}"
 
 
+def _storage_error(e: BaseException) -> OSError | None:
+    """The OSError behind an orbax / TensorStore failure (they report a failed write as
+    ``ValueError: RESOURCE_EXHAUSTED ... No space left on device [os_error_code='28']``),
+    else None."""
+    if isinstance(e, OSError):
+        return e
+    m = re.search(r"os_error_code='(\d+)'", str(e))
+    if m is None:
+        return None
+    code = int(m.group(1))
+    path = re.search(r'Failed (?:writing|to open|reading)[^"]*"([^"]+)"', str(e))
+    return OSError(code, os.strerror(code), path.group(1) if path else None)
+
+
+@contextlib.contextmanager
+def _storage_errors():
+    """Raise a storage failure inside orbax as the OSError it is."""
+    try:
+        yield
+    except Exception as e:
+        if (os_error := _storage_error(e)) is None or os_error is e:
+            raise
+        raise os_error from e
+
+
 def _one_line(e: BaseException, limit: int = 200) -> str:
     """The first line of an exception (orbax and TensorStore add tens of lines of context)."""
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -134,15 +160,16 @@ class Checkpointer:
             self.wait()  # orbax waits for the previous save anyway; then it gets its manifest
         meta = {**meta, "meta_crc32": _meta_checksum(meta)}
         self._unlisted.append(step)
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-            ),
-            force=True,
-        )
-        if not self.async_save:  # finalised on return
-            self._write_manifests()
+        with _storage_errors():
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+                ),
+                force=True,
+            )
+            if not self.async_save:  # finalised on return
+                self._write_manifests()
 
     def _write_manifests(self) -> None:
         """``<step>/FILES_MANIFEST``: the crc32 of every file of each checkpoint saved
@@ -238,8 +265,9 @@ class Checkpointer:
         return None
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
-        self._write_manifests()
+        with _storage_errors():
+            self.manager.wait_until_finished()
+            self._write_manifests()
 
     def close(self) -> None:
         self.wait()

@@ -122,6 +122,13 @@ def _lock_is_live(path: Path) -> bool:
     return True
 
 
+def _not_library_errors(record: logging.LogRecord) -> bool:
+    """Console filter: orbax's own ERROR records (a failed background write or read,
+    logged with its traceback from each of its threads) stay in the log file; dsb reports
+    the failure itself, in one line."""
+    return not (record.levelno >= logging.ERROR and record.name.startswith(("absl", "orbax")))
+
+
 def _fail(message: str, code: int = 1) -> None:
     """One line on stderr; the traceback being handled goes to the log files only."""
     record = logging.LogRecord("dsb", logging.ERROR, __file__, 0, message, None, sys.exc_info())
@@ -153,6 +160,9 @@ def _hydra_main(dcfg: DictConfig) -> float | None:
     from dsb.train import train
 
     run_dir = Path(HydraConfig.get().runtime.output_dir).absolute()
+    for handler in logging.getLogger().handlers:  # Hydra's, configured for this job
+        if not isinstance(handler, logging.FileHandler):
+            handler.addFilter(_not_library_errors)
     try:
         cfg = to_config(dcfg)  # validates everything before any compute
     except Exception:
@@ -196,6 +206,9 @@ def run_app(hydra_main) -> None:
     for noisy in ("absl", "orbax", "jax._src", "tensorflow_datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     _route_background_errors()
+    # A log file on a full disk must not add its own tracebacks ("--- Logging error ---")
+    # to the one line that says the disk is full.
+    logging.raiseExceptions = False
     hydra_main()
 
 
