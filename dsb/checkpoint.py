@@ -11,8 +11,9 @@ without any error). So the metadata of every checkpoint holds a crc32 of each ar
 computed at save from the host copy of the state, and a crc32 of the metadata itself
 (the data position, the config fingerprint); once orbax has finalised a checkpoint, its
 ``dsb_files.json`` lists the crc32 of every file in it (orbax's own metadata included; a
-checkpoint of a killed run may lack it, its arrays are still checked). ``restore``
-recomputes and compares them all (``ckpt.verify_checksums``). crc32 (zlib, in the
+checkpoint of a killed run may lack it). ``restore`` (``ckpt.verify_checksums``) checks
+the metadata's checksum, then every file against the manifest, or, without a manifest,
+every restored array against its checksum. crc32 (zlib, in the
 standard library, ~1 GB/s) detects every burst of up to 32 flipped bits and random
 damage with probability 1 - 2^-32; it is no defence against deliberate tampering, which
 is not the threat here.
@@ -190,12 +191,12 @@ class Checkpointer:
             tmp.write_text(json.dumps({"crc32": files}, indent=0))
             tmp.replace(d / FILES_MANIFEST)
 
-    def verify_files(self, step: int) -> None:
-        """Compare checkpoint ``step``'s files with its manifest (if it has one)."""
+    def verify_files(self, step: int) -> bool:
+        """Compare checkpoint ``step``'s files with its manifest; False if it has none."""
         d = self.directory / str(step)
         manifest = d / FILES_MANIFEST
         if not self.checksums or not manifest.is_file():
-            return
+            return False
         try:
             listed = json.loads(manifest.read_text())["crc32"]
         except (OSError, UnicodeDecodeError, ValueError, KeyError) as e:
@@ -206,6 +207,7 @@ class Checkpointer:
                 raise CheckpointDamagedError(step, path, "file missing")
             if _file_crc32(path) != crc:
                 raise CheckpointDamagedError(step, path, "file checksum mismatch")
+        return True
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
         """Checkpoint ``step``, verified; raises ``CheckpointDamagedError`` when a file is
@@ -214,7 +216,9 @@ class Checkpointer:
         for name in _REQUIRED_FILES:
             if not (d / name).is_file():
                 raise CheckpointDamagedError(step, d / name, "file missing")
-        self.verify_files(step)
+        # Every byte orbax reads is then verified; the arrays' own checksums are the check
+        # of a checkpoint without a manifest (its run was killed before it was written).
+        files_verified = self.verify_files(step)
         try:
             meta = json.loads((d / "meta" / "metadata").read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -235,7 +239,7 @@ class Checkpointer:
         except Exception as e:  # orbax and TensorStore raise many types for damaged files
             raise CheckpointDamagedError(step, _named_path(e, d / "state"), _one_line(e)) from e
         state, meta = out["state"], out["meta"]
-        if self.checksums and "array_crc32" in meta:
+        if self.checksums and not files_verified and "array_crc32" in meta:
             got = array_checksums(state)
             bad = [k for k, v in meta["array_crc32"].items() if got.get(k) != v]
             if bad or got.keys() != meta["array_crc32"].keys():
