@@ -361,6 +361,7 @@ def _errors(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.startswith("error:")]
 
 
+@pytest.mark.slow
 def test_cli_validation_failure_leaves_no_directory(tmp_path, tfds_dir):
     code, out, err = _cli(tmp_path / "bad", "optim.warmup_steps=100", tfds_dir=tfds_dir)
     assert code != 0 and "warmup_steps=100" in out + err
