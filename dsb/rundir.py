@@ -425,10 +425,12 @@ class RunDirectory:
 
     # -- a finished run
     def finished_summary(self) -> dict[str, Any] | None:
-        """The run's ``summary.json`` when the run has finished with this config (nothing
-        to do), else None."""
+        """The run's ``summary.json`` when the run has finished (its last checkpoint is the
+        summary's final step, which is ``train.total_steps`` unless early stopping ended
+        it): nothing to do, and an accepted config change is not applied, since nothing
+        runs under it. Else None."""
         path = self.run_dir / "summary.json"
-        if self.pending_change or self.config.ckpt.resume_step is not None or not path.exists():
+        if self.config.ckpt.resume_step is not None or not path.exists():
             return None
         try:
             summary = json.loads(path.read_text())

@@ -456,6 +456,10 @@ def test_cli_rerun_of_a_finished_run_changes_nothing(tmp_path, tfds_dir):
     assert _tree_hashes(run) == before
     assert "already finished" in out2 and "final metrics (step 16)" in out2
     assert "100%" not in err2  # no progress bar for a run with nothing to do
+    # A free change (where metrics are mirrored) to a finished run: still nothing to do.
+    code, out3, err3 = _cli(run, "logging.tensorboard=false", tfds_dir=tfds_dir)
+    assert code == 0 and "already finished" in out3, err3[-3000:]
+    assert _tree_hashes(run) == before
 
 
 @pytest.mark.slow
