@@ -22,8 +22,9 @@ A run directory belongs to one run, with one config, written by one process at a
   the usual way).
 
 The control keys (``ckpt.resume_step``, ``ckpt.allow_config_change``,
-``ckpt.start_over``) say what one invocation does, not what the run is: they are left out
-of ``config.yaml``'s comparison and of the fingerprint.
+``ckpt.start_over``, and a multi-host launch's ``parallel.coordinator_address`` and
+``parallel.process_id``) say what one invocation or process does, not what the run is:
+they are left out of ``config.yaml``'s comparison and of the fingerprint.
 """
 
 from __future__ import annotations
@@ -67,8 +68,16 @@ HISTORY_FILE = "history.jsonl"
 DISCARDED_DIR = "discarded"
 ABSENT = "<absent>"
 
-# Per-invocation switches, never part of what the run is.
-CONTROL_KEYS = ("ckpt.resume_step", "ckpt.allow_config_change", "ckpt.start_over")
+# What one invocation (or one process of it) is told, never part of what the run is: the
+# switches below, and where a multi-host launch meets and which process this is (each
+# process of a run has its own process_id, and a requeued job a new coordinator port).
+CONTROL_KEYS = (
+    "ckpt.resume_step",
+    "ckpt.allow_config_change",
+    "ckpt.start_over",
+    "parallel.coordinator_address",
+    "parallel.process_id",
+)
 
 # Keys whose change cannot alter a number already computed (prefixes end with "."):
 # where metrics are mirrored, what is shown, how saving is scheduled on the host.

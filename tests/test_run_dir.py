@@ -60,6 +60,11 @@ def test_config_diff_and_which_changes_are_free():
     # What one invocation does is not part of the run's identity.
     forced = tiny_config("ckpt.allow_config_change=true", "ckpt.resume_step=4")
     assert config_fingerprint(forced) == config_fingerprint(base)
+    # Nor is where a multi-host launch meets, or which process this is.
+    launch = ["parallel=multihost", "parallel.num_processes=2"]
+    p0 = tiny_config(*launch, "parallel.coordinator_address=h:1", "parallel.process_id=0")
+    p1 = tiny_config(*launch, "parallel.coordinator_address=h:2", "parallel.process_id=1")
+    assert config_diff(p0, p1) == {}
     assert config_fingerprint(tiny_config("seed=1")) != config_fingerprint(base)
 
 
