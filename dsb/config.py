@@ -161,6 +161,18 @@ class CheckpointConfig:
     every_steps: int | None = None
     keep_interval: int = 2
     async_save: bool = True
+    # Verify each array's crc32, recorded at save, when a checkpoint is restored.
+    verify_checksums: bool = True
+    # What one invocation does with an existing run directory (dsb/rundir.py; never part
+    # of the run's recorded config):
+    # resume from this checkpoint step; later checkpoints and metrics lines are moved to
+    # <run dir>/discarded/<time>/ and the rewind is recorded in history.jsonl.
+    resume_step: int | None = None
+    # Resume although the config differs from config.yaml in keys that change computed
+    # numbers; the change is recorded in history.jsonl with the step it took effect.
+    allow_config_change: bool = False
+    # Move everything the run wrote to <run dir>/discarded/<time>/ and train from step 0.
+    start_over: bool = False
 
 
 @dataclass
@@ -372,6 +384,10 @@ def validate(cfg: Config) -> None:
             f"parallel.process_id={par.process_id}: must be in 0 .. num_processes - 1 "
             f"(parallel.num_processes={par.num_processes})"
         )
+    if cfg.ckpt.resume_step is not None and cfg.ckpt.resume_step < 0:
+        raise ValueError(f"ckpt.resume_step={cfg.ckpt.resume_step}: must be >= 0 or null")
+    if cfg.ckpt.resume_step is not None and cfg.ckpt.start_over:
+        raise ValueError("ckpt.resume_step and ckpt.start_over=true: choose one")
     if cfg.ckpt.every_steps is not None and cfg.ckpt.every_steps <= 0:
         raise ValueError(f"ckpt.every_steps={cfg.ckpt.every_steps}: must be positive or null")
     if (

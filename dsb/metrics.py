@@ -33,6 +33,38 @@ class NonFiniteLossError(FloatingPointError):
             "optim.grad_clip_norm, or check the data for NaNs."
         )
         self.step = step
+        self.run_dir: Path | None = None
+        self.last_good_checkpoint: int | None = None
+
+    def add_context(self, run_dir: str | Path, checkpoint_steps: list[int]) -> None:
+        """Name the way back: the newest checkpoint whose parameters still gave a finite
+        loss (update ``s`` computes its loss on the parameters of step ``s - 1``, so a
+        checkpoint at ``step - 1`` or later is the diverged state) and the command that
+        resumes from it with a lower learning rate."""
+        self.run_dir = Path(run_dir)
+        good = [c for c in checkpoint_steps if c <= self.step - 2]
+        self.last_good_checkpoint = max(good) if good else None
+
+    def how_to_continue(self, lr: float, overrides: list[str] = ()) -> str:
+        """What to run next, as commands (``overrides``: the failed run's own)."""
+        keep = [
+            o
+            for o in overrides
+            if not o.startswith(
+                ("optim.learning_rate=", "ckpt.resume_step=", "ckpt.allow_config_change=")
+            )
+        ]
+        base = " ".join(["python -m dsb.main", *keep])
+        lower = f"optim.learning_rate={lr / 10:g}"
+        fresh = f"start fresh in a new directory: {base} {lower}"
+        if self.run_dir is None or self.last_good_checkpoint is None:
+            return fresh
+        return (
+            f"resume from checkpoint {self.last_good_checkpoint} (the last one before the loss "
+            f"diverged) with a lower learning rate: {base} hydra.run.dir={self.run_dir} "
+            f"ckpt.resume_step={self.last_good_checkpoint} ckpt.allow_config_change=true "
+            f"{lower}; or {fresh}"
+        )
 
 
 class MetricsWriter:

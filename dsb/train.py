@@ -26,13 +26,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from dsb import parallel
-from dsb.checkpoint import RunCheckpoints
+from dsb.checkpoint import CheckpointDamagedError, RunCheckpoints
 from dsb.config import Config
 from dsb.evals.suite import snapshot
 from dsb.metrics import NonFiniteLossError
 from dsb.optim import make_optimizer, make_schedule
 from dsb.preemption import Preemption
 from dsb.run_context import RunContext
+from dsb.rundir import RunDirectory
 from dsb.step import TrainState, init_model, make_predict, make_train_step
 
 __all__ = ["MAX_CPU_STEPS_IN_FLIGHT", "TrainResult", "train"]
@@ -53,13 +54,29 @@ class TrainResult:
     last_metrics: dict[str, float]
     state: TrainState
     figures: list[Path]
+    # True when the run had already finished: read back, nothing trained or written.
+    finished: bool = False
 
 
 def train(cfg: Config, run_dir: str | Path) -> TrainResult:
-    """Train ``cfg`` in ``run_dir``, resuming from its newest readable checkpoint."""
+    """Train ``cfg`` in ``run_dir``, resuming from its newest readable checkpoint.
+
+    The run directory is held and checked as ``dsb.rundir`` describes: one process writes
+    it (``run.lock``), a resume with a changed config refuses unless the change is free or
+    forced, ``ckpt.resume_step`` / ``ckpt.start_over`` go back, and a finished run is
+    returned from disk without writing anything."""
     parallel.initialize(cfg.parallel)
     ctx = RunContext(cfg, Path(run_dir).absolute(), is_main_process=jax.process_index() == 0)
-    ctx.create_run_dir()
+    with RunDirectory(ctx.run_dir, cfg, ctx.is_main_process) as rundir:
+        if jax.process_count() > 1:  # process 0 has checked and arranged the directory
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("dsb.rundir.open")
+        return _train(ctx, rundir)
+
+
+def _train(ctx: RunContext, rundir: RunDirectory) -> TrainResult:
+    cfg = ctx.config
     mesh = _make_mesh(cfg)
     sampler = ctx.sampler(jax.process_index(), jax.process_count())
     total, schedule = cfg.train.total_steps, ctx.schedule
@@ -69,14 +86,20 @@ def train(cfg: Config, run_dir: str | Path) -> TrainResult:
     state = TrainState.create(model, tx, cfg.seed, sharding=rep)
     init_params = jax.tree.map(jnp.copy, model.params)  # for the training-Jacobian evaluator
 
+    abstract = TrainState.abstract(model, tx, sharding=rep)
+    if (summary := rundir.finished_summary()) is not None:
+        if (done := _finished(ctx, summary, abstract)) is not None:
+            return done
     checkpoints = RunCheckpoints(ctx)
     writer = ctx.metrics_writer()
     start, resumed_from = 0, None
-    resumed = checkpoints.resume(TrainState.abstract(model, tx, sharding=rep))
+    resumed = checkpoints.resume(abstract, rundir.known_fingerprints)
     if resumed is not None:
         start, state = resumed
         resumed_from = start
-        writer.truncate_after(start)
+    # Lines of a run killed before its first checkpoint are dropped, as later ones are.
+    writer.truncate_after(start if resumed is not None else -1)
+    rundir.resumed_at(start)  # a config change accepted at start-up takes effect here
     suite = ctx.eval_suite()
     predict = make_predict(model, mesh, cfg.train.eval_batch_size)
     early = _early_stopping(ctx, start)
@@ -130,7 +153,12 @@ def train(cfg: Config, run_dir: str | Path) -> TrainResult:
                 # Every process waits on the host here (and agrees on preemption).
                 sync_point = schedule.is_log(step) or schedule.is_checkpoint(step)
                 if sync_point:
-                    train_values = in_flight.drain()
+                    try:
+                        train_values = in_flight.drain()
+                    except NonFiniteLossError as e:
+                        checkpoints.wait()
+                        e.add_context(ctx.run_dir, checkpoints.steps())
+                        raise
                     writer.write(step, train_values)
                     last.update(train_values)
                     progress.update(step, train_values)
@@ -159,6 +187,23 @@ def train(cfg: Config, run_dir: str | Path) -> TrainResult:
         summary = json.dumps({"final_step": final, **last}, indent=2)
         (ctx.run_dir / "summary.json").write_text(summary)
     return TrainResult(ctx.run_dir, final, resumed_from, last, state, figures)
+
+
+def _finished(ctx: RunContext, summary: dict, abstract: TrainState) -> TrainResult | None:
+    """A finished run, rerun: its summary and last state, read from disk; nothing written.
+    None when its final checkpoint cannot be restored (the run then resumes as usual)."""
+    final = summary["final_step"]
+    checkpoints = RunCheckpoints(ctx, read_only=True)
+    try:
+        state, _ = checkpoints.restore(final, abstract)
+    except CheckpointDamagedError:
+        return None
+    finally:
+        checkpoints.close()
+    log.info("%s has finished (step %d): nothing to do", ctx.run_dir, final)
+    last = {k: v for k, v in summary.items() if k != "final_step"}
+    figures = sorted((ctx.run_dir / "figures").glob("*.png"))
+    return TrainResult(ctx.run_dir, final, final, last, state, figures, finished=True)
 
 
 def _early_stopping(ctx: RunContext, start: int):

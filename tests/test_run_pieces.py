@@ -14,6 +14,7 @@ from dsb.evals.base import Snapshot
 from dsb.evals.suite import EvalSuite
 from dsb.optim import make_optimizer
 from dsb.run_context import RunContext
+from dsb.rundir import ConfigChangedError
 from dsb.schedule import Schedule
 from dsb.step import TrainState, init_model
 from dsb.train import train
@@ -107,8 +108,18 @@ def test_resume_refuses_a_checkpoint_of_another_data_order(tmp_path, tfds_dir):
     cfg = tiny_config("train.total_steps=4", "optim.warmup_steps=1")
     train(cfg, tmp_path)
     other = tiny_config("train.total_steps=8", "optim.warmup_steps=1", "data.shuffle_seed=7")
-    with pytest.raises(ValueError, match="another data order"):
+    # Refused at start-up as a changed config (dsb.rundir) ...
+    with pytest.raises(ConfigChangedError, match=r"data\.shuffle_seed: 0 -> 7"):
         train(other, tmp_path)
+    # ... and, forced, by the checkpoint's own record of its data position.
+    forced = tiny_config(
+        "train.total_steps=8",
+        "optim.warmup_steps=1",
+        "data.shuffle_seed=7",
+        "ckpt.allow_config_change=true",
+    )
+    with pytest.raises(ValueError, match="another data order"):
+        train(forced, tmp_path)
 
 
 def test_run_context_from_run_dir_rebuilds_the_trainers_batches(tmp_path, tfds_dir):

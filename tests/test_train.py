@@ -1,6 +1,7 @@
 """End-to-end training: smoke run, NaN stop, checkpoint fallback, CPU restore, resume."""
 
 import json
+import logging
 import shutil
 
 import jax
@@ -68,7 +69,7 @@ def test_nan_loss_stops_with_the_step(tmp_path, tfds_dir):
     assert sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir()) == [0]
 
 
-def test_corrupt_latest_checkpoint_falls_back_and_resume_matches(tmp_path, tfds_dir):
+def test_corrupt_latest_checkpoint_falls_back_and_resume_matches(tmp_path, tfds_dir, caplog):
     cfg = tiny_config()
     full = train(cfg, tmp_path / "full")
     run = tmp_path / "run"
@@ -80,8 +81,11 @@ def test_corrupt_latest_checkpoint_falls_back_and_resume_matches(tmp_path, tfds_
             f.write_bytes(f.read_bytes()[:7])
             damaged += 1
     assert damaged
-    with pytest.warns(RuntimeWarning, match="step 16 .* unreadable"):
+    with caplog.at_level(logging.WARNING, logger="dsb.checkpoint"):
         resumed = train(cfg, run)
+    warned = [r.getMessage() for r in caplog.records if r.name == "dsb.checkpoint"]
+    assert len(warned) == 1 and "checkpoint 16 is damaged" in warned[0], warned
+    assert "\n" not in warned[0]
     assert resumed.resumed_from == 8
     _params_close(resumed.state.params, full.state.params)
 
