@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import OmegaConf
 
 from dsb.config import Config, read_run_config
 from dsb.data.loader import BatchSampler
@@ -118,13 +117,6 @@ class RunContext:
             out["erasure/barycenter_residual"] = float(report["barycenter"]["residual"])
             out["erasure/barycenter_iterations"] = float(report["barycenter"]["iterations"])
         return out | {"erasure/target_met": float(report["met"])}
-
-    def create_run_dir(self) -> None:
-        """Process 0: make the run directory and write the run's ``config.yaml``."""
-        if self.is_main_process:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            yaml = OmegaConf.to_yaml(OmegaConf.structured(self.config))
-            (self.run_dir / "config.yaml").write_text(yaml)
 
     def metrics_writer(self) -> MetricsWriter:
         """``metrics.jsonl`` plus the sinks ``logging`` asks for, written by process 0."""
