@@ -20,7 +20,9 @@ and such checkpoints are counted, not used):
   of stability), with ``late_checkpoints`` counting them;
 * ``loss_increases``: how many of the logged training-loss values (every 32 steps) are above
   the previous one (non-monotone descent), and ``loss_final``;
-* ``unconverged``: checkpoints whose top eigenvalue did not converge.
+* ``unconverged``: checkpoints whose top eigenvalue did not converge;
+* ``diverged``: the run stopped on a NaN/Inf training loss (a step size too large for the
+  initialisation); ``wall_s``: the run's wall time.
 """
 
 from __future__ import annotations
@@ -51,12 +53,21 @@ def run_one(run_dir: Path, loss: str, lr: float, steps: int, overrides: list[str
         "train.progress_bar=false", f"hydra.run.dir={run_dir}", *overrides,
     ]  # fmt: skip
     t0 = time.time()
-    subprocess.run(cmd, check=True, cwd=ROOT)
+    proc = subprocess.run(cmd, cwd=ROOT)
+    if proc.returncode:  # e.g. the NaN/Inf stop of a step size past the catapult range
+        print(f"run {run_dir.name} failed (exit {proc.returncode}); recorded as diverged")
+        return -(time.time() - t0)
     return time.time() - t0
 
 
 def _finite(v) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _diverged(run_dir: Path) -> bool:
+    """The run stopped on a NaN/Inf training loss (its main.log says so)."""
+    log = run_dir / "main.log"
+    return log.is_file() and "NonFiniteLossError" in log.read_text(errors="replace")
 
 
 def sharp_steps(conv: list[tuple[int, float]]) -> int:
@@ -144,7 +155,7 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "edge_of_stability")
     ap.add_argument("--out", type=Path, default=HERE)
     ap.add_argument("--steps", type=int, default=2048)
-    ap.add_argument("--lrs", type=float, nargs="+", default=[0.05, 0.1, 0.2])
+    ap.add_argument("--lrs", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.2])
     ap.add_argument(
         "--summarise-only", action="store_true", help="redraw from existing runs, train none"
     )
@@ -163,7 +174,11 @@ def main() -> None:
             else:
                 wall = run_one(run_dir, loss, lr, args.steps, args.overrides)
             runs[(loss, lr)] = run_dir
-            numbers["runs"][f"{loss}_lr{lr:g}"] = summarise(run_dir, lr) | {"wall_s": wall}
+            diverged = wall is not None and wall < 0
+            numbers["runs"][f"{loss}_lr{lr:g}"] = summarise(run_dir, lr) | {
+                "wall_s": abs(wall) if wall is not None else None,
+                "diverged": diverged or _diverged(run_dir),
+            }
             print(json.dumps(numbers["runs"][f"{loss}_lr{lr:g}"]), flush=True)
     paths = plot(runs, args.out, args.lrs)
     (args.out / "numbers.json").write_text(json.dumps(numbers, indent=2) + "\n")
