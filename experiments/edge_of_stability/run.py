@@ -4,7 +4,8 @@
 
 Trains ``experiment=edge_of_stability`` (full-batch gradient descent, tanh MLP 128-128,
 constant step size) for each training loss and step size, one run directory each under
-``--runs`` (default ``runs/edge_of_stability``; an existing directory resumes), then writes
+``--runs`` (default ``runs/edge_of_stability``; a finished run directory is reused, an unfinished
+one resumes), then writes
 ``edge_of_stability.png`` and ``numbers.json`` into this folder. For each run the numbers
 are read from ``metrics.jsonl`` (``sharp/eig_1`` is NaN wherever Lanczos did not converge,
 and such checkpoints are counted, not used):
@@ -46,12 +47,14 @@ from dsb.plot_helpers import save_figure  # noqa: E402
 LOSSES = ("mse", "cross_entropy")
 
 
-def run_one(run_dir: Path, loss: str, lr: float, steps: int, overrides: list[str]) -> float:
+def run_one(run_dir: Path, loss: str, lr: float, steps: int, overrides: list[str]) -> float | None:
     cmd = [
         sys.executable, "-m", "dsb.main", "experiment=edge_of_stability",
         f"train.loss={loss}", f"optim.learning_rate={lr}", f"train.total_steps={steps}",
         "train.progress_bar=false", f"hydra.run.dir={run_dir}", *overrides,
     ]  # fmt: skip
+    if (run_dir / "summary.json").is_file():  # finished: reused as it is
+        return None
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=ROOT)
     if proc.returncode:  # e.g. the NaN/Inf stop of a step size past the catapult range
@@ -163,16 +166,17 @@ def main() -> None:
     args = ap.parse_args()
     old = args.out / "numbers.json"
     walls = {}
-    if args.summarise_only and old.is_file():
+    if old.is_file():
         walls = {k: v.get("wall_s") for k, v in json.loads(old.read_text())["runs"].items()}
     runs, numbers = {}, {"steps": args.steps, "runs": {}}
     for loss in LOSSES:
         for lr in args.lrs:
             run_dir = args.runs / f"{loss}_lr{lr:g}"
-            if args.summarise_only:
-                wall = walls.get(f"{loss}_lr{lr:g}")
-            else:
+            wall = None
+            if not args.summarise_only:
                 wall = run_one(run_dir, loss, lr, args.steps, args.overrides)
+            if wall is None:  # not run now: the wall time recorded before, if any
+                wall = walls.get(f"{loss}_lr{lr:g}")
             runs[(loss, lr)] = run_dir
             diverged = wall is not None and wall < 0
             numbers["runs"][f"{loss}_lr{lr:g}"] = summarise(run_dir, lr) | {
