@@ -125,6 +125,11 @@ def plot(runs: dict, out_dir: Path, lrs: list[float]) -> list[Path]:
                 continue
             recs = read_metrics(run_dir)
             c = f"C{i}"
+            if _diverged(run_dir):  # no curve: its values run off any scale
+                last = max((r["step"] for r in recs), default=0)
+                ax_s.plot([], [], "x", color=c, label=f"eta = {lr:g}: DIVERGED (by step {last})")
+                ax_s.axhline(2 / lr, color=c, ls="--", lw=1.0)
+                continue
             conv = [(r["step"], r["sharp/eig_1"]) for r in recs if _finite(r.get("sharp/eig_1"))]
             bad = [
                 (r["step"], r["sharp/eig_1_ritz"])
@@ -142,6 +147,7 @@ def plot(runs: dict, out_dir: Path, lrs: list[float]) -> list[Path]:
                 ax_l.plot(*zip(*loss_pts), "-", color=c, lw=1.0)
         ax_s.set_title(f"{loss}: sharpness (solid) and 2 / eta (dashed)", fontsize=10)
         ax_s.set_ylabel("lambda_max of the loss Hessian")
+        ax_s.set_yscale("log")
         ax_s.legend(fontsize=8)
         ax_l.set_yscale("log")
         ax_l.set_ylabel("training loss (full batch)")
