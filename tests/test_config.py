@@ -21,6 +21,7 @@ EXPECTED_EXPERIMENTS = {
     "dsb_digits",
     "dsb_fashion_mnist",
     "dsb_mnist",
+    "edge_of_stability",
     "jacobian_digits",
     "lm_ngram_cluster",
     "lm_ngram_default",
@@ -148,6 +149,7 @@ OWN_EVALS = {
     "dsb_digits": {"val", "dsb", "poly"},
     "dsb_fashion_mnist": {"val", "dsb", "poly"},
     "dsb_mnist": {"val", "dsb", "poly"},
+    "edge_of_stability": {"sharp"},  # evals=classification (val) by group override
     "jacobian_digits": {"val", "jac"},
     "sweep_dsb_probes": {"val", "dsb", "poly"},
     "sweep_dsb_probes_local": {"val", "dsb", "poly"},

@@ -55,6 +55,7 @@ def test_models_evaluators_and_datasets_share_it():
         "dsb_probes",
         "ngram_probes",
         "poly_approx",
+        "sharpness",
         "training_jacobian",
     ]
     assert isinstance(DATASETS.get("digits"), DatasetSpec)
@@ -85,7 +86,7 @@ def test_every_extension_point_is_a_registry():
         with pytest.raises(ValueError, match=f"unknown {reg.kind} 'nope'; registered: "):
             reg.get("nope")
     assert SAMPLERS is MAXENT_SETS and OT_EDITS is OT_SETS  # the older names
-    assert FIGURES.names() == ["dsb_probes", "ngram_probes", "poly_approx"]
+    assert FIGURES.names() == ["dsb_probes", "ngram_probes", "poly_approx", "sharpness"]
     assert OPTIMIZERS.names() == ["adamw", "sgd"]
     assert SCHEDULES.names() == ["constant", "cosine", "warmup_cosine"]
     with pytest.raises(ValueError, match=r"optim.name='lion': unknown optimizer 'lion'"):
