@@ -94,9 +94,11 @@ def test_local_multirun_end_to_end_then_resume(tmp_path, tfds_dir):
     (job1 / "summary.json").unlink()
     assert collect(job1)["status"].iloc[0] != "finished"
     # A requeued job reruns with the same overrides in the same sweep dir: job i gets
-    # <sweep dir>/i again and resumes from its newest checkpoint there.
+    # <sweep dir>/i again; the finished job 0 is left as it is (nothing trained or
+    # written), job 1 resumes from its newest checkpoint there.
     out = _multirun(sweep, env)
-    assert "(resumed from checkpoint 4)" in out and "(resumed from checkpoint 2)" in out
+    assert "(the run had already finished: nothing was trained or written)" in out
+    assert "(resumed from checkpoint 2)" in out
     # The same table: job 1 finished again with the same metrics (timings aside).
     untimed = [c for c in df.columns if not c.startswith("time/") and "per_s" not in c]
     pd.testing.assert_frame_equal(collect(sweep)[untimed], df[untimed], rtol=1e-6)
