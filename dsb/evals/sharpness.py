@@ -126,7 +126,7 @@ class Sharpness:
             snapshot.graphdef, snapshot.params, snapshot.rest, x, y,
             loss=self.loss, matrix=self.matrix,
         )  # fmt: skip
-        top = self._top(op, "")
+        top = self._top(op, "", self.k)
         yield from top.items()
         lr = self._lr(snapshot.step)
         yield "lr", lr
@@ -145,15 +145,15 @@ class Sharpness:
             yield "trace", tr.mean
             yield "trace_stderr", tr.stderr
 
-    def _top(self, op, prefix: str) -> dict[str, float]:
+    def _top(self, op, prefix: str, k: int) -> dict[str, float]:
         from dsb.curvature.hessian import top_eigenpairs
 
         res = top_eigenpairs(
-            op, self.k, rtol=self.rtol, start_steps=self.start_steps,
+            op, k, rtol=self.rtol, start_steps=self.start_steps,
             max_steps=self.max_steps, seed=self.seed,
         )  # fmt: skip
         out: dict[str, float] = {}
-        for i in range(self.k):
+        for i in range(k):
             out[f"{prefix}eig_{i + 1}"] = float(res.values[i])
             out[f"{prefix}eig_{i + 1}_ritz"] = float(res.ritz[i])
             out[f"{prefix}eig_{i + 1}_residual"] = float(res.residuals[i])
@@ -164,7 +164,7 @@ class Sharpness:
             log.warning(
                 "sharpness%s: top-%d eigenvalues unconverged after %d Lanczos steps "
                 "(relative residuals %s > rtol %g); logged as NaN with their Ritz bounds",
-                f" ({prefix.rstrip('_')})" if prefix else "", self.k, res.steps,
+                f" ({prefix.rstrip('_')})" if prefix else "", k, res.steps,
                 np.array2string(res.residuals / np.abs(res.ritz), precision=2), self.rtol,
             )  # fmt: skip
         return out
@@ -184,11 +184,7 @@ class Sharpness:
             snapshot.graphdef, snapshot.params, snapshot.rest, x, y,
             loss=self.loss, matrix=self.matrix, precond_sqrt_inv=s,
         )  # fmt: skip
-        k, self.k = self.k, 1
-        try:
-            top = self._top(op, "precond_")
-        finally:
-            self.k = k
+        top = self._top(op, "precond_", 1)  # the threshold applies to the top eigenvalue
         keep = ("precond_eig_1", "precond_eig_1_ritz", "precond_eig_1_residual")
         out |= {name: top[name] for name in keep}
         out["precond_converged"] = top["precond_converged"]
