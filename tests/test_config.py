@@ -31,6 +31,8 @@ EXPECTED_EXPERIMENTS = {
     "mnist_lenet5",
     "sweep_dsb_probes",
     "sweep_dsb_probes_local",
+    "sweep_dsb_mnist_local",
+    "sweep_dsb_fashion_mnist_local",
     "sweep_lm_ngram",
     "sweep_lm_ngram_local",
 }
@@ -153,6 +155,8 @@ OWN_EVALS = {
     "jacobian_digits": {"val", "jac"},
     "sweep_dsb_probes": {"val", "dsb", "poly"},
     "sweep_dsb_probes_local": {"val", "dsb", "poly"},
+    "sweep_dsb_mnist_local": {"val", "dsb", "poly"},  # make_reference drops poly
+    "sweep_dsb_fashion_mnist_local": {"val", "dsb", "poly"},
     "sweep_lm_ngram_local": {"ngram"},  # num_sequences only, on top of evals/ngram.yaml
 }
 

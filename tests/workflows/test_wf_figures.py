@@ -102,3 +102,68 @@ def test_lm_ngram_sweep_figure(tmp_path):
         empty = tmp_path / "empty"
         _write_run(empty / "r", {"seed": 0}, [{"step": 0, "val/loss": 1.0}])
         mod.main([str(empty), "--out", str(tmp_path / "none")])
+
+
+def test_dsb_findings_recomputed_from_their_definitions(tmp_path):
+    """experiments/dsb_probes/findings.py: every number recomputed by hand from the
+    metrics the synthetic runs were written with."""
+    steps = [0, 1, 2, 4, 8, 16, 32]
+    # Per seed: ics loss dips at step 4 then rises (the claim); box3 falls to the end (no
+    # minimum before the end). OT cqn: target accuracy peaks at step 8, source overtakes at
+    # step 16 in seed 0 only; seed 1 never crosses. mean_shift: the source accuracy is
+    # already above the target's peak at its step (8), so the claim fails there, and the
+    # crossing counted is the first one after the peak (16). box1 and gaussian have their
+    # minima at 16 and 8: an order-2 minimum before an order-1 one.
+    ics = {0: [2.3, 2.0, 1.0, 0.5, 0.8, 1.1, 1.4], 1: [2.3, 2.1, 1.1, 0.6, 0.7, 0.9, 1.0]}
+    box3 = {0: [2.3, 2.2, 2.0, 1.5, 1.0, 0.6, 0.5], 1: [2.3, 2.2, 2.1, 1.6, 1.1, 0.7, 0.4]}
+    tgt = {0: [0.1, 0.1, 0.3, 0.5, 0.6, 0.3, 0.2], 1: [0.1, 0.1, 0.3, 0.5, 0.6, 0.5, 0.45]}
+    src = {0: [0.1, 0.1, 0.1, 0.1, 0.2, 0.4, 0.7], 1: [0.1, 0.1, 0.1, 0.1, 0.2, 0.3, 0.4]}
+    for seed in (0, 1):
+        # fmt: off
+        recs = [
+            {"step": s, "val/accuracy": 0.9, "dsb/maxent/ics/loss": ics[seed][i],
+             "dsb/maxent/box3/loss": box3[seed][i], "dsb/ot/cqn/target_accuracy": tgt[seed][i],
+             "dsb/ot/cqn/source_accuracy": src[seed][i],
+             "dsb/ot/mean_shift/target_accuracy": [0.1, 0.1, 0.3, 0.5, 0.6, 0.3, 0.2][i],
+             "dsb/ot/mean_shift/source_accuracy": [0.1, 0.1, 0.1, 0.1, 0.7, 0.8, 0.9][i],
+             "dsb/maxent/box1/loss": [2.3, 2.0, 1.5, 1.2, 1.0, 0.9, (1.0, 0.91)[seed]][i],
+             "dsb/maxent/gaussian/loss": [2.3, 2.0, 1.5, 1.2, 1.0, 1.1, 1.2][i]}
+            for i, s in enumerate(steps)
+        ]
+        # fmt: on
+        cfg = {"seed": seed, "data": {"name": "digits"}, "model": {"name": "mlp"}}
+        _write_run(tmp_path / "sweep" / str(seed), cfg, recs)
+    mod = _script("dsb_probes", "findings")
+    res = mod.main([str(tmp_path / "sweep"), "--out", str(tmp_path / "out")])
+    runs = {r["seed"]: r for r in res["runs"]}
+    for seed in (0, 1):
+        m = {x["set"]: x for x in runs[seed]["maxent"]}
+        i = int(np.argmin(ics[seed]))
+        assert m["ics"]["min_step"] == steps[i] == 4
+        assert m["ics"]["rise"] == pytest.approx(ics[seed][-1] - ics[seed][i])
+        assert m["ics"]["holds"] is True
+        assert m["box3"]["min_step"] == 32 and m["box3"]["rise"] == 0.0
+        assert m["box3"]["holds"] is False
+    o0, o1 = (next(o for o in runs[s]["ot"] if o["set"] == "cqn") for s in (0, 1))
+    ms = next(o for o in runs[0]["ot"] if o["set"] == "mean_shift")
+    assert (ms["target_peak_step"], ms["source_at_peak"], ms["cross_step"]) == (8, 0.7, 16)
+    assert ms["holds"] is False
+    assert (o0["target_peak"], o0["target_peak_step"], o0["cross_step"]) == (0.6, 8, 16)
+    assert o0["source_at_peak"] == 0.2 and o0["holds"] is True
+    assert o1["cross_step"] is None and o1["holds"] is False  # final source 0.4 < 0.45
+    rows = {(r["kind"], r["set"]): r for r in res["claims"]}
+    rises = np.array([ics[s][-1] - min(ics[s]) for s in (0, 1)])
+    ics_row = rows[("maxent", "ics")]
+    assert ics_row["rise_mean"] == pytest.approx(rises.mean())
+    assert ics_row["rise_sem"] == pytest.approx(rises.std(ddof=1) / np.sqrt(2))
+    assert ics_row["holds"] == "yes"  # mean 0.65 > 2 x sem 0.25
+    assert rows[("maxent", "box3")]["holds"] == "no"
+    # box1 rises in both seeds (0.1, 0.01) but its mean 0.055 is below 2 x sem 0.045.
+    assert rows[("maxent", "box1")]["seeds_holding"] == 2
+    assert rows[("maxent", "box1")]["holds"] == "no"
+    assert rows[("ot", "cqn")]["holds"] == "1/2 seeds"
+    (order,) = res["higher_orders_later"]
+    assert order["min_step_by_order"] == {1: [16.0, 4.0], 2: [8.0], 3: [32.0]}
+    assert order["holds"] is False  # the order-2 minimum (8) precedes box1's (16)
+    md = (tmp_path / "out" / "findings.md").read_text()
+    assert "| digits | mlp | 2 | ics | 1 | 4 |" in md
