@@ -414,7 +414,7 @@ def kpm_counts_from_moments(
     (``moments[i, j] = z_i^T T_j(B) z_i``; exact traces for a single row when the moments
     are exact). ``eps`` (default ``1e-3``; it adds ``eps P`` to the bracket) is the
     filters' allowed leakage; a count is resolved when its bracket is at most
-    ``max(rel_width * estimate, abs_width)`` wide.
+    ``max(rel_width * estimate, abs_width)`` wide (and not inverted: ``low <= high``).
     ``extra_below[t]`` adds ``count(H < t^2)`` of the deflated block. Inexact deflation
     (module docstring): the upper filter moves to ``sqrt(t^2 + shift_above[t])`` and the
     lower to ``sqrt(t^2 - shift_below[t])`` (``rho_+``, ``rho_-``); with ``num_deflated``
@@ -468,7 +468,11 @@ def kpm_counts_from_moments(
                 high = high0
         low, high = min(low, num_params), min(high, num_params)
         est = float(np.clip(mean["mid"] + extra, low, high))
-        resolved = bool(phi_t > delta and high - low <= max(rel_width * est, abs_width))
+        # low > high: the bounds contradict each other (a z-score bound that failed with
+        # few probes, or inconsistent deflation inputs); such a bracket certifies nothing.
+        resolved = bool(
+            phi_t > delta and low <= high and high - low <= max(rel_width * est, abs_width)
+        )
         out[t] = CountEstimate(
             threshold=t,
             estimate=est if resolved else float("nan"),

@@ -113,6 +113,20 @@ def test_resolved_exactly_when_the_bracket_fits_the_asked_width():
         ].resolved
 
 
+def test_an_inverted_bracket_is_never_resolved():
+    # Deflation inputs that contradict interlacing (30 deflated directions below t claimed,
+    # one deflated in all) put the lower bound above the upper one; the bracket's width is
+    # then negative, which used to pass the width test.
+    d = _spectrum(np.random.default_rng(7))
+    mom = exact_moments(d, 1.05**2, 800)
+    t = 0.1
+    c = kpm_counts_from_moments(
+        mom, 1.05, (t,), num_params=len(d), extra_below={t: 30}, num_deflated=1, rel_width=1.0
+    )[t]
+    assert c.low > c.high, c
+    assert not c.resolved and np.isnan(c.estimate), c
+
+
 def test_kpm_counts_resolution_and_resolved_widths():
     # Through kpm_counts: the reported resolution is that of the degree it stopped at, and
     # every count it reports as resolved has a bracket within the asked width.
