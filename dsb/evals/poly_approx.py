@@ -60,7 +60,7 @@ import numpy as np
 
 from dsb.evals.base import EvalContext, Snapshot, register_evaluator
 
-__all__ = ["PolyApprox", "approximation_metrics"]
+__all__ = ["PolyApprox", "approximation_metrics", "stein_inputs"]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,18 @@ def approximation_metrics(
     if labels_N is not None:
         out["accuracy"] = float((g.argmax(-1) == np.asarray(labels_N)).mean())
     return out
+
+
+def stein_inputs(gauss, layers):
+    """The float32 Gaussian and layers of the Stein Monte Carlo path: ``gauss`` (fitted in
+    float64) cast with its float64 support kept (``GaussianInput.astype``; a float32
+    refit would cut the digits support to rank 58 of the true 61), and the layers
+    ``[(W, b or None), ...]`` in float32 (the Jacobians are the cost)."""
+    f32 = [
+        (jnp.asarray(W, jnp.float32), None if b is None else jnp.asarray(b, jnp.float32))
+        for W, b in layers
+    ]
+    return gauss.astype(jnp.float32), f32
 
 
 @register_evaluator("poly_approx")
@@ -198,7 +210,6 @@ class PolyApprox:
         if layers is None:
             return
         from dsb.polyapprox import (
-            gaussian_input,
             mlp_approximants,
             mlp_function,
             quadratic_eigen,
@@ -212,17 +223,7 @@ class PolyApprox:
                 lin, quad = mlp_approximants(layers, self.gauss, act)
                 suffix = ""
             else:
-                g32 = gaussian_input(
-                    jnp.asarray(self.gauss.mu, jnp.float32),
-                    jnp.asarray(self.gauss.cov, jnp.float32),
-                )
-                f32 = [
-                    (
-                        jnp.asarray(W, jnp.float32),
-                        None if b is None else jnp.asarray(b, jnp.float32),
-                    )
-                    for W, b in layers
-                ]
+                g32, f32 = stein_inputs(self.gauss, layers)
                 fn = mlp_function(f32, act)
                 lin, quad = stein_mc_approximants(fn, g32, self.fit_key, self.num_fit)
                 suffix = "_stein"

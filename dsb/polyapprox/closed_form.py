@@ -188,6 +188,14 @@ class GaussianInput:
     def proj(self) -> jax.Array:
         return self.basis @ self.basis.T
 
+    def astype(self, dtype) -> GaussianInput:
+        """The same Gaussian and THE SAME SUPPORT in ``dtype``. Rebuilding it with
+        ``gaussian_input`` in float32 instead would cut the support with float32's eps (on
+        digits: rank 58, not 61, dropping eigenvalues 1.8e-6..5.4e-6 of a 0.71 maximum)."""
+        return GaussianInput(
+            *(jnp.asarray(a, dtype) for a in (self.mu, self.cov, self.basis, self.evals))
+        )
+
     def sample(self, key: jax.Array, n: int) -> jax.Array:
         """``n`` draws ``mu + basis diag(sqrt(evals)) z``, z ~ N(0, I_r)."""
         z = jax.random.normal(key, (n, self.rank), self.mu.dtype)
@@ -196,7 +204,9 @@ class GaussianInput:
 
 def gaussian_input(mu, cov) -> GaussianInput:
     """``GaussianInput`` of mean ``mu [d]`` and covariance ``cov [d, d]`` (symmetric PSD,
-    possibly singular: the support is the span of the retained eigenvectors)."""
+    possibly singular: the support is the span of the retained eigenvectors). The support
+    is cut in the dtype of ``cov``: pass float64 statistics and use ``astype`` for a
+    float32 copy."""
     mu = jnp.asarray(mu)
     cov = jnp.asarray(cov, mu.dtype)
     d = mu.shape[0]

@@ -131,3 +131,25 @@ def test_figures(tmp_path):
     paths = poly_figures(records, "poly", tmp_path / "run" / "figures", title="t")
     assert sorted(p.name for p in paths) == ["poly_across_time.png", "poly_eigenvectors.png"]
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_stein_path_keeps_the_float64_support_on_digits(tmp_path):
+    """The Stein path runs in float32 but its Gaussian keeps the support cut in float64:
+    the rank (and the basis) equal the float64 reference, recomputed here from the
+    definition (eigenvalues of the float64 train covariance above d * eps64 * the largest;
+    61 of 64 on digits). A float32 refit of the Gaussian cuts it to 58."""
+    from dsb.evals.poly_approx import stein_inputs
+
+    ev = PolyApprox(_ctx(tmp_path), num_samples=10, top_eigen=0)
+    x, _ = digits_arrays()["train"]
+    x = np.asarray(x, np.float64).reshape(len(x), -1)
+    lam, vec = np.linalg.eigh(np.cov(x.T))
+    keep = lam > x.shape[1] * np.finfo(np.float64).eps * lam.max()
+    assert keep.sum() == 61  # the rank the docs quote
+    layers = [(np.ones((3, 64)), None), (np.ones((10, 3)), np.zeros(10))]
+    g32, f32 = stein_inputs(ev.gauss, layers)
+    assert g32.rank == keep.sum() and g32.basis.dtype == jnp.float32
+    assert all(W.dtype == jnp.float32 for W, _ in f32)
+    np.testing.assert_allclose(np.asarray(g32.evals), lam[keep], rtol=1e-6)
+    ref_proj = vec[:, keep] @ vec[:, keep].T
+    np.testing.assert_allclose(np.asarray(g32.proj), ref_proj, atol=1e-5)
