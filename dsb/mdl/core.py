@@ -225,9 +225,16 @@ def run_mdl(cfg: Config, out_dir: str | Path, *, after_prefix=None) -> MdlResult
             log.info("prefix %d already finished: skipped", j)
         else:
             d.mkdir(exist_ok=True)
-            np.save(d / "train_indices.npy", train_idx)
-            np.save(d / "next_chunk_indices.npy", chunk_idx)
-            np.save(d / "val_indices.npy", val_idx)
+            sets = {"train": train_idx, "next_chunk": chunk_idx, "val": val_idx}
+            for name, idx in sets.items():
+                path = d / f"{name}_indices.npy"
+                # An unfinished prefix resumes its checkpoints: only on the same sets.
+                if path.exists() and not np.array_equal(np.load(path), idx):
+                    raise ValueError(
+                        f"{path}: an unfinished prefix with other {name} indices (another "
+                        "mdl.validation, val_fraction or order?); use another directory"
+                    )
+                np.save(path, idx)
             log.info(
                 "prefix %d: training on %d examples (validation %d, %s), coding %d",
                 j, len(train_idx), len(val_idx), mode, nxt - hi,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -178,3 +179,15 @@ def test_strict_validation_sets_come_from_the_prefix(stub_train, tmp_path):
         used = set(call["train"].tolist()) | set(call["val"].tolist())
         assert used == set(order[:p].tolist()) and not used & set(call["coded"].tolist())
     assert rec["num_val"] == [max(1, round(0.1 * b[j + 1])) for j in range(len(b) - 2)]
+
+
+def test_unfinished_prefix_with_other_index_sets_is_refused(stub_train, tmp_path):
+    """A prefix left unfinished by a holdout run is not resumed by a strict run (its
+    checkpoints trained on other examples)."""
+    cfg = tiny_config("mdl.num_chunks=4", "mdl.first_chunk=20")
+    run_mdl(cfg, tmp_path)
+    (tmp_path / "prefix_1" / "mdl_prefix.json").unlink()  # as if killed mid-prefix
+    strict = tiny_config("mdl.num_chunks=4", "mdl.first_chunk=20", "mdl.validation=strict")
+    shutil.rmtree(tmp_path / "prefix_0")  # prefix 0 is retrained; prefix 1 is unfinished
+    with pytest.raises(ValueError, match="unfinished prefix with other train indices"):
+        run_mdl(strict, tmp_path)
