@@ -223,16 +223,23 @@ class TrainConfig:
 @dataclass
 class MdlConfig:
     """Prequential MDL (``python -m dsb.mdl``; ignored by ``dsb.main``). The training
-    split, shuffled with ``order_seed``, is cut into a validation tail (``val_fraction``,
-    used only for early stopping, never coded) and ``num_chunks`` log-spaced chunks of the
-    rest; chunk 0 (``first_chunk`` examples) is coded uniformly (log2 K bits each), chunk
-    j >= 1 by a fresh model trained on chunks 0 .. j-1 (see dsb/mdl/core.py)."""
+    split, shuffled with ``order_seed``, is cut into ``num_chunks`` log-spaced chunks;
+    chunk 0 (``first_chunk`` examples) is coded uniformly (log2 K bits each), chunk
+    j >= 1 by a fresh model trained on chunks 0 .. j-1 with early stopping on a validation
+    set (see dsb/mdl/core.py). ``validation`` says where that set comes from:
+    ``holdout``: a tail of the split (``val_fraction`` of it), shared by every prefix and
+    never coded (its labels are used but not paid for); ``strict``: ``val_fraction`` of
+    each prefix, carved out of the prefix (every label used is paid for; the whole split
+    is coded, and each model trains on the rest of its prefix)."""
 
     num_chunks: int = 10
     # Examples in the first (uniformly coded) chunk; the chunk ends are log-spaced from
     # it to the number of coded examples.
     first_chunk: int = 16
-    # Fraction of the training split held out for early stopping of every prefix model.
+    # holdout | strict: where the early-stopping validation set comes from (docstring).
+    validation: str = "holdout"
+    # Fraction held out for early stopping: of the training split (holdout) or of each
+    # prefix (strict; at least one example).
     val_fraction: float = 0.1
     # Seed of the order of the examples; null: the run's ``seed``.
     order_seed: int | None = None
@@ -409,6 +416,13 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"mdl.first_chunk={cfg.mdl.first_chunk}: must be >= 1")
     if not 0 < cfg.mdl.val_fraction < 1:
         raise ValueError(f"mdl.val_fraction={cfg.mdl.val_fraction}: must be in (0, 1)")
+    if cfg.mdl.validation not in ("holdout", "strict"):
+        raise ValueError(f"mdl.validation={cfg.mdl.validation!r}: must be holdout or strict")
+    if cfg.mdl.validation == "strict" and cfg.mdl.first_chunk < 2:
+        raise ValueError(
+            "mdl.first_chunk: must be >= 2 with mdl.validation=strict (the first prefix "
+            "needs a training and a validation example)"
+        )
     es = cfg.train.early_stopping
     if es.patience < 1:
         raise ValueError(f"train.early_stopping.patience={es.patience}: must be >= 1")

@@ -7,6 +7,13 @@ The run stops after ``patience`` evaluations in a row without a decrease of more
 ``min_delta`` below the best. ``<run dir>/early_stopping.json`` holds the history, the best
 step and the report values of the best-validation model; it is rewritten at every
 evaluation, so a resumed run restores the history up to its checkpoint.
+
+Whenever the validation loss improves, the per-example code lengths of every report set
+go to ``<run dir>/early_stopping_bits/step_<step>.npz`` (``<name>_indices`` and
+``<name>_bits``: cross-entropy in bits, float64, in the order of the report indices), so
+what the best-validation model charged each example survives the deletion of its
+checkpoint. One file per improving step (a few kB each): a resumed run drops the history
+after its checkpoint, and the best step before it keeps its file.
 """
 
 from __future__ import annotations
@@ -20,7 +27,14 @@ import numpy as np
 
 from dsb.config import EarlyStoppingConfig
 
-__all__ = ["EarlyStopping", "cross_entropy_nats"]
+__all__ = ["BITS_DIR", "EarlyStopping", "cross_entropy_nats", "report_bits_path"]
+
+BITS_DIR = "early_stopping_bits"
+
+
+def report_bits_path(run_dir: Path, step: int) -> Path:
+    """Where ``EarlyStopping`` saves the per-example report code lengths of ``step``."""
+    return Path(run_dir) / BITS_DIR / f"step_{step:08d}.npz"
 
 
 def cross_entropy_nats(logits_NxK: np.ndarray, labels_N: np.ndarray) -> np.ndarray:
@@ -88,15 +102,23 @@ class EarlyStopping:
         """Measure every set with ``predict(x) -> logits`` at ``step``; returns the
         ``early_stopping/...`` metrics (``stopped`` is 1.0 once patience ran out)."""
         entry: dict = {"step": step}
+        bits = {}
         for name, idx in self.sets.items():
             ce = cross_entropy_nats(predict(self.data["image"][idx]), self.data["label"][idx])
+            bits[f"{name}_indices"] = np.asarray(idx)
+            bits[f"{name}_bits"] = ce / math.log(2)
             entry[f"{name}/loss"] = float(ce.mean())
-            entry[f"{name}/sum_bits"] = float(ce.sum() / math.log(2))
+            entry[f"{name}/sum_bits"] = math.fsum(bits[f"{name}_bits"])
             entry[f"{name}/count"] = len(idx)
         best = self.best
         entry["improved"] = (
             best is None or entry["val/loss"] < best["val/loss"] - self.cfg.min_delta
         )
+        if entry["improved"] and self.write and len(self.sets) > 1:
+            path = report_bits_path(self.path.parent, step)
+            path.parent.mkdir(exist_ok=True)
+            report = {k: v for k, v in bits.items() if k not in ("val_indices", "val_bits")}
+            np.savez(path, step=step, **report)
         self.history.append(entry)
         self._save()
         out = {f"early_stopping/{k}": float(v) for k, v in entry.items() if k != "step"}

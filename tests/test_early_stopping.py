@@ -91,11 +91,13 @@ def test_validation_must_be_held_out(tmp_path):
         ("+train.early_stopping.report_indices.a=x.npy", "needs val_indices"),
         ("mdl.num_chunks=1", "num_chunks"),
         ("mdl.val_fraction=1.0", "val_fraction"),
+        ("mdl.validation=both", "holdout or strict"),
+        ("mdl.first_chunk=1 mdl.validation=strict", "first_chunk"),
     ],
 )
 def test_config_validation(override, match):
     with pytest.raises(ValueError, match=match):
-        tiny_config(override)
+        tiny_config(*override.split())
 
 
 @pytest.mark.usefixtures("tfds_dir", "one_blas_thread")

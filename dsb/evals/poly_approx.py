@@ -19,6 +19,13 @@ samples (``gauss``). It yields, for ``<a>`` in the approximant names and ``<set>
 - ``<a>/<set>/kl``: mean ``KL(softmax f || softmax f_hat)`` in nats;
 - ``<a>/<set>/agreement``: fraction of samples where ``argmax f_hat = argmax f``;
   ``<a>/val/accuracy``: the approximant's accuracy against the labels;
+- ``<a>_stein/<set>/r2_se`` and ``<a>_stein/<set>/r2_bias`` (deep MLPs only): the Monte
+  Carlo standard error of the Stein estimate's ``r2`` and the estimate of its bias
+  (``E[r2] - r2`` of the exact least-squares coefficients on the same samples; negative:
+  the estimate reads low), by a delete-a-group jackknife over ``jackknife_groups`` groups
+  of the fit draws (``dsb.polyapprox.stein_mc_jackknife``). Every checkpoint uses the
+  same draws, so the error is shared along a curve: it shifts the curve, it does not
+  scatter it. ``r2`` itself is not corrected;
 - ``linear_ols/gauss/r2``: the in-sample R^2 of the linear least-squares fit on the Gaussian
   samples (the best linear R^2 there, up to O(d / num_samples)): the reference for the
   closed form's R^2 on the same samples, which shows the gap when the approximant is
@@ -60,7 +67,7 @@ import numpy as np
 
 from dsb.evals.base import EvalContext, Snapshot, register_evaluator
 
-__all__ = ["PolyApprox", "approximation_metrics"]
+__all__ = ["PolyApprox", "approximation_metrics", "r2_score", "stein_inputs"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +77,13 @@ ON_UNSUPPORTED = ("error", "skip")
 def _log_softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=-1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def r2_score(f_NxK: np.ndarray, fhat_NxK: np.ndarray) -> float:
+    """``1 - FVU`` of ``fhat`` against ``f`` (``approximation_metrics``'s ``r2``)."""
+    f = np.asarray(f_NxK, np.float64)
+    sst = float(((f - f.mean(axis=0)) ** 2).sum())
+    return 1.0 - float(((f - np.asarray(fhat_NxK, np.float64)) ** 2).sum()) / sst
 
 
 def approximation_metrics(
@@ -93,6 +107,18 @@ def approximation_metrics(
     return out
 
 
+def stein_inputs(gauss, layers):
+    """The float32 Gaussian and layers of the Stein Monte Carlo path: ``gauss`` (fitted in
+    float64) cast with its float64 support kept (``GaussianInput.astype``; a float32
+    refit would cut the digits support to rank 58 of the true 61), and the layers
+    ``[(W, b or None), ...]`` in float32 (the Jacobians are the cost)."""
+    f32 = [
+        (jnp.asarray(W, jnp.float32), None if b is None else jnp.asarray(b, jnp.float32))
+        for W, b in layers
+    ]
+    return gauss.astype(jnp.float32), f32
+
+
 @register_evaluator("poly_approx")
 class PolyApprox:
     """Closed-form linear / quadratic approximants of an MLP (module docstring).
@@ -103,6 +129,8 @@ class PolyApprox:
       seed: fixes the Gaussian samples (evaluation and, for deep MLPs, fit draws).
       num_fit: Gaussian draws for the Stein Monte Carlo coefficients of MLPs with more than
         one hidden layer (float32; per-checkpoint cost ~ num_fit * K * (weights)).
+      jackknife_groups: groups of the fit draws for the jackknife standard error and bias
+        of the Stein R^2 (1: not computed; ``num_fit`` must be a multiple of it).
       fit_split: split whose images give ``mu`` and ``Sigma`` (default: the train split).
       top_eigen: eigenvectors per logit saved at each checkpoint (0: none saved).
       forms_dir: folder under the run dir for those ``.npz`` files.
@@ -116,6 +144,7 @@ class PolyApprox:
         num_samples: int = 2000,
         seed: int = 0,
         num_fit: int = 2048,
+        jackknife_groups: int = 8,
         fit_split: str | None = None,
         top_eigen: int = 4,
         forms_dir: str = "poly_forms",
@@ -128,6 +157,11 @@ class PolyApprox:
             )
         if num_samples < 2:
             raise ValueError(f"poly_approx: num_samples must be >= 2, got {num_samples}")
+        if jackknife_groups < 1 or num_fit % jackknife_groups or num_fit < 2 * jackknife_groups:
+            raise ValueError(
+                f"poly_approx: num_fit={num_fit} must be a multiple of jackknife_groups="
+                f"{jackknife_groups} (>= 1), at least twice it"
+            )
         self.on_unsupported = on_unsupported
         self.skip_reason: str | None = None
         model_cfg = getattr(ctx.config, "model", None)
@@ -148,6 +182,7 @@ class PolyApprox:
             self.x_gauss = np.asarray(self.gauss.sample(jax.random.key(seed), num_samples))
         self.fit_key = jax.random.fold_in(jax.random.key(seed), 1)
         self.num_fit = int(num_fit)
+        self.jackknife_groups = int(jackknife_groups)
         self.top_eigen = int(top_eigen)
         self.forms_dir = ctx.run_dir / forms_dir if ctx.is_main_process else None
         log.info(
@@ -198,11 +233,11 @@ class PolyApprox:
         if layers is None:
             return
         from dsb.polyapprox import (
-            gaussian_input,
+            jackknife_se_bias,
             mlp_approximants,
             mlp_function,
             quadratic_eigen,
-            stein_mc_approximants,
+            stein_mc_jackknife,
         )
 
         f_val = np.asarray(snapshot.predict(self.x_val.reshape(-1, *self.input_shape)))
@@ -210,24 +245,16 @@ class PolyApprox:
         with jax.enable_x64(True):
             if len(layers) == 2:
                 lin, quad = mlp_approximants(layers, self.gauss, act)
-                suffix = ""
+                suffix, replicates = "", []
             else:
-                g32 = gaussian_input(
-                    jnp.asarray(self.gauss.mu, jnp.float32),
-                    jnp.asarray(self.gauss.cov, jnp.float32),
-                )
-                f32 = [
-                    (
-                        jnp.asarray(W, jnp.float32),
-                        None if b is None else jnp.asarray(b, jnp.float32),
-                    )
-                    for W, b in layers
-                ]
+                g32, f32 = stein_inputs(self.gauss, layers)
                 fn = mlp_function(f32, act)
-                lin, quad = stein_mc_approximants(fn, g32, self.fit_key, self.num_fit)
+                (lin, quad), replicates = stein_mc_jackknife(
+                    fn, g32, self.fit_key, self.num_fit, self.jackknife_groups
+                )
                 suffix = "_stein"
             summary = {}
-            for approx, name in ((lin, "linear"), (quad, "quadratic")):
+            for i, (approx, name) in enumerate(((lin, "linear"), (quad, "quadratic"))):
                 for set_name, x, f, y in (
                     ("val", self.x_val, f_val, self.y_val),
                     ("gauss", self.x_gauss, f_gauss, None),
@@ -236,6 +263,11 @@ class PolyApprox:
                     summary[f"{name}/{set_name}"] = m["r2"]
                     for k, v in m.items():
                         yield f"{name}{suffix}/{set_name}/{k}", v
+                    if replicates:
+                        r2s = [r2_score(f, np.asarray(r[i](jnp.asarray(x)))) for r in replicates]
+                        se, bias = jackknife_se_bias(m["r2"], r2s)
+                        yield f"{name}{suffix}/{set_name}/r2_se", se
+                        yield f"{name}{suffix}/{set_name}/r2_bias", bias
             X = np.concatenate([np.ones((len(self.x_gauss), 1)), self.x_gauss], axis=1)
             coef = np.linalg.lstsq(X, f_gauss.astype(np.float64), rcond=None)[0]
             yield "linear_ols/gauss/r2", approximation_metrics(f_gauss, X @ coef)["r2"]

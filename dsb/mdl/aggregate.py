@@ -1,7 +1,8 @@
 """Aggregate prequential MDL runs (``mdl.json`` files) over seeds: a table and a figure.
 
 ``python -m dsb.mdl.aggregate ROOT [--out DIR]`` finds every ``ROOT/**/mdl.json`` and
-groups them by (dataset, model, erasure, shrinkage). The interval is a two-sided 95%
+groups them by (dataset, model, erasure, shrinkage, ``mdl.validation``; a strict run's
+method name ends in ``_strict``). The interval is a two-sided 95%
 Student-t interval over seeds, mean +- t_{0.975, s-1} sd / sqrt(s) (s seeds; none for
 one seed): with 3-5 seeds a bootstrap interval is too narrow to trust, the t-interval
 states its normality assumption. Writes ``mdl_table.csv``, ``mdl_table.md`` and
@@ -39,6 +40,8 @@ def _method(rec: dict) -> str:
     name = rec["erasure"] or "control"
     if rec.get("erasure_shrinkage"):
         name += "_shrunk"
+    if rec.get("validation", "holdout") != "holdout":
+        name += f"_{rec['validation']}"  # strict: a different measure, never pooled
     return name
 
 

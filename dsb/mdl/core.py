@@ -6,19 +6,26 @@ The data flow (``run_mdl``):
 
 1. The training split, as the trainer samples it (concept-erased when ``data.erasure`` is
    set, the erasure FITTED ONCE ON THE WHOLE SPLIT), is put in a random order
-   (``mdl.order_seed``, default the run's seed). Its last ``val_fraction`` is the
-   validation set of every prefix model (early stopping only; never coded); the other
-   ``n`` examples are cut into ``num_chunks`` chunks with log-spaced ends
-   (``chunk_bounds``).
+   (``mdl.order_seed``, default the run's seed). With ``mdl.validation: holdout`` (the
+   default) its last ``val_fraction`` is the validation set of every prefix model (early
+   stopping only; never coded, so its labels are used without being paid for); with
+   ``strict`` nothing is held out. The ``n`` coded examples are cut into ``num_chunks``
+   chunks with log-spaced ends (``chunk_bounds``).
 2. Chunk 0 (``first_chunk`` examples) is coded with the uniform code: log2 K bits each.
 3. For each j >= 1, a fresh model (a normal dsb run in ``prefix_<j-1>/``, its own seed,
    checkpoints, metrics and resume) trains on chunks 0 .. j-1 (``data.train_indices``)
-   with early stopping on the validation set (``train.early_stopping``); chunk j is coded
-   with the BEST-VALIDATION model of that run: its summed cross-entropy in bits, measured
-   at the best validation step (``early_stopping.json``).
-4. MDL = (sum of the chunk code lengths) / n, in bits per sample. Lower: faster learning.
+   with early stopping on the validation set (``train.early_stopping``). ``strict``: the
+   validation set is a random ``val_fraction`` of that prefix (at least one example;
+   ``prefix_sets``) and the model trains on the rest, so every label it sees was paid for.
+   Chunk j is coded with the BEST-VALIDATION model of that run: the cross-entropy in bits
+   of each of its examples, measured at the best validation step
+   (``early_stopping.json``, ``early_stopping_bits/step_<best>.npz``).
+4. MDL = (sum of the code lengths) / n, in bits per sample. Lower: faster learning.
    Random labels give about log2 K; a trivially learnable split approaches
-   ``first_chunk * log2 K / n``.
+   ``first_chunk * log2 K / n``. ``mdl_code_lengths.npy`` holds every coded example's code
+   length (fields ``chunk``, ``index`` into the training split, ``bits``; chunk 0 at
+   log2 K): ``math.fsum(table["bits"])`` is ``total_bits`` of ``mdl.json`` exactly, so a
+   published number can be audited after the prefix checkpoints are gone.
 
 Every prefix run re-reads the split and refits the same erasure (deterministic: the same
 float64 statistics of the same examples, so the same maps; ``run_mdl`` checks that the
@@ -43,10 +50,15 @@ import numpy as np
 from dsb.config import Config
 
 __all__ = [
+    "CODE_LENGTHS_DTYPE",
+    "CODE_LENGTHS_FILE",
     "MdlResult",
     "chunk_bounds",
     "mdl_from_chunks",
+    "mdl_from_code_lengths",
+    "mdl_order",
     "prefix_config",
+    "prefix_sets",
     "run_mdl",
     "uniform_code_bits",
 ]
@@ -55,6 +67,9 @@ log = logging.getLogger(__name__)
 
 RESULT_FILE = "mdl.json"
 PREFIX_MARKER = "mdl_prefix.json"
+CODE_LENGTHS_FILE = "mdl_code_lengths.npy"
+CODE_LENGTHS_DTYPE = np.dtype([("chunk", np.int32), ("index", np.int64), ("bits", np.float64)])
+VALIDATION_MODES = ("holdout", "strict")
 
 
 def chunk_bounds(n: int, num_chunks: int, first_chunk: int) -> list[int]:
@@ -100,17 +115,62 @@ def mdl_from_chunks(bounds: list[int], coded_bits: list[float], num_classes: int
     if len(coded_bits) != len(bounds) - 2:
         raise ValueError(f"{len(bounds) - 1} chunks need {len(bounds) - 2} coded lengths")
     chunk_bits = [uniform_code_bits(bounds[1], num_classes), *map(float, coded_bits)]
-    total = float(sum(chunk_bits))
+    total = math.fsum(chunk_bits)
     n = bounds[-1]
     return MdlResult(list(bounds), chunk_bits, num_classes, total, n, total / n)
 
 
-def _order(cfg: Config, n_split: int) -> tuple[np.ndarray, np.ndarray]:
-    """(coded examples in order, validation examples): indices into the training split."""
-    seed = cfg.seed if cfg.mdl.order_seed is None else cfg.mdl.order_seed
-    perm = np.random.default_rng((seed, 0x3D1)).permutation(n_split)
+def mdl_from_code_lengths(table: np.ndarray, num_classes: int) -> MdlResult:
+    """``MdlResult`` of a per-example code-length table (``CODE_LENGTHS_DTYPE``, rows in
+    chunk order): ``chunk_bits[j] = fsum`` of chunk j's bits, ``total_bits = fsum`` of all
+    of them (exactly what an auditor recomputes from ``mdl_code_lengths.npy``)."""
+    chunks = table["chunk"]
+    if np.any(np.diff(chunks) < 0) or chunks[0] != 0:
+        raise ValueError("code-length table: rows must be in chunk order from chunk 0")
+    sizes = np.bincount(chunks)
+    bounds = [0, *np.cumsum(sizes).tolist()]
+    chunk_bits = [math.fsum(table["bits"][chunks == j]) for j in range(len(sizes))]
+    total = math.fsum(table["bits"])
+    n = len(table)
+    return MdlResult(bounds, chunk_bits, num_classes, total, n, total / n)
+
+
+def _seed(cfg: Config) -> int:
+    return cfg.seed if cfg.mdl.order_seed is None else cfg.mdl.order_seed
+
+
+def mdl_order(cfg: Config, n_split: int) -> tuple[np.ndarray, np.ndarray]:
+    """(coded examples in coding order, held-out validation examples): indices into the
+    training split. A permutation of the split seeded by ``(seed, 0x3D1)``; ``holdout``:
+    its last ``max(1, round(val_fraction * n_split))`` are the validation set; ``strict``:
+    nothing is held out (the validation set is empty)."""
+    perm = np.random.default_rng((_seed(cfg), 0x3D1)).permutation(n_split)
+    if cfg.mdl.validation == "strict":
+        return perm, perm[:0]
     n_val = max(1, round(cfg.mdl.val_fraction * n_split))
     return perm[: n_split - n_val], perm[n_split - n_val :]
+
+
+def prefix_sets(
+    cfg: Config, coded: np.ndarray, holdout: np.ndarray, bounds: list[int], j: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, validation, next chunk) indices of prefix ``j`` (it codes chunk ``j + 1``).
+
+    ``holdout``: train on ``coded[:bounds[j + 1]]``, validate on ``holdout``. ``strict``:
+    the validation set is ``max(1, round(val_fraction * p))`` positions of the prefix
+    ``coded[:p]`` (``p = bounds[j + 1]``) drawn without replacement by
+    ``default_rng((seed, 0x3D1, j + 1))``; train on the rest of the prefix, in order."""
+    hi, nxt = bounds[j + 1], bounds[j + 2]
+    prefix, chunk = coded[:hi], coded[hi:nxt]
+    if cfg.mdl.validation == "holdout":
+        return prefix, holdout, chunk
+    n_val = max(1, round(cfg.mdl.val_fraction * hi))
+    if n_val >= hi:
+        raise ValueError(f"prefix {j}: {hi} examples cannot give {n_val} validation examples")
+    rng = np.random.default_rng((_seed(cfg), 0x3D1, j + 1))
+    is_val = np.zeros(hi, bool)
+    is_val[rng.choice(hi, n_val, replace=False)] = True
+    return prefix[~is_val], prefix[is_val], chunk
 
 
 def prefix_config(cfg: Config, prefix_dir: Path) -> Config:
@@ -144,30 +204,50 @@ def run_mdl(cfg: Config, out_dir: str | Path, *, after_prefix=None) -> MdlResult
     ctx = RunContext(cfg, out, write_reports=False)
     labels = ctx.load_split(cfg.data.train_split)["label"]  # the order needs no erasure
     num_classes = ctx.info.num_classes
-    coded, val = _order(cfg, len(labels))
+    mode = cfg.mdl.validation
+    if mode not in VALIDATION_MODES:
+        raise ValueError(f"mdl.validation={mode!r}: must be one of {VALIDATION_MODES}")
+    coded, holdout = mdl_order(cfg, len(labels))
     bounds = chunk_bounds(len(coded), cfg.mdl.num_chunks, cfg.mdl.first_chunk)
-    coded_bits, best_steps, hashes = [], [], set()
+    table = [_rows(0, coded[: bounds[1]], np.full(bounds[1], math.log2(num_classes)))]
+    best_steps, num_val, hashes = [], [], set()
     for j in range(len(bounds) - 2):
         d = out / f"prefix_{j}"
         marker = d / PREFIX_MARKER
-        lo, hi, nxt = 0, bounds[j + 1], bounds[j + 2]
+        train_idx, val_idx, chunk_idx = prefix_sets(cfg, coded, holdout, bounds, j)
+        hi, nxt = bounds[j + 1], bounds[j + 2]
         if marker.exists():
             rec = json.loads(marker.read_text())
-            if rec["train"] != [lo, hi] or rec["coded"] != [hi, nxt]:
+            if rec["train"] != [0, hi] or rec["coded"] != [hi, nxt]:
                 raise ValueError(f"{marker}: written for another chunk schedule: {rec}")
+            if rec.get("validation", "holdout") != mode:
+                raise ValueError(f"{marker}: written with mdl.validation={rec['validation']}")
             log.info("prefix %d already finished: skipped", j)
         else:
             d.mkdir(exist_ok=True)
-            np.save(d / "train_indices.npy", coded[lo:hi])
-            np.save(d / "next_chunk_indices.npy", coded[hi:nxt])
-            np.save(d / "val_indices.npy", val)
-            log.info("prefix %d: training on %d examples, coding %d", j, hi, nxt - hi)
+            sets = {"train": train_idx, "next_chunk": chunk_idx, "val": val_idx}
+            for name, idx in sets.items():
+                path = d / f"{name}_indices.npy"
+                # An unfinished prefix resumes its checkpoints: only on the same sets.
+                if path.exists() and not np.array_equal(np.load(path), idx):
+                    raise ValueError(
+                        f"{path}: an unfinished prefix with other {name} indices (another "
+                        "mdl.validation, val_fraction or order?); use another directory"
+                    )
+                np.save(path, idx)
+            log.info(
+                "prefix %d: training on %d examples (validation %d, %s), coding %d",
+                j, len(train_idx), len(val_idx), mode, nxt - hi,
+            )  # fmt: skip
             train(prefix_config(cfg, d), d)
             es = json.loads((d / "early_stopping.json").read_text())
             best = es["best"]
             rec = {
-                "train": [lo, hi],
+                "train": [0, hi],
                 "coded": [hi, nxt],
+                "validation": mode,
+                "num_train": len(train_idx),
+                "num_val": len(val_idx),
                 "code_bits": best["next_chunk/sum_bits"],
                 "best_step": best["step"],
                 "best_val_loss": best["val/loss"],
@@ -177,15 +257,18 @@ def run_mdl(cfg: Config, out_dir: str | Path, *, after_prefix=None) -> MdlResult
                     "stats_hash"
                 ]
             marker.write_text(json.dumps(rec, indent=1))
-        coded_bits.append(rec["code_bits"])
+        table.append(_rows(j + 1, chunk_idx, _chunk_bits(d, rec, chunk_idx)))
         best_steps.append(rec["best_step"])
+        num_val.append(len(val_idx))
         if "erasure_stats_hash" in rec:
             hashes.add(rec["erasure_stats_hash"])
         if after_prefix is not None:
             after_prefix(j)
     if len(hashes) > 1:
         raise RuntimeError(f"prefix runs fitted different erasures (stats hashes {hashes})")
-    result = mdl_from_chunks(bounds, coded_bits, num_classes)
+    table = np.concatenate(table)
+    np.save(out / CODE_LENGTHS_FILE, table)
+    result = mdl_from_code_lengths(table, num_classes)
     result.best_steps = best_steps
     record = {
         **result.to_dict(),
@@ -195,9 +278,41 @@ def run_mdl(cfg: Config, out_dir: str | Path, *, after_prefix=None) -> MdlResult
         "dataset": cfg.data.name,
         "model": cfg.model.name,
         "seed": cfg.seed,
-        "num_val": len(val),
+        "validation": mode,
+        # holdout: the one held-out set's size; strict: each prefix's validation size.
+        "num_val": len(holdout) if mode == "holdout" else num_val,
         "log2_num_classes": math.log2(num_classes),
+        "code_lengths_file": CODE_LENGTHS_FILE,
     }
     (out / RESULT_FILE).write_text(json.dumps(record, indent=1))
-    log.info("MDL: %.4f bits per sample (%s)", result.mdl_bits_per_sample, cfg.data.erasure)
+    log.info(
+        "MDL: %.4f bits per sample (%s, validation %s)",
+        result.mdl_bits_per_sample, cfg.data.erasure, mode,
+    )  # fmt: skip
     return result
+
+
+def _rows(chunk: int, indices: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    rows = np.empty(len(indices), CODE_LENGTHS_DTYPE)
+    rows["chunk"], rows["index"], rows["bits"] = chunk, indices, bits
+    return rows
+
+
+def _chunk_bits(prefix_dir: Path, rec: dict, chunk_idx: np.ndarray) -> np.ndarray:
+    """Per-example code lengths (bits) of the chunk a finished prefix coded, read from its
+    best-validation step's ``early_stopping_bits`` file and checked against the marker."""
+    from dsb.early_stopping import report_bits_path
+
+    path = report_bits_path(prefix_dir, rec["best_step"])
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path}: missing (a prefix finished before per-example code lengths were "
+            f"saved?); delete {prefix_dir / PREFIX_MARKER} to retrain and recode it"
+        )
+    with np.load(path) as f:
+        idx, bits = f["next_chunk_indices"], f["next_chunk_bits"]
+    if not np.array_equal(idx, chunk_idx):
+        raise ValueError(f"{path}: coded other examples than the chunk of {prefix_dir}")
+    if not math.isclose(math.fsum(bits), rec["code_bits"], rel_tol=1e-12):
+        raise ValueError(f"{path}: sums to {math.fsum(bits)} bits, the marker says {rec}")
+    return bits

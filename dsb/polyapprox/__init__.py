@@ -13,10 +13,12 @@ from dsb.polyapprox.closed_form import (
     activation_name,
     block_approximants,
     gaussian_input,
+    jackknife_se_bias,
     mlp_approximants,
     mlp_function,
     quadratic_eigen,
     stein_mc_approximants,
+    stein_mc_jackknife,
 )
 
 __all__ = [
@@ -28,8 +30,10 @@ __all__ = [
     "activation_name",
     "block_approximants",
     "gaussian_input",
+    "jackknife_se_bias",
     "mlp_approximants",
     "mlp_function",
     "quadratic_eigen",
     "stein_mc_approximants",
+    "stein_mc_jackknife",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import types
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -131,3 +132,54 @@ def test_figures(tmp_path):
     paths = poly_figures(records, "poly", tmp_path / "run" / "figures", title="t")
     assert sorted(p.name for p in paths) == ["poly_across_time.png", "poly_eigenvectors.png"]
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_stein_path_keeps_the_float64_support_on_digits(tmp_path):
+    """The Stein path runs in float32 but its Gaussian keeps the support cut in float64:
+    the rank (and the basis) equal the float64 reference, recomputed here from the
+    definition (eigenvalues of the float64 train covariance above d * eps64 * the largest;
+    61 of 64 on digits). A float32 refit of the Gaussian cuts it to 58."""
+    from dsb.evals.poly_approx import stein_inputs
+
+    ev = PolyApprox(_ctx(tmp_path), num_samples=10, top_eigen=0)
+    x, _ = digits_arrays()["train"]
+    x = np.asarray(x, np.float64).reshape(len(x), -1)
+    lam, vec = np.linalg.eigh(np.cov(x.T))
+    keep = lam > x.shape[1] * np.finfo(np.float64).eps * lam.max()
+    assert keep.sum() == 61  # the rank the docs quote
+    layers = [(np.ones((3, 64)), None), (np.ones((10, 3)), np.zeros(10))]
+    g32, f32 = stein_inputs(ev.gauss, layers)
+    assert g32.rank == keep.sum() and g32.basis.dtype == jnp.float32
+    assert all(W.dtype == jnp.float32 for W, _ in f32)
+    np.testing.assert_allclose(np.asarray(g32.evals), lam[keep], rtol=1e-6)
+    ref_proj = vec[:, keep] @ vec[:, keep].T
+    np.testing.assert_allclose(np.asarray(g32.proj), ref_proj, atol=1e-5)
+
+
+def test_stein_r2_standard_error_and_bias_are_the_jackknife_of_its_draws(tmp_path):
+    """A deep MLP's ``<a>_stein/<set>/r2_se`` and ``r2_bias`` are the delete-a-group
+    jackknife of the R^2, recomputed here from the replicate estimates (the estimates
+    without each group of fit draws): ``sqrt((G-1)/G sum (r_g - r_bar)^2)`` and
+    ``(G-1)(r_bar - r)``."""
+    from dsb.evals.poly_approx import r2_score, stein_inputs
+    from dsb.polyapprox import mlp_function, stein_mc_jackknife
+
+    G = 4
+    ev = PolyApprox(_ctx(tmp_path), num_samples=300, top_eigen=0, num_fit=64, jackknife_groups=G)
+    model = _mlp((32, 32))
+    out = dict(ev.run(_snapshot(model)))
+    layers, act = ev._layers(_snapshot(model))
+    g32, f32 = stein_inputs(ev.gauss, layers)
+    with jax.enable_x64(True):
+        full, reps = stein_mc_jackknife(mlp_function(f32, act), g32, ev.fit_key, 64, G)
+        for set_name, x in (("val", ev.x_val), ("gauss", ev.x_gauss)):
+            f = np.asarray(model(jnp.asarray(x, jnp.float32).reshape(-1, 8, 8, 1)))
+            for i, name in enumerate(("linear", "quadratic")):
+                r2 = r2_score(f, np.asarray(full[i](jnp.asarray(x))))
+                r = np.array([r2_score(f, np.asarray(rep[i](jnp.asarray(x)))) for rep in reps])
+                key = f"{name}_stein/{set_name}"
+                assert out[f"{key}/r2"] == pytest.approx(r2, abs=1e-9)
+                se = np.sqrt((G - 1) / G * ((r - r.mean()) ** 2).sum())
+                assert out[f"{key}/r2_se"] == pytest.approx(se, rel=1e-9, abs=1e-12)
+                assert out[f"{key}/r2_bias"] == pytest.approx((G - 1) * (r.mean() - r2), abs=1e-9)
+                assert out[f"{key}/r2_se"] > 0

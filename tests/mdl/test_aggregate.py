@@ -53,3 +53,16 @@ def test_summary_table_and_figure(tmp_path):
     assert (
         "| digits | mlp | leace | 3 | 1.6000 |" in (tmp_path / "out" / "mdl_table.md").read_text()
     )
+
+
+def test_strict_runs_are_never_pooled_with_holdout_runs(tmp_path):
+    for seed in range(2):
+        _write(tmp_path / "h", None, seed, 1.0 + seed)
+        _write(tmp_path / "s", None, seed, 2.0 + seed)
+    for p in (tmp_path / "s").rglob("mdl.json"):
+        p.write_text(json.dumps(json.loads(p.read_text()) | {"validation": "strict"}))
+    rows = summarize(collect(tmp_path))
+    assert {r["method"]: r["per_seed"] for r in rows} == {
+        "control": [1.0, 2.0],
+        "control_strict": [2.0, 3.0],
+    }

@@ -156,6 +156,7 @@ def test_chunk_coded_by_best_validation_model_on_erased_data(tmp_path):
     small = [o for o in SMALL if not o.startswith("mdl.num_chunks")]
     cfg = tiny_config(*small, "mdl.num_chunks=3", "data.erasure=leace", "ckpt.keep_interval=1000")
     r = run_mdl(cfg, tmp_path)
+    table = np.load(tmp_path / "mdl_code_lengths.npy")
     hashes = set()
     for j in range(len(r.bounds) - 2):
         d = tmp_path / f"prefix_{j}"
@@ -178,7 +179,11 @@ def test_chunk_coded_by_best_validation_model_on_erased_data(tmp_path):
             logits = run.predict()(
                 restored.state.params, restored.state.rest, data["image"][chunk_idx]
             )
-        bits = cross_entropy_nats(logits, data["label"][chunk_idx]).sum() / math.log(2)
+        per_example = cross_entropy_nats(logits, data["label"][chunk_idx]) / math.log(2)
+        # The saved per-example code lengths are those of the best-validation model.
+        np.testing.assert_array_equal(table["index"][table["chunk"] == j + 1], chunk_idx)
+        np.testing.assert_allclose(table["bits"][table["chunk"] == j + 1], per_example, rtol=1e-5)
+        bits = per_example.sum()
         assert marker["code_bits"] == pytest.approx(bits, rel=1e-5)
         assert r.chunk_bits[j + 1] == pytest.approx(bits, rel=1e-5)
         hashes.add(json.loads((d / "erasure.json").read_text())["stats_hash"])

@@ -6,18 +6,22 @@ decides: the index partition of the training split (every example is in exactly 
 the first chunk, a later coded chunk or the validation set; a prefix trains on exactly
 the chunks before the one it codes; validation examples are never trained on nor coded)
 and the metadata of ``mdl.json`` (``log2_num_classes`` is log2 K, the totals follow from
-the chunk lengths).
+the chunk lengths); the per-example code lengths in ``mdl_code_lengths.npy`` (they sum to
+the logged total, their chunks partition the coded examples, no validation example is
+coded); and the strict variant's sets, recomputed here from their definition.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
 from dsb_testing import tiny_config
 
+from dsb.early_stopping import report_bits_path
 from dsb.mdl import run_mdl
 
 pytestmark = pytest.mark.usefixtures("tfds_dir", "one_blas_thread")
@@ -29,7 +33,8 @@ K = 10
 @pytest.fixture
 def stub_train(monkeypatch):
     """Replace the trainer: each prefix "run" records its index files and reports a code
-    length of 1 bit per coded example plus the prefix number (distinct, known values)."""
+    length of 1 bit per coded example plus the prefix number (distinct, known values),
+    spread unevenly over the chunk's examples in its per-example file."""
     import dsb.train
 
     calls = []
@@ -44,12 +49,17 @@ def stub_train(monkeypatch):
         }
         calls.append(rec)
         j = len(calls) - 1
+        n = len(rec["coded"])
+        bits = 1.0 + j * np.arange(1, n + 1) / (n * (n + 1) / 2)  # sums to n + j
         best = {
             "step": 10 * (j + 1),
             "val/loss": 1.0,
-            "next_chunk/sum_bits": float(len(rec["coded"]) + j),
+            "next_chunk/sum_bits": math.fsum(bits),
         }
         (run_dir / "early_stopping.json").write_text(json.dumps({"best": best}))
+        path = report_bits_path(run_dir, best["step"])
+        path.parent.mkdir()
+        np.savez(path, next_chunk_indices=rec["coded"], next_chunk_bits=bits)
 
     monkeypatch.setattr(dsb.train, "train", fake_train)
     return calls
@@ -105,3 +115,79 @@ def test_mdl_json_records_log2_k_and_consistent_totals(stub_train, tmp_path):
     assert rec["mdl_bits_per_sample"] == pytest.approx(sum(expected) / b[-1], rel=1e-12)
     assert rec["best_steps"] == [10 * (j + 1) for j in range(len(b) - 2)]
     assert result.to_dict() == {k: rec[k] for k in result.to_dict()}
+
+
+def _code_lengths(path):
+    table = np.load(path / "mdl_code_lengths.npy")
+    assert table.dtype.names == ("chunk", "index", "bits")
+    return table
+
+
+def test_code_lengths_file_sums_to_total_and_partitions_the_coded_examples(stub_train, tmp_path):
+    cfg = tiny_config("mdl.num_chunks=5", "mdl.first_chunk=20")
+    result = run_mdl(cfg, tmp_path)
+    rec = json.loads((tmp_path / "mdl.json").read_text())
+    table = _code_lengths(tmp_path)
+    # The total recomputes exactly from the file; per chunk too.
+    assert math.fsum(table["bits"]) == rec["total_bits"] == result.total_bits
+    assert math.fsum(table["bits"]) / len(table) == rec["mdl_bits_per_sample"]
+    b = rec["bounds"]
+    for j in range(len(b) - 1):
+        assert math.fsum(table["bits"][table["chunk"] == j]) == rec["chunk_bits"][j], j
+    # Chunk 0: log2 K bits each; chunk j >= 1: the stub's lengths, n_j + (j - 1) in all.
+    np.testing.assert_array_equal(table["bits"][table["chunk"] == 0], math.log2(K))
+    for j in range(1, len(b) - 1):
+        assert rec["chunk_bits"][j] == pytest.approx(b[j + 1] - b[j] + j - 1, rel=1e-12)
+    # The chunk indices partition exactly the coded examples: chunk j holds the examples
+    # of positions b[j]..b[j+1] of the coding order (the prefixes' next chunks), each
+    # example once; no validation example is coded.
+    val = set(stub_train[0]["val"].tolist())
+    np.testing.assert_array_equal(np.bincount(table["chunk"]), np.diff(b))
+    assert len(set(table["index"].tolist())) == len(table) == b[-1] == NUM_TRAIN - len(val)
+    np.testing.assert_array_equal(table["index"][table["chunk"] == 0], stub_train[0]["train"])
+    for j, call in enumerate(stub_train):
+        np.testing.assert_array_equal(table["index"][table["chunk"] == j + 1], call["coded"])
+    assert not val & set(table["index"].tolist())
+    assert set(table["index"].tolist()) | val == set(range(NUM_TRAIN))
+
+
+def test_strict_validation_sets_come_from_the_prefix(stub_train, tmp_path):
+    """``mdl.validation=strict``: nothing is held out (all 1600 examples are coded); the
+    validation set of prefix j is the ``max(1, round(0.1 p))`` positions of its prefix
+    (``p`` examples) drawn by ``default_rng((seed, 0x3D1, j + 1))``, and the model trains
+    on the rest: every label used is in the prefix, hence paid for."""
+    cfg = tiny_config("mdl.num_chunks=5", "mdl.first_chunk=20", "mdl.validation=strict")
+    run_mdl(cfg, tmp_path)
+    rec = json.loads((tmp_path / "mdl.json").read_text())
+    b = rec["bounds"]
+    assert rec["validation"] == "strict" and b[-1] == NUM_TRAIN
+    order = np.random.default_rng((cfg.seed, 0x3D1)).permutation(NUM_TRAIN)
+    table = _code_lengths(tmp_path)
+    np.testing.assert_array_equal(table["index"], order)  # every example coded, in order
+    for j, call in enumerate(stub_train):
+        p = b[j + 1]
+        n_val = max(1, round(0.1 * p))
+        pos = np.random.default_rng((cfg.seed, 0x3D1, j + 1)).choice(p, n_val, replace=False)
+        val = order[np.sort(pos)]
+        train = np.setdiff1d(order[:p], val)
+        assert sorted(call["val"].tolist()) == sorted(val.tolist()), j
+        assert sorted(call["train"].tolist()) == sorted(train.tolist()), j
+        np.testing.assert_array_equal(call["coded"], order[p : b[j + 2]])
+        assert len(call["train"]) + len(call["val"]) == p
+        # Every label the prefix model uses is paid for: train and validation are coded
+        # examples of earlier chunks, never of the chunk it codes.
+        used = set(call["train"].tolist()) | set(call["val"].tolist())
+        assert used == set(order[:p].tolist()) and not used & set(call["coded"].tolist())
+    assert rec["num_val"] == [max(1, round(0.1 * b[j + 1])) for j in range(len(b) - 2)]
+
+
+def test_unfinished_prefix_with_other_index_sets_is_refused(stub_train, tmp_path):
+    """A prefix left unfinished by a holdout run is not resumed by a strict run (its
+    checkpoints trained on other examples)."""
+    cfg = tiny_config("mdl.num_chunks=4", "mdl.first_chunk=20")
+    run_mdl(cfg, tmp_path)
+    (tmp_path / "prefix_1" / "mdl_prefix.json").unlink()  # as if killed mid-prefix
+    strict = tiny_config("mdl.num_chunks=4", "mdl.first_chunk=20", "mdl.validation=strict")
+    shutil.rmtree(tmp_path / "prefix_0")  # prefix 0 is retrained; prefix 1 is unfinished
+    with pytest.raises(ValueError, match="unfinished prefix with other train indices"):
+        run_mdl(strict, tmp_path)
