@@ -9,7 +9,8 @@ Inputs are run directories, sweep directories or globs (collected with
 of panels per dataset (accuracy, then loss), one column per probe set, one line per
 variant (the config values that differ between runs, seeds aside: model, size, ...), x =
 step on a log2 axis, dashed chance lines at 1/K and ln K. OT panels draw the target-class
-accuracy solid and the source-class accuracy dotted.
+accuracy solid and the source-class accuracy dotted. A panel whose set missed a target it
+states (``target_met = 0`` in any run) is titled ``[MISSED TARGET]`` in red.
 """
 
 from __future__ import annotations
@@ -48,8 +49,21 @@ def _sets(df: pd.DataFrame, kind: str, order: list[str]) -> list[str]:
     return [s for s in order if s in found] + sorted(found - set(order))
 
 
+def _short(col: str) -> str:
+    """``model.kwargs.widths`` -> ``widths``; ``model.name`` -> ``model``."""
+    parts = col.split(".")
+    return parts[-2] if parts[-1] == "name" and len(parts) > 1 else parts[-1]
+
+
 def _label(row: pd.Series, cols: list[str]) -> str:
-    return ", ".join(f"{c.rsplit('.', 1)[-1]}={row[c]}" for c in cols) or "all runs"
+    return ", ".join(f"{_short(c)}={row[c]}" for c in cols) or "all runs"
+
+
+def missed_target(df: pd.DataFrame, kind: str, probe: str) -> bool:
+    """Whether any run logged ``dsb/<kind>/<probe>/target_met = 0``: the set missed one of
+    the targets its report states (``dsb_probes_moments.json`` says which)."""
+    col = f"dsb/{kind}/{probe}/target_met"
+    return col in df and bool((df[col].dropna() == 0).any())
 
 
 def make_figure(df: pd.DataFrame, kind: str):
@@ -87,7 +101,10 @@ def make_figure(df: pd.DataFrame, kind: str):
             ax_acc.axhline(1 / k, ls="--", color="gray", lw=1)
             ax_loss.axhline(math.log(k), ls="--", color="gray", lw=1)
             ax_acc.set_ylim(0, 1.02)
-            ax_acc.set_title(f"{dataset}: {probe}", fontsize=9)
+            missed = " [MISSED TARGET]" if missed_target(sub, kind, probe) else ""
+            ax_acc.set_title(
+                f"{dataset}: {probe}{missed}", fontsize=9, color="C3" if missed else "black"
+            )
             for ax in (ax_acc, ax_loss):
                 setup_step_axis(ax, steps)
                 ax.set_xlabel("")

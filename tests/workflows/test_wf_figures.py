@@ -42,6 +42,8 @@ def test_dsb_probes_sweep_figure_layout_and_bands(tmp_path):
                     r["dsb/ot/cqn/target_accuracy"] = acc / 3
                     r["dsb/ot/cqn/source_accuracy"] = 1 - acc
                     r["dsb/ot/cqn/loss"] = 2.0
+                    # One digits run's gaussian set missed a target it states.
+                    r["dsb/maxent/gaussian/target_met"] = float(data != "digits" or seed == 0)
                     recs.append(r)
                 cfg = {"seed": seed, "data": {"name": data}, "model": {"name": "mlp",
                        "kwargs": {"widths": [width]}}}  # fmt: skip
@@ -61,6 +63,7 @@ def test_dsb_probes_sweep_figure_layout_and_bands(tmp_path):
     assert len(axes) == 4 * 2  # rows cifar10-acc, cifar10-loss, digits-acc, digits-loss
     assert [ax.get_title() for ax in axes[:2]] == ["cifar10: ics", "cifar10: gaussian"]
     assert axes[4].get_title() == "digits: ics" and axes[2].get_ylabel() == "cross-entropy"
+    assert axes[5].get_title() == "digits: gaussian [MISSED TARGET]"
     lines = [ln for ln in axes[0].get_lines() if ln.get_linestyle() == "-"]
     assert sorted(ln.get_label() for ln in lines) == ["widths=[64]", "widths=[8]"]
     assert len(axes[0].collections) == 2  # the seed bands
