@@ -17,8 +17,10 @@ import dataclasses
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -29,6 +31,8 @@ from dsb.stats.ot import draw_targets
 from dsb.stats.probesets import MAXENT_SETS, OT_SETS, ProbeSetKind
 
 __all__ = ["EvalSet", "build_maxent_set", "build_ot_set", "eval_set_key"]
+
+log = logging.getLogger(__name__)
 
 _VERSION = "evalset-v1"
 # Each kind's own cache version (``ProbeSetKind.version``, bumped when its output changes)
@@ -127,20 +131,28 @@ def _build_lock(path: Path):
 
 def _cached(cache_dir, prefix, name, key, build) -> EvalSet:
     if cache_dir is None:
-        return build()
+        return _built(prefix, build, "not cached")
     path = Path(cache_dir) / f"{prefix}-{key[:20]}.npz"
     hit = _load(path, name, key)
-    if hit is not None:
-        return hit
-    with _build_lock(path):
-        hit = _load(path, name, key)  # built by another process while we waited
-        if hit is not None:
-            return hit
-        es = build()
-        try:
-            _save(path, es)
-        except OSError as e:
-            warnings.warn(f"could not cache evaluation set {name!r} in {path}: {e}", stacklevel=3)
+    if hit is None:
+        with _build_lock(path):
+            hit = _load(path, name, key)  # built by another process while we waited
+            if hit is None:
+                es = _built(prefix, build, f"cached in {path}")
+                try:
+                    _save(path, es)
+                except OSError as e:
+                    msg = f"could not cache evaluation set {name!r} in {path}: {e}"
+                    warnings.warn(msg, stacklevel=3)
+                return es
+    log.info("probe set %s: loaded from %s", prefix, path)
+    return hit
+
+
+def _built(prefix: str, build, where: str) -> EvalSet:
+    t0 = time.perf_counter()
+    es = build()
+    log.info("probe set %s: built in %.1f s, %s", prefix, time.perf_counter() - t0, where)
     return es
 
 
