@@ -10,6 +10,7 @@ import tensorflow_datasets as tfds
 import tqdm
 
 from dsb.data.registry import DatasetSpec, get_dataset_spec
+from dsb.timing import phase
 
 __all__ = ["DatasetNotPreparedError", "load_split", "open_source"]
 
@@ -77,6 +78,11 @@ def load_split(name: str, split: str, data_dir: str | None = None) -> dict[str, 
     float32) fit in host memory; holding them there makes every batch a single vectorised
     gather, so the input pipeline costs microseconds per step.
     """
+    with phase(f"data/{name}/{split}"):
+        return _decode(name, split, data_dir)
+
+
+def _decode(name: str, split: str, data_dir: str | None) -> dict[str, np.ndarray]:
     spec = get_dataset_spec(name)
     source = open_source(name, split, data_dir)
     n = len(source)

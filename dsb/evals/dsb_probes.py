@@ -32,6 +32,7 @@ from dsb.stats.evalsets import EvalSet, build_maxent_set, build_ot_set
 from dsb.stats.moments import fit_class_stats
 from dsb.stats.probesets import MAXENT_SETS, OT_SETS, ProbeSetKind
 from dsb.stats.report import unmet_checks, warn_unmet
+from dsb.timing import phase
 
 __all__ = ["SET_OPTIONS", "DsbProbes", "cache_dir_of"]
 
@@ -161,7 +162,8 @@ class DsbProbes:
             for i in range(0, len(y_tr), fit_batch_size)
         )
         sh = None if shrinkage is None else tuple(float(v) for v in shrinkage)
-        stats = fit_class_stats(batches, ctx.num_classes, shrinkage=sh)
+        with phase("stats"):
+            stats = fit_class_stats(batches, ctx.num_classes, shrinkage=sh)
         # Only the sets are kept: the K d^2 covariances (0.75 GB at CIFAR size) are freed
         # when __init__ returns.
         self.stats_hash = stats.content_hash

@@ -29,6 +29,7 @@ import numpy as np
 from dsb.stats.moments import ClassStats
 from dsb.stats.ot import draw_targets
 from dsb.stats.probesets import MAXENT_SETS, OT_SETS, ProbeSetKind
+from dsb.timing import phase
 
 __all__ = ["EvalSet", "build_maxent_set", "build_ot_set", "eval_set_key"]
 
@@ -133,10 +134,10 @@ def _cached(cache_dir, prefix, name, key, build) -> EvalSet:
     if cache_dir is None:
         return _built(prefix, build, "not cached")
     path = Path(cache_dir) / f"{prefix}-{key[:20]}.npz"
-    hit = _load(path, name, key)
+    hit = _load_timed(path, name, key, prefix)
     if hit is None:
         with _build_lock(path):
-            hit = _load(path, name, key)  # built by another process while we waited
+            hit = _load_timed(path, name, key, prefix)  # built by another process meanwhile
             if hit is None:
                 es = _built(prefix, build, f"cached in {path}")
                 try:
@@ -149,9 +150,18 @@ def _cached(cache_dir, prefix, name, key, build) -> EvalSet:
     return hit
 
 
+def _load_timed(path: Path, name: str, key: str, prefix: str) -> EvalSet | None:
+    # A missing file is no phase: "loaded" counts the sets that were loaded.
+    if not path.exists():
+        return None
+    with phase(f"probe_set/{prefix}/loaded"):
+        return _load(path, name, key)
+
+
 def _built(prefix: str, build, where: str) -> EvalSet:
     t0 = time.perf_counter()
-    es = build()
+    with phase(f"probe_set/{prefix}/built"):
+        es = build()
     log.info("probe set %s: built in %.1f s, %s", prefix, time.perf_counter() - t0, where)
     return es
 
