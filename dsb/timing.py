@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import time
 from collections.abc import Iterator, Mapping
 
-__all__ = ["PhaseTimer", "format_timings", "phase"]
+__all__ = ["PhaseTimer", "ProgressLog", "format_timings", "phase"]
+
+log = logging.getLogger(__name__)
 
 _ACTIVE: contextvars.ContextVar[PhaseTimer | None] = contextvars.ContextVar(
     "dsb_phase_timer", default=None
@@ -90,3 +93,48 @@ def format_timings(record: Mapping) -> str:
         lines.append(f"{name:<{width}}  {s:9.2f}  {share:6.1%}  {c:>6}")
     lines.append(f"{'total':<{width}}  {total:9.2f}  {1.0:6.1%}")
     return "\n".join(lines)
+
+
+# Seconds between two progress lines of one computation.
+PROGRESS_EVERY_S = 10.0
+
+
+class ProgressLog:
+    """Progress of one long computation as log lines: what, how far, elapsed, ETA.
+
+    ``update(done)`` logs at most once every ``every_s`` seconds (default
+    ``PROGRESS_EVERY_S``; work shorter than that logs nothing), and a last line at
+    ``done == total`` if it logged before. The ETA assumes the remaining units cost what
+    the finished ones did on average.
+    """
+
+    def __init__(self, what: str, total: int, unit: str = "steps", every_s: float | None = None):
+        self.what, self.total, self.unit = what, total, unit
+        self.every_s = PROGRESS_EVERY_S if every_s is None else every_s
+        self.t0 = self.last = time.perf_counter()
+        self.lines = 0
+
+    def update(self, done: int, detail: str = "") -> None:
+        now = time.perf_counter()
+        finished = done >= self.total
+        if (finished and not self.lines) or (not finished and now - self.last < self.every_s):
+            return
+        self.last, self.lines = now, self.lines + 1
+        elapsed = now - self.t0
+        eta = elapsed / done * (self.total - done) if done else float("nan")
+        where = f" ({detail})" if detail else ""
+        log.info(
+            "%s: %d/%d %s (%.0f%%)%s, %s elapsed, ETA %s",
+            self.what, done, self.total, self.unit, 100.0 * done / max(self.total, 1), where,
+            _duration(elapsed), "done" if finished else _duration(eta),
+        )  # fmt: skip
+
+
+def _duration(seconds: float) -> str:
+    if seconds != seconds:  # NaN: nothing done yet
+        return "?"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
