@@ -19,7 +19,6 @@ import dataclasses
 import json
 import logging
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -156,7 +155,7 @@ def _train(ctx: RunContext, rundir: RunDirectory, timer: PhaseTimer) -> TrainRes
     # Several processes agree on the step at logging / checkpoint steps (dsb.preemption).
     preemption = Preemption(num_processes=jax.process_count())
     final = start
-    timings = _TimingsLog(ctx, timer, start)
+    timings, left_loop = _TimingsLog(ctx, timer, start), False
     try:
         with preemption, phase("train_steps"):
             for batch_index in range(start, total):
@@ -195,12 +194,14 @@ def _train(ctx: RunContext, rundir: RunDirectory, timer: PhaseTimer) -> TrainRes
                     writer.flush()
                     log.warning("preempted: saved checkpoint %d", step)
                     preemption.hand_over()  # submitit's handler requeues and exits
+        left_loop = True
     finally:
         progress.close()
         with phase("checkpoint/wait"):
             checkpoints.close()  # waits for the asynchronous saves
         writer.close()
-        timings.write_if_unfinished(final)
+        if not left_loop:  # preempted or failed: this invocation's record, now
+            timings.write_stopped(final)
 
     figures = []
     if cfg.figures and ctx.is_main_process:
@@ -289,9 +290,7 @@ class _TimingsLog:
         self.written = True
         return record
 
-    def write_if_unfinished(self, final_step: int) -> None:
-        if sys.exc_info()[0] is None:
-            return  # the run goes on to finish; write() records it then
+    def write_stopped(self, final_step: int) -> None:
         try:
             self.write(final_step, "stopped")
         except OSError:

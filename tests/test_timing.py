@@ -6,6 +6,7 @@ import pytest
 from dsb_testing import tiny_config
 
 import dsb.timing as timing
+from dsb.data.sources import load_split
 from dsb.main import _report
 from dsb.train import train
 
@@ -43,6 +44,7 @@ TINY_PROBES = (
 
 @pytest.mark.usefixtures("tfds_dir")
 def test_a_run_records_where_its_time_went_and_a_second_run_loads_its_probe_sets(tmp_path):
+    load_split.cache_clear()  # read the splits in this run, whatever ran before it
     cfg = tiny_config(*TINY_PROBES)
     result = train(cfg, tmp_path / "a")
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
