@@ -27,6 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from dsb.config import CONF_DIR, register_schemas, to_config
+from dsb.timing import format_timings
 
 log = logging.getLogger("dsb")
 
@@ -53,6 +54,9 @@ def _report(result) -> str:
         lines.append(f"final metrics (step {result.final_step}):")
         width = max(24, *(len(g) + 2 for g in groups))  # long group names stay apart
         lines += [f"  {g:<{width}}{', '.join(vals)}" for g, vals in groups.items()]
+    if result.timings is not None:
+        lines.append("where the time went (summary.json: timings; timings.jsonl):")
+        lines += ["  " + line for line in format_timings(result.timings).splitlines()]
     if result.finished:
         lines.append("(the run had already finished: nothing was trained or written)")
     elif result.resumed_from is not None:

@@ -14,6 +14,7 @@ training state and the compiled programs live in ``dsb.step``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -35,6 +36,7 @@ from dsb.preemption import Preemption
 from dsb.run_context import RunContext
 from dsb.rundir import RunDirectory
 from dsb.step import TrainState, init_model, make_predict, make_train_step
+from dsb.timing import PhaseTimer, phase
 
 __all__ = ["MAX_CPU_STEPS_IN_FLIGHT", "TrainResult", "train"]
 
@@ -56,6 +58,9 @@ class TrainResult:
     figures: list[Path]
     # True when the run had already finished: read back, nothing trained or written.
     finished: bool = False
+    # Where this invocation's wall time went (``dsb.timing.PhaseTimer.record``); None for
+    # a finished run read back.
+    timings: dict | None = None
 
 
 def train(cfg: Config, run_dir: str | Path) -> TrainResult:
@@ -64,36 +69,46 @@ def train(cfg: Config, run_dir: str | Path) -> TrainResult:
     The run directory is held and checked as ``dsb.rundir`` describes: one process writes
     it (``run.lock``), a resume with a changed config refuses unless the change is free or
     forced, ``ckpt.resume_step`` / ``ckpt.start_over`` go back, and a finished run is
-    returned from disk without writing anything."""
-    parallel.initialize(cfg.parallel)
-    ctx = RunContext(cfg, Path(run_dir).absolute(), is_main_process=jax.process_index() == 0)
-    with RunDirectory(ctx.run_dir, cfg, ctx.is_main_process) as rundir:
-        if jax.process_count() > 1:  # process 0 has checked and arranged the directory
-            from jax.experimental import multihost_utils
+    returned from disk without writing anything.
 
-            multihost_utils.sync_global_devices("dsb.rundir.open")
-        return _train(ctx, rundir)
+    The wall time of the run's phases (``dsb.timing``) goes into ``summary.json`` under
+    ``timings`` and into ``TrainResult.timings``. Each invocation is timed on its own: a
+    resumed run's ``summary.json`` holds the timings of the invocation that finished it,
+    and every invocation, finished, preempted or failed, appends its own record (with the
+    steps it started and ended at) to ``timings.jsonl``."""
+    timer = PhaseTimer()
+    with timer.active():
+        parallel.initialize(cfg.parallel)
+        ctx = RunContext(cfg, Path(run_dir).absolute(), is_main_process=jax.process_index() == 0)
+        with RunDirectory(ctx.run_dir, cfg, ctx.is_main_process) as rundir:
+            if jax.process_count() > 1:  # process 0 has checked and arranged the directory
+                from jax.experimental import multihost_utils
+
+                multihost_utils.sync_global_devices("dsb.rundir.open")
+            return _train(ctx, rundir, timer)
 
 
-def _train(ctx: RunContext, rundir: RunDirectory) -> TrainResult:
+def _train(ctx: RunContext, rundir: RunDirectory, timer: PhaseTimer) -> TrainResult:
     cfg = ctx.config
-    mesh = _make_mesh(cfg)
-    sampler = ctx.sampler(jax.process_index(), jax.process_count())
     total, schedule = cfg.train.total_steps, ctx.schedule
-    tx, lr = make_optimizer(cfg.optim, total), make_schedule(cfg.optim, total)
-    rep = parallel.replicated(mesh)
-    model = init_model(cfg, sharding=rep)
-    state = TrainState.create(model, tx, cfg.seed, sharding=rep)
-    init_params = jax.tree.map(jnp.copy, model.params)  # for the training-Jacobian evaluator
-
-    abstract = TrainState.abstract(model, tx, sharding=rep)
+    with phase("init"):
+        mesh = _make_mesh(cfg)
+        tx, lr = make_optimizer(cfg.optim, total), make_schedule(cfg.optim, total)
+        rep = parallel.replicated(mesh)
+        model = init_model(cfg, sharding=rep)
+        state = TrainState.create(model, tx, cfg.seed, sharding=rep)
+        init_params = jax.tree.map(jnp.copy, model.params)  # for the training Jacobian
+        abstract = TrainState.abstract(model, tx, sharding=rep)
     if (summary := rundir.finished_summary()) is not None:
         if (done := _finished(ctx, summary, abstract)) is not None:
             return done
+    with phase("data"):
+        sampler = ctx.sampler(jax.process_index(), jax.process_count())
     checkpoints = RunCheckpoints(ctx)
     writer = ctx.metrics_writer()
     start, resumed_from = 0, None
-    resumed = checkpoints.resume(abstract, rundir.known_fingerprints)
+    with phase("restore"):
+        resumed = checkpoints.resume(abstract, rundir.known_fingerprints)
     if resumed is not None:
         start, state = resumed
         resumed_from = start
@@ -106,7 +121,8 @@ def _train(ctx: RunContext, rundir: RunDirectory) -> TrainResult:
 
     def checkpoint_and_evaluate(step: int, state: TrainState) -> dict[str, float]:
         if step != resumed_from:
-            checkpoints.save(step, state)
+            with phase("checkpoint"):
+                checkpoints.save(step, state)
         graphdef = model.graphdef_eval
         snap = snapshot(
             step, graphdef, state.params, state.rest, predict, init_params, state.opt_state
@@ -139,15 +155,19 @@ def _train(ctx: RunContext, rundir: RunDirectory) -> TrainResult:
     # Several processes agree on the step at logging / checkpoint steps (dsb.preemption).
     preemption = Preemption(num_processes=jax.process_count())
     final = start
+    timings, left_loop = _TimingsLog(ctx, timer, start), False
     try:
-        with preemption:
+        with preemption, phase("train_steps"):
             for batch_index in range(start, total):
                 if early is not None and early.stopped:
                     log.info("early stopping at step %d (best: step %d)", final, early.best["step"])
                     break
                 batch = parallel.put_global_batch(sampler(batch_index), mesh)
                 in_flight.wait_for_room()
-                state, metrics = train_step(state, batch)
+                # The first call traces and compiles (synchronously; the step itself runs
+                # asynchronously, as every other step does).
+                with phase("compile") if batch_index == start else contextlib.nullcontext():
+                    state, metrics = train_step(state, batch)
                 step = final = batch_index + 1
                 in_flight.add(step, metrics)
                 # Every process waits on the host here (and agrees on preemption).
@@ -168,25 +188,32 @@ def _train(ctx: RunContext, rundir: RunDirectory) -> TrainResult:
                     in_flight.restart_clock()  # evaluation time is not training speed
                 if preemption.agreed(sync_point):
                     if not schedule.is_checkpoint(step):  # else saved just above
-                        checkpoints.save(step, state, in_flight.window())
+                        with phase("checkpoint"):
+                            checkpoints.save(step, state, in_flight.window())
                     checkpoints.wait()  # on disk before the job is requeued
                     writer.flush()
                     log.warning("preempted: saved checkpoint %d", step)
                     preemption.hand_over()  # submitit's handler requeues and exits
+        left_loop = True
     finally:
         progress.close()
-        checkpoints.close()
+        with phase("checkpoint/wait"):
+            checkpoints.close()  # waits for the asynchronous saves
         writer.close()
+        if not left_loop:  # preempted or failed: this invocation's record, now
+            timings.write_stopped(final)
 
     figures = []
     if cfg.figures and ctx.is_main_process:
         from dsb.plots import plot_run
 
-        figures = plot_run(ctx.run_dir, evals=suite.types, num_classes=ctx.info.num_classes)
+        with phase("figures"):
+            figures = plot_run(ctx.run_dir, evals=suite.types, num_classes=ctx.info.num_classes)
+    record = timings.write(final, "finished")
     if ctx.is_main_process:
-        summary = json.dumps({"final_step": final, **last}, indent=2)
+        summary = json.dumps({"final_step": final, **last, "timings": record}, indent=2)
         (ctx.run_dir / "summary.json").write_text(summary)
-    return TrainResult(ctx.run_dir, final, resumed_from, last, state, figures)
+    return TrainResult(ctx.run_dir, final, resumed_from, last, state, figures, timings=record)
 
 
 def _finished(ctx: RunContext, summary: dict, abstract: TrainState) -> TrainResult | None:
@@ -201,7 +228,7 @@ def _finished(ctx: RunContext, summary: dict, abstract: TrainState) -> TrainResu
     finally:
         checkpoints.close()
     log.info("%s has finished (step %d): nothing to do", ctx.run_dir, final)
-    last = {k: v for k, v in summary.items() if k != "final_step"}
+    last = {k: v for k, v in summary.items() if k not in ("final_step", "timings")}
     figures = sorted((ctx.run_dir / "figures").glob("*.png"))
     return TrainResult(ctx.run_dir, final, final, last, state, figures, finished=True)
 
@@ -239,6 +266,35 @@ def _make_mesh(cfg: Config):
         )
     log.info("mesh: %d devices (%s), %d processes", ndev, platform, jax.process_count())
     return mesh
+
+
+class _TimingsLog:
+    """This invocation's line of ``<run_dir>/timings.jsonl`` (process 0): the phase
+    record of ``timer`` with the steps the invocation started and ended at, and whether it
+    finished the run; written once, when the run finishes or, failing that, when the
+    training loop is left (preempted, or an error)."""
+
+    FILE = "timings.jsonl"
+
+    def __init__(self, ctx: RunContext, timer: PhaseTimer, start_step: int):
+        self.path = ctx.run_dir / self.FILE
+        self.enabled = ctx.is_main_process
+        self.timer, self.start_step, self.written = timer, start_step, False
+
+    def write(self, final_step: int, status: str) -> dict:
+        record = self.timer.record()
+        line = {"start_step": self.start_step, "final_step": final_step, "status": status}
+        if self.enabled and not self.written:
+            with self.path.open("a") as f:
+                f.write(json.dumps(line | record) + "\n")
+        self.written = True
+        return record
+
+    def write_stopped(self, final_step: int) -> None:
+        try:
+            self.write(final_step, "stopped")
+        except OSError:
+            pass  # the error being raised says what went wrong with the disk
 
 
 class _InFlight:

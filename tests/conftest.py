@@ -1,7 +1,9 @@
 """Fixtures shared by every test folder (helpers live in ``dsb_testing``).
 
-This is the only conftest: a fixture that one folder needs is requested by name in its
-files (``pytestmark = pytest.mark.usefixtures(...)``), so each file says what it relies on.
+This is the only conftest. One fixture is autouse: ``user_cache`` keeps every test's
+caches out of the real ``~/.cache``. Any other fixture that one folder needs is requested
+by name in its files (``pytestmark = pytest.mark.usefixtures(...)``), so each file says
+what it relies on.
 """
 
 import sys
@@ -17,6 +19,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # makes ``dsb_testing`
 from dsb_testing import CONF_DIR, ROOT, TINY, compose, run_python, tiny_config
 
 __all__ = ["CONF_DIR", "ROOT", "TINY", "compose", "run_python", "tiny_config"]
+
+
+@pytest.fixture(autouse=True)
+def user_cache(tmp_path_factory, monkeypatch):
+    """Every test's dsb caches (``dsb.cache``: probe sets, decoded datasets) are fresh
+    temporary directories, never the real ``~/.cache``; child interpreters inherit them.
+    (The variables, not ``XDG_CACHE_HOME``, which would also move matplotlib's font cache
+    and make every child interpreter rebuild it.)"""
+    d = tmp_path_factory.mktemp("user_cache")
+    monkeypatch.setenv("DSB_PROBE_CACHE", str(d / "probe_sets"))
+    monkeypatch.setenv("DSB_DATA_CACHE", str(d / "decoded"))
+    return d
 
 
 @pytest.fixture

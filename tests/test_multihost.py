@@ -178,8 +178,15 @@ def _param_diff(a, b):
     return np.sqrt(num / den)
 
 
-# Written by process 0 alone (each process writes the probe-set cache, atomically).
-REPORTS = ("config.yaml", "metrics.jsonl", "summary.json", "dsb_probes_moments.json")
+# Written by process 0 alone (each process writes the probe-set cache, atomically, in
+# the user cache: $DSB_PROBE_CACHE of the tests).
+REPORTS = (
+    "config.yaml",
+    "metrics.jsonl",
+    "summary.json",
+    "timings.jsonl",
+    "dsb_probes_moments.json",
+)
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ goes through the real launcher.
 """
 
 import glob
+import json
 import os
 import re
 import signal
@@ -103,6 +104,13 @@ def test_preempted_run_resumes_where_an_uninterrupted_run_ends(
     assert resumed.resumed_from == step
     _assert_same_run(tmp_path / "ref", tmp_path / "run")
     assert submitit_like_handler == [signal.SIGUSR2]
+    # Each invocation's phase timings apart (dsb.timing): the preempted one, then the one
+    # that finished, which summary.json holds.
+    lines = [json.loads(x) for x in (tmp_path / "run" / "timings.jsonl").read_text().splitlines()]
+    got = [(x["start_step"], x["final_step"], x["status"]) for x in lines]
+    assert got == [(0, step, "stopped"), (step, 20, "finished")]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["timings"]["phases"] == lines[1]["phases"] == resumed.timings["phases"]
 
 
 def test_a_signal_not_handed_over_is_delivered_on_exit(submitit_like_handler):

@@ -17,12 +17,14 @@ generating class (max-ent) or the target class t and the source class s (OT).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dsb.cache import probe_cache_dir
 from dsb.evals.base import EvalContext, Snapshot, register_evaluator
 from dsb.evals.classification import cross_entropy_and_accuracy
 from dsb.registry import Registry, signature_of
@@ -30,8 +32,11 @@ from dsb.stats.evalsets import EvalSet, build_maxent_set, build_ot_set
 from dsb.stats.moments import fit_class_stats
 from dsb.stats.probesets import MAXENT_SETS, OT_SETS, ProbeSetKind
 from dsb.stats.report import unmet_checks, warn_unmet
+from dsb.timing import phase
 
-__all__ = ["SET_OPTIONS", "DsbProbes"]
+__all__ = ["SET_OPTIONS", "DsbProbes", "cache_dir_of"]
+
+log = logging.getLogger(__name__)
 
 
 def _positive_int(value: Any) -> int:
@@ -64,15 +69,20 @@ MOMENTS_FILE = "dsb_probes_moments.json"
 CACHE_SUBDIR = "dsb_probe_sets"
 
 
-def _cache_dir(ctx: EvalContext, cache_dir: str | None) -> Path | None:
+def cache_dir_of(ctx: EvalContext, cache_dir: str | None) -> Path | None:
+    """The directory the sets are cached in (None: no cache) for option ``cache_dir``:
+    None is the user's probe-set cache (``dsb.cache.probe_cache_dir``), shared by every
+    run of this user; "none" turns the cache off; "data_dir" is
+    ``<data.data_dir>/dsb_probe_sets`` (the user's cache when ``data.data_dir`` is unset);
+    any other string is the directory itself."""
     if cache_dir is None:
-        return ctx.run_dir / CACHE_SUBDIR
+        return probe_cache_dir()
     if str(cache_dir).lower() == "none":
         return None
     if str(cache_dir) == "data_dir":
         data_dir = getattr(getattr(ctx.config, "data", None), "data_dir", None)
-        return ctx.run_dir / CACHE_SUBDIR if data_dir is None else Path(data_dir) / CACHE_SUBDIR
-    return Path(cache_dir)
+        return probe_cache_dir() if data_dir is None else Path(data_dir) / CACHE_SUBDIR
+    return Path(cache_dir).expanduser()
 
 
 @register_evaluator("dsb_probes")
@@ -89,12 +99,14 @@ class DsbProbes:
         Gaussian / particle samplers and the Gaussian OT map.
       clip: clamp Gaussian samples and Gaussian OT edits to [0, 1] (reported either way).
       source_split: split whose images the OT sets edit.
-      cache_dir: where the sets are cached: default ``<run_dir>/dsb_probe_sets``; the
-        string "none" disables the cache; "data_dir" means ``<data.data_dir>/dsb_probe_sets``
-        (the run dir's default when ``data.data_dir`` is unset), a directory every job of a
-        sweep reads, so each set is built once per (statistics, seed, options) and the
-        other jobs load it (concurrent jobs wait on a lock; see ``dsb.stats.evalsets``);
-        any other string is the directory itself.
+      cache_dir: where the sets are cached (``cache_dir_of``): default the user's cache,
+        ``$DSB_PROBE_CACHE`` if set, else ``$XDG_CACHE_HOME/dsb/probe_sets`` or
+        ``~/.cache/dsb/probe_sets``, so each set is built once per (statistics, seed,
+        options, sampler version) and every later run loads it; the string "none"
+        disables the cache; "data_dir" means ``<data.data_dir>/dsb_probe_sets`` (the
+        user's cache when ``data.data_dir`` is unset), a directory every job of a sweep
+        reads; concurrent jobs wait on a lock (``dsb.stats.evalsets``); any other string
+        is the directory itself.
       particle_steps: Adam steps of the box2 / box3 particle samplers (cost per step
         ~ n_y d^2 per class: seconds on digits, a GPU job at CIFAR size).
       fit_batch_size: batch size of the streaming statistics fit.
@@ -150,11 +162,14 @@ class DsbProbes:
             for i in range(0, len(y_tr), fit_batch_size)
         )
         sh = None if shrinkage is None else tuple(float(v) for v in shrinkage)
-        stats = fit_class_stats(batches, ctx.num_classes, shrinkage=sh)
+        with phase("stats"):
+            stats = fit_class_stats(batches, ctx.num_classes, shrinkage=sh)
         # Only the sets are kept: the K d^2 covariances (0.75 GB at CIFAR size) are freed
         # when __init__ returns.
         self.stats_hash = stats.content_hash
-        cache = _cache_dir(ctx, cache_dir)
+        cache = cache_dir_of(ctx, cache_dir)
+        if ctx.is_main_process:
+            log.info("probe sets: cache %s", cache if cache is not None else "off")
         set_values = {"clip": clip, "particle_steps": particle_steps}  # every SET_OPTIONS key
         self.maxent: list[EvalSet] = []
         for kind in maxent_sets:

@@ -1,7 +1,8 @@
 """The evaluators of a run, run at its checkpoints.
 
 ``EvalSuite`` holds the configured ``evals`` entries, asks ``dsb.schedule`` which are due at
-a checkpoint, runs them and names each entry's type (``dsb.plots`` draws figures by type);
+a checkpoint, runs them (timed as phases ``eval_build/<key>`` and ``eval/<key>``, see
+``dsb.timing``) and names each entry's type (``dsb.plots`` draws figures by type);
 ``snapshot`` binds a checkpoint's state to a compiled forward as evaluators see it. The
 trainer and ``dsb.analysis.reevaluate`` run the same suite.
 """
@@ -15,6 +16,7 @@ from typing import Any
 
 from dsb.evals.base import EvalContext, Snapshot, build_evaluator, split_entry
 from dsb.schedule import Schedule
+from dsb.timing import phase
 
 __all__ = ["EvalSuite", "snapshot"]
 
@@ -64,10 +66,10 @@ class EvalSuite:
 
     def build(self) -> dict[str, Any]:
         if self._evaluators is None:
-            self._evaluators = {
-                key: build_evaluator(self.ctx, key, type_name, options)
-                for key, (type_name, _, options) in self.entries.items()
-            }
+            self._evaluators = {}
+            for key, (type_name, _, options) in self.entries.items():
+                with phase(f"eval_build/{key}"):
+                    self._evaluators[key] = build_evaluator(self.ctx, key, type_name, options)
         return self._evaluators
 
     def run(self, snapshot: Snapshot) -> dict[str, float]:
@@ -77,7 +79,8 @@ class EvalSuite:
         values: dict[str, float] = {}
         for key in self.due(snapshot.step):
             t0 = time.perf_counter()
-            for name, value in evaluators[key].run(snapshot):
-                values[f"{key}/{name}"] = float(value)
+            with phase(f"eval/{key}"):
+                for name, value in evaluators[key].run(snapshot):
+                    values[f"{key}/{name}"] = float(value)
             values[f"time/eval_{key}_s"] = time.perf_counter() - t0
         return values

@@ -6,29 +6,31 @@ The cache key is a sha256 of the statistics' ``content_hash``, the set kind, its
 (OT only) and the moment report as JSON. Every checkpoint therefore sees the same samples,
 and a second run with the same inputs loads instead of re-sampling. Files are written to a
 temporary name and renamed into place (a reader never sees a partial file), and a process
-builds a missing set under an exclusive lock on ``<file>.lock``, so the jobs of a sweep that
-share ``cache_dir`` build each set once and the others load it.
+builds a missing set under an exclusive lock on ``<file>.lock`` (``dsb.cache``), so the
+jobs of a sweep that share ``cache_dir`` build each set once and the others load it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
-import os
-import tempfile
+import logging
+import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from dsb.cache import build_lock, write_atomically
 from dsb.stats.moments import ClassStats
 from dsb.stats.ot import draw_targets
 from dsb.stats.probesets import MAXENT_SETS, OT_SETS, ProbeSetKind
+from dsb.timing import phase
 
 __all__ = ["EvalSet", "build_maxent_set", "build_ot_set", "eval_set_key"]
+
+log = logging.getLogger(__name__)
 
 _VERSION = "evalset-v1"
 # Each kind's own cache version (``ProbeSetKind.version``, bumped when its output changes)
@@ -80,67 +82,52 @@ def _load(path: Path, name: str, key: str) -> EvalSet | None:
 
 
 def _save(path: Path, es: EvalSet) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write-then-rename so a concurrent reader never sees a half-written file.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(
-                f,
-                x=es.x_NxD,
-                y=es.y_N,
-                src=np.zeros(0, np.int32) if es.src_N is None else es.src_N,
-                report=json.dumps(es.report, default=float),
-                key=es.key,
-            )
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    def write(f):
+        np.savez(
+            f,
+            x=es.x_NxD,
+            y=es.y_N,
+            src=np.zeros(0, np.int32) if es.src_N is None else es.src_N,
+            report=json.dumps(es.report, default=float),
+            key=es.key,
+        )
 
-
-@contextlib.contextmanager
-def _build_lock(path: Path):
-    """Exclusive ``flock`` on ``<path>.lock`` while one process builds ``path``.
-
-    Jobs of a sweep that start together and share ``cache_dir`` then build each set once:
-    the first takes the lock and builds, the others wait and load its file. Where the
-    directory cannot hold a lock file (read-only) or the file system has no ``flock``,
-    every process builds for itself (the write-then-rename still keeps files whole).
-    """
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError:
-        yield
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:
-            pass
-        yield
-    finally:
-        os.close(fd)  # releases the lock
+    write_atomically(path, write)
 
 
 def _cached(cache_dir, prefix, name, key, build) -> EvalSet:
     if cache_dir is None:
-        return build()
+        return _built(prefix, build, "not cached")
     path = Path(cache_dir) / f"{prefix}-{key[:20]}.npz"
-    hit = _load(path, name, key)
-    if hit is not None:
-        return hit
-    with _build_lock(path):
-        hit = _load(path, name, key)  # built by another process while we waited
-        if hit is not None:
-            return hit
+    hit = _load_timed(path, name, key, prefix)
+    if hit is None:
+        with build_lock(path):
+            hit = _load_timed(path, name, key, prefix)  # built by another process meanwhile
+            if hit is None:
+                es = _built(prefix, build, f"cached in {path}")
+                try:
+                    _save(path, es)
+                except OSError as e:
+                    msg = f"could not cache evaluation set {name!r} in {path}: {e}"
+                    warnings.warn(msg, stacklevel=3)
+                return es
+    log.info("probe set %s: loaded from %s", prefix, path)
+    return hit
+
+
+def _load_timed(path: Path, name: str, key: str, prefix: str) -> EvalSet | None:
+    # A missing file is no phase: "loaded" counts the sets that were loaded.
+    if not path.exists():
+        return None
+    with phase(f"probe_set/{prefix}/loaded"):
+        return _load(path, name, key)
+
+
+def _built(prefix: str, build, where: str) -> EvalSet:
+    t0 = time.perf_counter()
+    with phase(f"probe_set/{prefix}/built"):
         es = build()
-        try:
-            _save(path, es)
-        except OSError as e:
-            warnings.warn(f"could not cache evaluation set {name!r} in {path}: {e}", stacklevel=3)
+    log.info("probe set %s: built in %.1f s, %s", prefix, time.perf_counter() - t0, where)
     return es
 
 

@@ -36,6 +36,7 @@ import optax
 from dsb.stats.moments import ClassStats, marginal_quantile
 from dsb.stats.probesets import MAXENT_SETS, register_maxent_set
 from dsb.stats.report import HELDOUT_PROJECTIONS, MomentReport, floor_checks, moment_report
+from dsb.timing import ProgressLog
 
 __all__ = [
     "SAMPLERS",
@@ -321,14 +322,23 @@ def _particle_grad(z_NxD, mean_D, cov_DxD, proj_DxR, skew_R, w_ent, use_skew):
     return g * x * (1.0 - x)  # chain rule through x = sigmoid(z)
 
 
-@functools.partial(jax.jit, static_argnames=("steps", "use_skew", "batch"))
-def _optimise_particles(
-    z0_NxD, mean_D, cov_DxD, proj_DxR, skew_R, entropy_weight, lr, steps, use_skew, batch
-):
+# Particle steps per compiled call: between calls the host reports progress (a set at
+# CIFAR size takes minutes per class). The steps, and so the samples, are the same for
+# any chunk size (tests/stats/test_maxent.py checks them bit for bit against one call).
+PARTICLE_CHUNK_STEPS = 100
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "length", "use_skew", "batch"))
+def _particle_chunk(
+    z_NxD, opt_state, start, mean_D, cov_DxD, proj_DxR, skew_R, entropy_weight, lr,
+    steps, length, use_skew, batch,
+):  # fmt: skip
+    """Adam steps ``start .. start + length - 1`` of the ``steps`` of ``_optimise_particles``
+    on ``(z, opt_state)``."""
     # Cosine-decayed step; entropy bonus annealed linearly to 0 (spread first, match last).
     # Co-skewness: step i matches the i-th block of ``batch`` projections, cycling through
     # all R columns (the caller shuffles them), so a step costs O(n d batch) for any R.
-    opt = optax.adam(optax.cosine_decay_schedule(lr, steps, alpha=0.01))
+    opt = _particle_optimizer(lr, steps)
     nblocks = proj_DxR.shape[1] // batch
 
     def step(carry, i):
@@ -341,8 +351,35 @@ def _optimise_particles(
         upd, state = opt.update(g, state, z)
         return (optax.apply_updates(z, upd), state), None
 
-    (z, _), _ = jax.lax.scan(step, (z0_NxD, opt.init(z0_NxD)), jnp.arange(steps))
-    return jax.nn.sigmoid(z)
+    (z, state), _ = jax.lax.scan(step, (z_NxD, opt_state), start + jnp.arange(length))
+    return z, state
+
+
+def _particle_optimizer(lr, steps):
+    return optax.adam(optax.cosine_decay_schedule(lr, steps, alpha=0.01))
+
+
+def _optimise_particles(
+    z0_NxD, mean_D, cov_DxD, proj_DxR, skew_R, entropy_weight, lr, steps, use_skew, batch,
+    chunk_steps=PARTICLE_CHUNK_STEPS, progress=None,
+):  # fmt: skip
+    """``sigmoid(z)`` after ``steps`` Adam steps from ``z0``, run ``chunk_steps`` at a time;
+    ``progress(k)`` is called after each chunk with the steps done so far."""
+    args = (mean_D, cov_DxD, proj_DxR, skew_R, entropy_weight, lr)
+    z, state = z0_NxD, _particle_optimizer(lr, steps).init(z0_NxD)
+    for start in range(0, steps, chunk_steps):
+        length = min(chunk_steps, steps - start)
+        z, state = _particle_chunk(
+            z, state, jnp.int32(start), *args,
+            steps=steps, length=length, use_skew=use_skew, batch=batch,
+        )  # fmt: skip
+        if progress is not None:
+            jax.block_until_ready(z)
+            progress(start + length)
+    return _sigmoid(z)
+
+
+_sigmoid = jax.jit(jax.nn.sigmoid)
 
 
 def particle_maxent(
@@ -359,6 +396,7 @@ def particle_maxent(
     projection_batch: int = 256,
     reference_x: np.ndarray | None = None,
     reference_y: np.ndarray | None = None,
+    chunk_steps: int = PARTICLE_CHUNK_STEPS,
 ) -> SampledSet:
     """Box-constrained max-ent by particles ``x = sigmoid(z)`` optimised with Adam.
 
@@ -389,6 +427,10 @@ def particle_maxent(
     covariance error of box2. At larger d the same weight is a stronger bonus than before
     (the old one shrank as 1 / d).
 
+    The steps run ``chunk_steps`` per compiled call, with a progress line (class, step,
+    ETA; ``dsb.timing.ProgressLog``) between calls at most every 10 s; the samples do not
+    depend on ``chunk_steps``.
+
     ``checks`` (``report.floor_checks``): mean and covariance, and for order 3 held-out
     co-skewness, each within ``FLOOR_FACTOR`` (1.5) x the noise floor of an independent
     real-data sample of the same size. ``reference_x/y`` (the data ``stats`` came from)
@@ -413,7 +455,9 @@ def particle_maxent(
     proj = stats.proj_DxR[:, fit_cols] if use_skew else np.zeros((stats.dim, 1))
     batch = min(projection_batch, proj.shape[1])
     nblk = proj.shape[1] // batch  # whole blocks only; a shuffle per class rotates the rest in
-    for k in range(stats.num_classes):
+    present = [k for k in range(stats.num_classes) if np.any(y == k)]
+    progress = ProgressLog(f"box{order} particles", steps * len(present), "steps")
+    for c, k in enumerate(present):
         m = y == k
         nk = int(m.sum())
         if nk == 0:
@@ -434,6 +478,10 @@ def particle_maxent(
             steps=steps,
             use_skew=use_skew,
             batch=batch,
+            chunk_steps=chunk_steps,
+            progress=lambda i, c=c, k=k: progress.update(
+                c * steps + i, f"class {k}, {c + 1} of {len(present)}"
+            ),
         )
         x[m] = np.asarray(xk, np.float64)
     extra = {"order": order, "steps": steps, "entropy_weight": entropy_weight}

@@ -62,6 +62,7 @@ import scipy.linalg
 from dsb.stats.moments import ClassStats, marginal_quantile
 from dsb.stats.probesets import OT_SETS, register_ot_set
 from dsb.stats.report import MomentReport, moment_report, target_check
+from dsb.timing import ProgressLog
 
 __all__ = [
     "OT_EDITS",
@@ -567,17 +568,28 @@ def gaussian_ot_edit(
     describe the edited rows themselves (a random subset of class s is not Sigma_s).
 
     ``clip`` clamps the result to [0, 1]; the fraction outside the box is reported (the
-    checks describe the map before clipping).
+    checks describe the map before clipping). Progress (eighs done, ETA) is logged at
+    most every 10 s (``dsb.timing.ProgressLog``).
     """
     factor_dtype = np.dtype(factor_dtype)
     x, src_N, tgt_N = _check_rows(x_NxD, src_N, tgt_N)
     out = np.empty_like(x)
     pairs = 0
-    spectra = {int(t): _target_spectrum(stats, int(t)) for t in np.unique(tgt_N)}
+    # Progress in eighs: one per target spectrum, per source factor and per (s, t) pair.
+    sources, targets = np.unique(src_N), np.unique(tgt_N)
+    total = len(targets) + len(sources) + len(np.unique(np.stack([src_N, tgt_N]), axis=1).T)
+    progress, done = ProgressLog("OT gaussian", total, "eighs"), 0
+    spectra = {}
+    for t in targets:
+        spectra[int(t)] = _target_spectrum(stats, int(t))
+        done += 1
+        progress.update(done, f"spectrum of target class {t}")
     checks, pair_info, mean_err = {}, [], 0.0
-    for s in np.unique(src_N):
+    for s in sources:
         ms = np.flatnonzero(src_N == s)
         lam, u = _source_factor(stats, int(s), factor_dtype)
+        done += 1
+        progress.update(done, f"source class {s}")
         for t in np.unique(tgt_N[ms]):
             rows = ms[tgt_N[ms] == t]
             z = np.zeros((len(rows) + 1, x.shape[1]))  # last row: mu_s itself
@@ -589,6 +601,8 @@ def gaussian_ot_edit(
             del y, z
             pair_info.append({"s": int(s), "t": int(t), **info})
             pairs += 1
+            done += 1
+            progress.update(done, f"pair {s} -> {t}")
         del lam, u
     checks = {"mean": target_check(mean_err, tol)} | _cov_checks(pair_info, tol)
     outside = float(np.mean((out < 0) | (out > 1)))

@@ -90,3 +90,63 @@ def test_sampler_fixed_order_repeats_the_same_minibatches():
     assert sorted(first_epoch[0] + first_epoch[1]) == list(range(8))
     for epoch in range(1, 4):
         assert [s.indices(2 * epoch + k).tolist() for k in range(2)] == first_epoch
+
+
+def test_decoded_arrays_are_cached_and_load_bit_for_bit(tmp_path, monkeypatch):
+    from dsb.data import sources
+
+    read = sources.load_split.__wrapped__  # without the in-process lru_cache
+    tfds_dir, cache = str(tmp_path / "tfds"), tmp_path / "decoded"
+    monkeypatch.setenv("DSB_DATA_CACHE", "none")
+    ref = read("digits", "train", tfds_dir)  # decoded record by record, as before
+    monkeypatch.setenv("DSB_DATA_CACHE", str(cache))
+    first = read("digits", "train", tfds_dir)  # decoded, and written to the cache
+    (file,) = cache.glob("sklearn_digits-1.0.0-train-*.npz")
+    with np.load(file) as f:
+        assert f["image"].dtype == np.float32  # digits' pixels are floats already
+
+    def no_decoding(*a):
+        raise AssertionError("decoded again")
+
+    real_decode = sources._decode
+    monkeypatch.setattr(sources, "_decode", no_decoding)
+    second = read("digits", "train", tfds_dir)
+    for out in (first, second):
+        assert out["image"].dtype == np.float32 and out["label"].dtype == np.int32
+        np.testing.assert_array_equal(out["image"].view(np.uint32), ref["image"].view(np.uint32))
+        np.testing.assert_array_equal(out["label"], ref["label"])
+    # Another split is another file; a re-prepared record file (new mtime) and a damaged
+    # cache file are decoded again.
+    monkeypatch.setattr(sources, "_decode", real_decode)
+    read("digits", "test", tfds_dir)
+    assert len(list(cache.glob("*.npz"))) == 2
+    (record,) = (tmp_path / "tfds").rglob("sklearn_digits-train.array_record*")
+    st = record.stat()
+    import os
+
+    os.utime(record, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    again = read("digits", "train", tfds_dir)
+    assert len(list(cache.glob("*train*.npz"))) == 2
+    np.testing.assert_array_equal(again["image"], ref["image"])
+    newest = max(cache.glob("*train*.npz"), key=lambda p: p.stat().st_mtime_ns)
+    newest.write_bytes(newest.read_bytes()[:100])
+    np.testing.assert_array_equal(read("digits", "train", tfds_dir)["image"], ref["image"])
+    with np.load(newest) as f:  # rewritten whole
+        np.testing.assert_array_equal(f["label"], ref["label"])
+
+
+def test_decoded_byte_pixels_are_stored_as_bytes_and_scale_back_bit_for_bit(tmp_path):
+    from dsb.data import sources
+    from dsb.data.registry import get_dataset_spec
+
+    spec = get_dataset_spec("mnist")  # pixel_scale 255
+    raw = np.random.default_rng(0).integers(0, 256, (50, 28, 28, 1)).astype(np.float32)
+    label = np.arange(50, dtype=np.int32) % 10
+    want = raw / np.float32(255.0)  # what decoding has always returned
+    path = tmp_path / "mnist.npz"
+    sources._save_decoded(path, "k", raw.copy(), label)
+    with np.load(path) as f:
+        assert f["image"].dtype == np.uint8
+    got = sources._load_decoded(spec, path, "k")
+    np.testing.assert_array_equal(got["image"].view(np.uint32), want.view(np.uint32))
+    assert sources._load_decoded(spec, path, "another key") is None

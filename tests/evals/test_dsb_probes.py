@@ -2,12 +2,14 @@
 
 import functools
 import json
+import logging
 
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
 import dsb.evals.dsb_probes as probes
+from dsb.cache import probe_cache_dir
 from dsb.data.digits import digits_arrays
 from dsb.evals.base import EvalContext, Snapshot
 from dsb.stats.plots import plot_probe_curves
@@ -97,10 +99,37 @@ def test_sweep_jobs_share_the_data_dir_cache(tmp_path):
     c = probes.DsbProbes(ctx("job2"), cache_dir="data_dir", seed=1, **opts)
     assert not any(s.from_cache for s in c.maxent + c.ot)
     assert len(list(shared.glob("*.npz"))) == 6
-    # Without data.data_dir the run dir's cache is used, as with the default.
+    # Without data.data_dir the user's cache is used, as with the default.
     d = probes.DsbProbes(_ctx(tmp_path / "job3"), cache_dir="data_dir", **opts)
     assert not any(s.from_cache for s in d.maxent)
-    assert (tmp_path / "job3" / "run" / probes.CACHE_SUBDIR).is_dir()
+    assert len(list(probe_cache_dir().glob("*.npz"))) == 3
+    assert not (tmp_path / "job3" / "run" / probes.CACHE_SUBDIR).exists()
+
+
+def test_default_cache_is_the_users_and_runs_share_it(tmp_path, monkeypatch, caplog):
+    # No cache_dir: $DSB_PROBE_CACHE (here a temporary directory, see conftest), so a
+    # second run directory loads every set the first one built, and says so.
+    opts = dict(maxent_sets=["ics"], ot_sets=["mean_shift"], num_samples=100)
+    with caplog.at_level(logging.INFO, logger="dsb.stats.evalsets"):
+        a = probes.DsbProbes(_ctx(tmp_path / "job0"), **opts)
+        b = probes.DsbProbes(_ctx(tmp_path / "job1"), **opts)
+    assert [s.from_cache for s in a.maxent + a.ot] == [False, False]
+    assert [s.from_cache for s in b.maxent + b.ot] == [True, True]
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("built in" in m for m in lines) == 2 and sum("loaded from" in m for m in lines) == 2
+    assert not (tmp_path / "job0" / "run" / probes.CACHE_SUBDIR).exists()
+    # Where the default points, and how it is turned off.
+    monkeypatch.setenv("DSB_PROBE_CACHE", "none")
+    assert probes.cache_dir_of(_ctx(tmp_path), None) is None
+    monkeypatch.delenv("DSB_PROBE_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert probes.cache_dir_of(_ctx(tmp_path), None) == tmp_path / "xdg" / "dsb" / "probe_sets"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    want = tmp_path / "home" / ".cache" / "dsb" / "probe_sets"
+    assert probes.cache_dir_of(_ctx(tmp_path), None) == want
+    assert probes.cache_dir_of(_ctx(tmp_path), "none") is None
+    assert probes.cache_dir_of(_ctx(tmp_path), str(tmp_path / "x")) == tmp_path / "x"
 
 
 def test_cross_entropy_and_accuracy():

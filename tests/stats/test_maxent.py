@@ -267,3 +267,29 @@ def test_sampler_checks_state_their_claims(digit_stats):
         assert set(rep.checks) == claims, name
         assert rep.met, (name, rep.checks)
         assert rep.noise_floor["source"] == "gaussian"
+
+
+def test_particle_steps_in_chunks_give_the_samples_of_one_call_and_report_progress(
+    monkeypatch, caplog
+):
+    # The steps run a chunk per compiled call, with a progress line between chunks; the
+    # samples are bit for bit those of one call of all the steps (the code before chunks
+    # ran one scan: the digits box2 / box3 sets it built had the same sha256 as the
+    # chunked ones). One class and box3 only: each chunk length is a compile.
+    import logging
+
+    import dsb.timing
+
+    x, _ = _skewed_box_data(np.random.default_rng(1), n=400)
+    st = fit_class_stats([(x, np.zeros(len(x), int))], 1, num_projections=320)
+    one = maxent.sample_box3(st, 40, seed=0, steps=13, chunk_steps=13)
+    monkeypatch.setattr(dsb.timing, "PROGRESS_EVERY_S", 0.0)
+    with caplog.at_level(logging.INFO, logger="dsb.timing"):
+        chunked = maxent.sample_box3(st, 40, seed=0, steps=13, chunk_steps=5)
+    np.testing.assert_array_equal(chunked.x_NxD, one.x_NxD)
+    lines = [r.getMessage() for r in caplog.records]
+    # Chunks of 5, 5 and 3 steps, one line after each.
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("box3 particles: 5/13 steps (38%) (class 0, 1 of 1)")
+    assert "ETA" in lines[0] and lines[-1].startswith("box3 particles: 13/13 steps")
+    assert lines[-1].endswith("ETA done")

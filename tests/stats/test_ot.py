@@ -284,3 +284,24 @@ def test_cqn_ties_follow_row_order():
     st = fit_class_stats([(fit, np.array([1, 1, 1, 1, 0, 0]))], 2)
     e = ot.cqn_edit(st, x, np.zeros(4, int), np.ones(4, int))
     np.testing.assert_array_equal(e.x_NxD[:, 0], [0.25, 0.5, 0.75, 0.0])
+
+
+def test_gaussian_edit_reports_progress_in_eighs(monkeypatch, caplog):
+    import logging
+
+    import dsb.timing
+
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.multivariate_normal(np.full(4, k), _spd(rng, 4), 30) for k in range(3)])
+    y = np.repeat(np.arange(3), 30)
+    st = fit_class_stats([(x, y)], 3, num_bins=0)
+    tgt = ot.draw_targets(y, 3, seed=0)
+    quiet = ot.gaussian_ot_edit(st, x, y, tgt)
+    monkeypatch.setattr(dsb.timing, "PROGRESS_EVERY_S", 0.0)
+    with caplog.at_level(logging.INFO, logger="dsb.timing"):
+        loud = ot.gaussian_ot_edit(st, x, y, tgt)
+    np.testing.assert_array_equal(loud.x_NxD, quiet.x_NxD)
+    lines = [r.getMessage() for r in caplog.records]
+    # 3 target spectra, 3 source factors, 6 (s, t) pairs: one line after each.
+    assert len(lines) == 12 and lines[0].startswith("OT gaussian: 1/12 eighs"), lines
+    assert lines[-1].startswith("OT gaussian: 12/12 eighs") and "pair 2 -> " in lines[-1]

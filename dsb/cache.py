@@ -1,0 +1,105 @@
+"""Where dsb keeps derived files that any run may reuse: the user's cache directory.
+
+Probe sets (``dsb.stats.evalsets``) and decoded datasets (``dsb.data.sources``) are pure
+functions of their inputs, so they are cached once per user rather than once per run
+directory. The root is ``$XDG_CACHE_HOME/dsb`` (``~/.cache/dsb`` when unset); each kind of
+file has its own subdirectory and its own environment variable that moves it elsewhere
+(a shared file system for a sweep, say) or, set to ``none``, turns that cache off.
+
+Both caches are safe under concurrent jobs the same way: a file is written to a temporary
+name and renamed into place (``write_atomically``: a reader never sees a partial file),
+and a process builds a missing file under an exclusive lock on ``<file>.lock``
+(``build_lock``), so jobs that start together build it once and the others load it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+__all__ = [
+    "DATA_CACHE_ENV",
+    "PROBE_CACHE_ENV",
+    "build_lock",
+    "data_cache_dir",
+    "probe_cache_dir",
+    "user_cache",
+    "write_atomically",
+]
+
+PROBE_CACHE_ENV = "DSB_PROBE_CACHE"
+DATA_CACHE_ENV = "DSB_DATA_CACHE"
+
+
+def user_cache(subdir: str) -> Path:
+    """``$XDG_CACHE_HOME/dsb/<subdir>``, else ``~/.cache/dsb/<subdir>``."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "dsb" / subdir
+
+
+def _from_env(var: str, subdir: str) -> Path | None:
+    value = os.environ.get(var)
+    if value:
+        return None if value.lower() == "none" else Path(value).expanduser()
+    return user_cache(subdir)
+
+
+def probe_cache_dir() -> Path | None:
+    """The default probe-set cache: ``$DSB_PROBE_CACHE`` if set (``none``: no cache), else
+    ``user_cache("probe_sets")``."""
+    return _from_env(PROBE_CACHE_ENV, "probe_sets")
+
+
+def data_cache_dir() -> Path | None:
+    """The decoded-dataset cache: ``$DSB_DATA_CACHE`` if set (``none``: no cache), else
+    ``user_cache("decoded")``."""
+    return _from_env(DATA_CACHE_ENV, "decoded")
+
+
+def write_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """``write(f)`` into a temporary file next to ``path``, then rename it onto ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        # mkstemp's file is private (0600); a cache file is readable as a plain one would
+        # be (the umask decides), so a cache on a shared disk serves other users too.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def build_lock(path: Path) -> Iterator[None]:
+    """Exclusive ``flock`` on ``<path>.lock`` while one process builds ``path``.
+
+    Jobs that start together and share the cache then build each file once: the first
+    takes the lock and builds, the others wait and load its file. Where the directory
+    cannot hold a lock file (read-only) or the file system has no ``flock``, every process
+    builds for itself (``write_atomically`` still keeps files whole).
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the lock
