@@ -97,7 +97,7 @@ def per_run(df: pd.DataFrame) -> list[dict]:
         run = run.sort_values("step")
         first = run.iloc[0]
         k = get_dataset_spec(first["data.name"]).num_classes
-        rec = {"run_dir": str(run_dir), "seed": _plain(first.get("seed"))}
+        rec = {"run_dir": _shown(run_dir), "seed": _plain(first.get("seed"))}
         rec.update({c: _plain(first[c]) for c in variants if c != "seed"})
         rec["data.name"] = first["data.name"]
         rec["model.name"] = first.get("model.name")
@@ -106,6 +106,14 @@ def per_run(df: pd.DataFrame) -> list[dict]:
         rec["ot"] = [r for s in _sets(df, "ot") if (r := ot_run(run, s, k))]
         out.append(rec)
     return out
+
+
+def _shown(run_dir) -> str:
+    """A run directory relative to the repository when it lies inside it (so committed
+    findings do not name one machine's paths)."""
+    root = Path(__file__).resolve().parent.parent.parent
+    p = Path(str(run_dir)).resolve()
+    return str(p.relative_to(root)) if p.is_relative_to(root) else str(run_dir)
 
 
 def _plain(v):
