@@ -36,10 +36,16 @@ Convergence: half of each class's chains start at a draw of the untruncated Gaus
 projected onto the box, half at the class mean (under-dispersed, so slow mixing shows as a
 covariance that is too small). After ``sweeps`` sweeps (all of them burn-in; the set is the
 final state of the chains, one sample per chain, so samples are independent) the two halves
-are compared: ``checks["converged_mean"]`` / ``["converged_cov"]`` hold their relative
-difference against ``CONVERGENCE_FACTOR`` x its Monte Carlo noise (two independent samples
-of the same law), and the report's ``extra`` records sweeps, ridge, support sizes and the
-diagnostic. Measured cost and convergence are in the README (DSB probe sets).
+are compared, and so is the whole ensemble after ``sweeps // 2`` sweeps against the end
+(a drift that both starts share, e.g. mass still moving away from the box walls):
+``checks["converged_{halves,drift}_{mean,cov,top_variance}"]`` hold the relative
+differences of the mean, the covariance and the variances along the class's top
+``TOP_DIRECTIONS`` eigenvectors (where Gibbs mixes slowest) against ``CONVERGENCE_FACTOR`` x
+their Monte Carlo noise (two independent samples of the same law), and the report's
+``extra`` records sweeps, ridge, support sizes and these diagnostics. They have little power
+where the noise is large (few chains per class): they catch chains that have not spread or
+still move, not a drift below the noise. Measured cost and convergence are in the README
+(DSB probe sets).
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ __all__ = [
     "CONVERGENCE_FACTOR",
     "RIDGE",
     "SWEEPS",
+    "TOP_DIRECTIONS",
     "VAR_TOL",
     "class_precisions",
     "gibbs_truncated_normal",
@@ -78,6 +85,10 @@ CONVERGENCE_FACTOR = 3.0
 """The two halves of the chains agree when their moment difference is at most this times its
 Monte Carlo noise (the relative norms concentrate near 1 in high dimension; 3 leaves room
 for the fluctuation of a norm over few coordinates)."""
+
+TOP_DIRECTIONS = 8
+"""The convergence check compares the chains' variances along this many top eigenvectors
+of each class covariance."""
 
 _BLOCK = 32
 
@@ -123,12 +134,14 @@ def class_precisions(stats: ClassStats, ridge: float = RIDGE):
     """Per class: the precision ``P [K, d, d]`` of the ridged covariance on the support,
     the identity on fixed coordinates; the conditional sd ``[K, d]`` (0 on fixed ones);
     the ridged support covariances' factors ``L [K, d, d]`` (for the Gaussian starts);
-    the support sizes ``[K]``."""
+    the support sizes ``[K]``; their top ``TOP_DIRECTIONS`` eigenvectors ``[K, d, Q]``
+    (largest variance first, zero columns where the support is smaller)."""
     k_all, d = stats.num_classes, stats.dim
     prec = np.zeros((k_all, d, d))
     fac = np.zeros((k_all, d, d))
     sd = np.zeros((k_all, d))
     support = np.zeros(k_all, np.int64)
+    top = np.zeros((k_all, d, TOP_DIRECTIONS))
     for k in range(k_all):
         cov = stats.covariance(k)
         var = np.diag(cov)
@@ -144,7 +157,9 @@ def class_precisions(stats: ClassStats, ridge: float = RIDGE):
         prec[k][np.ix_(s, s)] = (u / lam) @ u.T
         fac[k][np.ix_(s, s)] = psd_factor(cs)
         sd[k, s] = 1.0 / np.sqrt(np.diag(prec[k])[s])
-    return prec, sd, fac, support
+        q = min(TOP_DIRECTIONS, len(s))
+        top[k][s, :q] = u[:, ::-1][:, :q]
+    return prec, sd, fac, support, top
 
 
 def gibbs_truncated_normal(
@@ -155,12 +170,14 @@ def gibbs_truncated_normal(
     sweeps: int,
     rng: np.random.Generator,
     block: int = _BLOCK,
-) -> np.ndarray:
+    midpoint: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """``sweeps`` Gibbs sweeps of ``K x M`` chains of ``N(mu_k, P_k^-1)`` on [0, 1]^d.
 
     ``x0 [K, M, d]`` (inside the box) is the start, ``sd_KxD = 1 / sqrt(diag P)`` the
     conditional sds (0 fixes a coordinate at its mean). Coordinates that are fixed in every
-    class are skipped. Returns the final state ``[K, M, d]``, float64.
+    class are skipped. Returns the final state ``[K, M, d]``, float64, and with
+    ``midpoint`` also the state after ``sweeps // 2`` sweeps.
 
     Layout: coordinate-major (``[d, K, M]``) so that one coordinate of every chain is
     contiguous; ``r = P (x - mu)`` is recomputed at the start of each sweep (no drift of
@@ -173,7 +190,8 @@ def gibbs_truncated_normal(
     pjj = np.ascontiguousarray(np.diagonal(prec_KxDxD, axis1=1, axis2=2).T)[:, :, None]
     sd = np.ascontiguousarray(sd_KxD.T)[:, :, None]  # [d, K, 1]
     free = np.flatnonzero((sd_KxD > 0).any(axis=0))
-    for _ in range(sweeps):
+    x_mid = x.copy() if sweeps // 2 == 0 else None
+    for t in range(sweeps):
         # r[j, k, m] = sum_i P_k[j, i] (x - mu)[i, k, m]
         r = np.einsum("kji,ikm->jkm", prec_KxDxD, x - mu, optimize=True)
         for b0 in range(0, len(free), block):
@@ -189,46 +207,75 @@ def gibbs_truncated_normal(
                 x[j] = new
                 r_blk += p_blk[:, i, :].T[:, :, None] * delta[None]
             r += np.einsum("kbj,bkm->jkm", prec_KxDxD[:, js, :], x[js] - x_old, optimize=True)
-    return np.ascontiguousarray(np.transpose(x, (1, 2, 0)))
+        if t + 1 == sweeps // 2:
+            x_mid = x.copy()
+    out = np.ascontiguousarray(np.transpose(x, (1, 2, 0)))
+    return (out, np.ascontiguousarray(np.transpose(x_mid, (1, 2, 0)))) if midpoint else out
 
 
-def _halves_check(x_NxD, y_N, half_N, num_classes):
-    """Relative mean / covariance differences between the two halves of the chains, and
-    their Monte Carlo noise (Gaussian approximation from the pooled moments), count-weighted
-    over the classes."""
-    dm, dc, nm, nc, w = [], [], [], [], []
-    for k in range(num_classes):
-        a, b = x_NxD[(y_N == k) & half_N], x_NxD[(y_N == k) & ~half_N]
+def _ensemble_diff(pairs, top_KxDxQ) -> dict:
+    """Relative differences between two ensembles per class (``pairs``: ``{k: (a, b)}``,
+    rows of class k) in mean, covariance and variances along the class's top eigenvectors
+    (the directions in which Gibbs mixes slowest; at d = 784 and a few hundred chains per
+    class the Frobenius comparison is noise-dominated, this one is not), with the Monte Carlo
+    noise of two independent ensembles of those sizes (Gaussian approximation from the
+    pooled moments); count-weighted averages over the classes."""
+    vals = {n: [] for n in ("mean", "cov", "top_variance")}
+    noise = {n: [] for n in vals}
+    w = []
+    for k, (a, b) in pairs.items():
         if len(a) < 2 or len(b) < 2:
             continue
         xk = np.concatenate([a, b])
-        mu, cov = xk.mean(0), np.cov(xk.T, bias=True).reshape(xk.shape[1], -1)
+        cov = np.atleast_2d(np.cov(xk.T, bias=True))
         inv = 1 / len(a) + 1 / len(b)
         tr, fro2 = np.trace(cov), np.sum(cov * cov)
-        mn, cn = max(np.linalg.norm(mu), 1e-300), max(np.sqrt(fro2), 1e-300)
-        ca = np.cov(a.T, bias=True).reshape(cov.shape)
-        cb = np.cov(b.T, bias=True).reshape(cov.shape)
-        dm.append(np.linalg.norm(a.mean(0) - b.mean(0)) / mn)
-        dc.append(np.linalg.norm(ca - cb) / cn)
-        nm.append(np.sqrt(tr * inv) / mn)
-        nc.append(np.sqrt((fro2 + tr**2) * inv) / cn)
+        mn, cn = max(np.linalg.norm(xk.mean(0)), 1e-300), max(np.sqrt(fro2), 1e-300)
+        ca, cb = (np.atleast_2d(np.cov(z.T, bias=True)) for z in (a, b))
+        vals["mean"].append(np.linalg.norm(a.mean(0) - b.mean(0)) / mn)
+        vals["cov"].append(np.linalg.norm(ca - cb) / cn)
+        noise["mean"].append(np.sqrt(tr * inv) / mn)
+        noise["cov"].append(np.sqrt((fro2 + tr**2) * inv) / cn)
+        v = top_KxDxQ[k][:, np.linalg.norm(top_KxDxQ[k], axis=0) > 0]
+        va, vb = np.var(a @ v, axis=0), np.var(b @ v, axis=0)
+        vals["top_variance"].append(
+            np.linalg.norm(va - vb) / max(np.linalg.norm(va + vb) / 2, 1e-300)
+        )
+        noise["top_variance"].append(np.sqrt(2 * inv))  # se of a variance: var sqrt(2 / n)
         w.append(len(xk))
     if not w:
-        return {}, {}
+        return {}
     w = np.asarray(w, np.float64) / np.sum(w)
-    vals = {n: float(np.dot(v, w)) for n, v in zip(("dm", "dc", "nm", "nc"), (dm, dc, nm, nc))}
-    why = "chains started at the projected Gaussian and at the class mean still differ"
-    checks = {
-        "converged_mean": target_check(vals["dm"], CONVERGENCE_FACTOR * vals["nm"], why),
-        "converged_cov": target_check(vals["dc"], CONVERGENCE_FACTOR * vals["nc"], why),
-    }
-    diag = {
-        "halves_mean_rel_diff": vals["dm"],
-        "halves_cov_rel_diff": vals["dc"],
-        "halves_mean_noise": vals["nm"],
-        "halves_cov_noise": vals["nc"],
-    }
-    return checks, diag
+    out = {f"{n}_rel_diff": float(np.dot(vals[n], w)) for n in vals}
+    return out | {f"{n}_noise": float(np.dot(noise[n], w)) for n in noise}
+
+
+def _convergence(x_NxD, x_mid_NxD, y_N, half_N, num_classes, top_KxDxQ):
+    """``checks`` and ``extra`` entries of the two convergence diagnostics (module doc):
+    the two halves of the chains at the end, and the whole ensemble at the middle sweep
+    against the end (correlated states, so its noise, that of independent ensembles, makes
+    the drift check lenient; a chain that has stopped moving passes it, which is what the
+    halves check catches)."""
+    halves = _ensemble_diff(
+        {k: (x_NxD[(y_N == k) & half_N], x_NxD[(y_N == k) & ~half_N]) for k in range(num_classes)},
+        top_KxDxQ,
+    )
+    drift = _ensemble_diff(
+        {k: (x_mid_NxD[y_N == k], x_NxD[y_N == k]) for k in range(num_classes)}, top_KxDxQ
+    )
+    checks = {}
+    for label, diag, why in (
+        ("halves", halves, "chains started at the projected Gaussian and at the class mean differ"),
+        ("drift", drift, "the ensemble still moved between the middle and the last sweep"),
+    ):
+        for n in ("mean", "cov", "top_variance"):
+            if f"{n}_rel_diff" in diag:
+                checks[f"converged_{label}_{n}"] = target_check(
+                    diag[f"{n}_rel_diff"], CONVERGENCE_FACTOR * diag[f"{n}_noise"], why
+                )
+    extra = {f"halves_{k}": v for k, v in halves.items()}
+    extra |= {f"drift_{k}": v for k, v in drift.items()}
+    return checks, extra | {"top_directions": TOP_DIRECTIONS}
 
 
 @register_maxent_set(
@@ -260,7 +307,7 @@ def sample_truncnorm(
     k_all, d = stats.num_classes, stats.dim
     counts = np.bincount(y, minlength=k_all)
     m_all = int(counts.max())
-    prec, sd, fac, support = class_precisions(stats, ridge)
+    prec, sd, fac, support, top = class_precisions(stats, ridge)
     mu = stats.mean_KxD
     # Chain i of class k: the first half start at the projected Gaussian, the rest at mu.
     gauss = mu[:, None, :] + np.matmul(
@@ -268,14 +315,14 @@ def sample_truncnorm(
     )
     first = np.arange(m_all)[None, :] < ((counts + 1) // 2)[:, None]  # [K, M]
     x0 = np.clip(np.where(first[:, :, None], gauss, mu[:, None, :]), 0.0, 1.0)
-    xk = gibbs_truncated_normal(mu, prec, sd, x0, sweeps, rng)
-    x = np.empty((n, d))
+    xk, xk_mid = gibbs_truncated_normal(mu, prec, sd, x0, sweeps, rng, midpoint=True)
+    x, x_mid = np.empty((n, d)), np.empty((n, d))
     half = np.zeros(n, bool)
     for k in range(k_all):
         idx = np.flatnonzero(y == k)
-        x[idx] = xk[k, : len(idx)]
+        x[idx], x_mid[idx] = xk[k, : len(idx)], xk_mid[k, : len(idx)]
         half[idx] = first[k, : len(idx)]
-    conv, diag = _halves_check(x, y, half, k_all)
+    conv, diag = _convergence(x, x_mid, y, half, k_all, top)
     extra = {
         "sweeps": sweeps,
         "burn_in_sweeps": sweeps,

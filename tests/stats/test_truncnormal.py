@@ -86,7 +86,8 @@ def test_correlated_two_dimensional_matches_rejection_sampling():
         # The reference's own error is ~1/sqrt(#accepted / n) of the sample's: negligible.
         rc = ref - ref.mean(0)
         _check_moments(xk, ref.mean(0), rc.T @ rc / len(ref), f"class {k}")
-    assert s.report.checks["converged_mean"]["met"] and s.report.checks["converged_cov"]["met"]
+    conv = [c for name, c in s.report.checks.items() if name.startswith("converged_")]
+    assert len(conv) == 6 and all(c["met"] for c in conv), s.report.checks
     # Truncation moves the moments: the set does not claim the class's.
     assert not s.report.checks["mean"]["met"] and not s.report.checks["cov"]["met"]
     assert not s.report.met and "truncat" in s.report.checks["cov"]["why"]
@@ -98,9 +99,14 @@ def test_too_few_sweeps_fail_the_convergence_check():
     cov = np.array([[[0.04, 0.0396], [0.0396, 0.04]]])
     st = _stats([[0.5, 0.5]], cov)
     one = tn.sample_truncnorm(st, 4000, seed=0, sweeps=1, ridge=0.0).report
-    assert not one.checks["converged_cov"]["met"], one.checks
+    for name in ("converged_halves_cov", "converged_halves_top_variance"):
+        assert not one.checks[name]["met"], one.checks
+    # Ten sweeps: still short of the ~1 / (1 - rho^2) = 50 sweeps the long axis needs.
+    ten = tn.sample_truncnorm(st, 4000, seed=0, sweeps=10, ridge=0.0).report
+    assert not ten.checks["converged_halves_top_variance"]["met"], ten.checks
     many = tn.sample_truncnorm(st, 4000, seed=0, sweeps=300, ridge=0.0).report
-    assert many.checks["converged_cov"]["met"] and many.checks["converged_mean"]["met"]
+    conv = [c for name, c in many.checks.items() if name.startswith("converged_")]
+    assert len(conv) == 6 and all(c["met"] for c in conv), many.checks
     assert many.extra["sweeps"] == 300 and many.extra["burn_in_sweeps"] == 300
 
 
