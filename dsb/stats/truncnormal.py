@@ -40,12 +40,21 @@ are compared, and so is the whole ensemble after ``sweeps // 2`` sweeps against 
 (a drift that both starts share, e.g. mass still moving away from the box walls):
 ``checks["converged_{halves,drift}_{mean,cov,top_variance}"]`` hold the relative
 differences of the mean, the covariance and the variances along the class's top
-``TOP_DIRECTIONS`` eigenvectors (where Gibbs mixes slowest) against ``CONVERGENCE_FACTOR`` x
-their Monte Carlo noise (two independent samples of the same law), and the report's
-``extra`` records sweeps, ridge, support sizes and these diagnostics. They have little power
-where the noise is large (few chains per class): they catch chains that have not spread or
-still move, not a drift below the noise. Measured cost and convergence are in the README
-(DSB probe sets).
+``TOP_DIRECTIONS`` eigenvectors (where Gibbs mixes slowest) against ``CONVERGENCE_FACTOR``
+(halves) or ``DRIFT_FACTOR`` (drift) x their Monte Carlo noise (two independent samples of
+the same law), and the report's ``extra`` records sweeps, ridge, support sizes and these
+diagnostics. They have little power where the noise is large (few chains per class): they
+catch chains that have not spread or still move, not a drift below the noise.
+
+Measured (one BLAS thread, a 2-core machine shared with other jobs, load ~10): on UCI
+digits (d = 64, 2000 samples) the moment errors after 20 and 200 sweeps agree within noise
+(mean 0.18 / 0.18, covariance 0.74 / 0.74 against the class's; the untruncated Gaussian's
+are 0.035 / 0.23). On MNIST (d = 784, supports of 551-611 pixels per class, 2000 samples)
+a sweep takes ~2.5 s after ~25 s of set-up and report, and the mean error against the
+class means was 0.35 / 0.43 / 0.50 / 0.55 after 10 / 20 / 40 / 80 sweeps: the chains were
+still drifting at 80 sweeps, and the convergence checks passed there anyway (drift of the
+mean 0.0625 against a tolerance of 0.064), so at d = 784 they are not evidence of
+convergence and the sweeps needed there are not established.
 """
 
 from __future__ import annotations
@@ -62,6 +71,7 @@ from dsb.stats.report import target_check
 
 __all__ = [
     "CONVERGENCE_FACTOR",
+    "DRIFT_FACTOR",
     "RIDGE",
     "SWEEPS",
     "TOP_DIRECTIONS",
@@ -89,6 +99,12 @@ for the fluctuation of a norm over few coordinates)."""
 TOP_DIRECTIONS = 8
 """The convergence check compares the chains' variances along this many top eigenvectors
 of each class covariance."""
+
+DRIFT_FACTOR = 1.5
+"""The ensemble has stopped drifting when its middle-to-last difference is at most this
+times the noise of two independent ensembles. The two states are positively correlated, so
+in equilibrium their difference is below that noise; a tolerance of 3 passed MNIST chains
+whose mean error still rose from 0.43 to 0.55 between 20 and 80 sweeps."""
 
 _BLOCK = 32
 
@@ -264,14 +280,24 @@ def _convergence(x_NxD, x_mid_NxD, y_N, half_N, num_classes, top_KxDxQ):
         {k: (x_mid_NxD[y_N == k], x_NxD[y_N == k]) for k in range(num_classes)}, top_KxDxQ
     )
     checks = {}
-    for label, diag, why in (
-        ("halves", halves, "chains started at the projected Gaussian and at the class mean differ"),
-        ("drift", drift, "the ensemble still moved between the middle and the last sweep"),
+    for label, diag, factor, why in (
+        (
+            "halves",
+            halves,
+            CONVERGENCE_FACTOR,
+            "chains started at the projected Gaussian and at the class mean differ",
+        ),
+        (
+            "drift",
+            drift,
+            DRIFT_FACTOR,
+            "the ensemble still moved from the middle to the last sweep",
+        ),
     ):
         for n in ("mean", "cov", "top_variance"):
             if f"{n}_rel_diff" in diag:
                 checks[f"converged_{label}_{n}"] = target_check(
-                    diag[f"{n}_rel_diff"], CONVERGENCE_FACTOR * diag[f"{n}_noise"], why
+                    diag[f"{n}_rel_diff"], factor * diag[f"{n}_noise"], why
                 )
     extra = {f"halves_{k}": v for k, v in halves.items()}
     extra |= {f"drift_{k}": v for k, v in drift.items()}

@@ -151,3 +151,19 @@ def test_registered_with_its_options():
     assert spec.options == {"gibbs_sweeps": "sweeps", "truncnorm_ridge": "ridge"}
     with pytest.raises(ValueError, match="sweeps"):
         tn.sample_truncnorm(_stats([[0.5]], [[[0.01]]]), 10, sweeps=0)
+
+
+def test_drift_check_flags_an_ensemble_that_still_moves():
+    # Same law in both halves at the end, but the ensemble at the middle sweep sits lower:
+    # only the drift checks fail.
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.2, 0.8, (4000, 3))
+    y = np.zeros(4000, np.int64)
+    half = np.arange(4000) % 2 == 0
+    top = np.eye(3)[None]
+    checks, extra = tn._convergence(x, x - 0.05, y, half, 1, top)
+    assert all(checks[f"converged_halves_{n}"]["met"] for n in ("mean", "cov", "top_variance"))
+    assert not checks["converged_drift_mean"]["met"]
+    assert extra["drift_mean_rel_diff"] > 0.05 and extra["top_directions"] == tn.TOP_DIRECTIONS
+    checks, _ = tn._convergence(x, x, y, half, 1, top)
+    assert all(c["met"] for c in checks.values())
