@@ -2,6 +2,7 @@
 
 import functools
 import json
+import re
 
 import numpy as np
 import pytest
@@ -164,3 +165,17 @@ def test_every_set_kind_is_registered_with_its_version_and_options():
                 assert set(kind.options.values()) <= {p.name for p in params}, name
     assert MAXENT_SETS.get("box2").options == {"particle_steps": "steps"}
     assert OT_SETS.get("gaussian").options == {"clip": "clip"}
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("gibbs_sweeps", 0, "evals.dsb.gibbs_sweeps=0 (used by max-ent set 'truncnorm'): must"),
+        ("truncnorm_ridge", -1, "evals.dsb.truncnorm_ridge=-1 (used by max-ent set 'truncnorm')"),
+    ],
+)
+def test_truncnorm_options_are_checked(option, value, message):
+    options = {"maxent_sets": ["truncnorm"], option: value}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        probes.DsbProbes.check_options("evals.dsb", options)
+    probes.DsbProbes.check_options("evals.dsb", {"maxent_sets": ["truncnorm"], option: 3})
