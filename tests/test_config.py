@@ -137,7 +137,7 @@ def test_dsb_mnist_recipes_have_the_papers_shape(name):
     assert o.schedule == "warmup_cosine" and 0 < o.warmup_steps < cfg.train.total_steps
     assert cfg.ckpt.log_spaced and cfg.data.batch_size == 128
     dsb = cfg.evals["dsb"]
-    assert dsb["maxent_sets"] == ["ics", "box1", "gaussian", "box2", "box3"]
+    assert dsb["maxent_sets"] == ["ics", "box1", "gaussian", "truncnorm", "box2", "box3"]
     assert dsb["ot_sets"] == ["cqn", "mean_shift", "gaussian"]
 
 
