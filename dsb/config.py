@@ -28,6 +28,7 @@ __all__ = [
     "ModelConfig",
     "OptimConfig",
     "ParallelConfig",
+    "SyntheticConfig",
     "TextConfig",
     "TrainConfig",
     "compose",
@@ -76,6 +77,38 @@ class TextConfig:
 
 
 @dataclass
+class SyntheticConfig:
+    """Train on a synthetic set built from the training split's class statistics instead of
+    the split itself; evaluation splits stay real (``dsb.data.synthetic``).
+
+    The set is a DSB probe set of the same builders and on-disk cache as the ``dsb_probes``
+    evaluator: a max-ent set (labels: the class it was drawn from) or an OT-edited set of
+    training images (labels: the TARGET class t of each edit, drawn uniformly from the
+    other classes; the source class is not used). ``<run dir>/synthetic_set.json`` holds
+    its achieved moment errors.
+    """
+
+    # null (off) | maxent | ot.
+    kind: str | None = None
+    # The set: a name in dsb.stats.probesets.MAXENT_SETS (ics, box1, gaussian, truncnorm,
+    # box2, box3) or OT_SETS (cqn, mean_shift, gaussian).
+    set: str = "gaussian"
+    # Size of the set; null: the size of the training split. An OT set edits at most the
+    # whole split.
+    num_samples: int | None = None
+    # Fixes the samples and labels (OT: the edited images and their targets).
+    seed: int = 0
+    # Options of the set, by the dsb_probes option names its kind takes (clip,
+    # particle_steps, gibbs_sweeps, truncnorm_ridge); others fail at validation.
+    options: dict[str, Any] = field(default_factory=dict)
+    # Class-covariance shrinkage [a, b] of the fitted statistics (as dsb_probes.shrinkage).
+    shrinkage: list[float] | None = None
+    # Cache directory of the built set; null: <run dir>/dsb_probe_sets (shared with the
+    # dsb_probes evaluator); "none": no cache.
+    cache_dir: str | None = None
+
+
+@dataclass
 class DataConfig:
     # A name registered in dsb.data.registry (digits, mnist, fashion_mnist, cifar10, ...).
     name: str = "digits"
@@ -116,6 +149,9 @@ class DataConfig:
     # indices into it, taken AFTER erasure, so the erasure is still fitted on the whole
     # split (dsb.mdl's prefix runs share one set of maps this way). null: the whole split.
     train_indices: str | None = None
+    # Train on a synthetic max-ent or OT-edited set instead of the training split
+    # (SyntheticConfig; off by default). data.train_indices then index the synthetic set.
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     text: TextConfig = field(default_factory=TextConfig)
 
 
@@ -431,6 +467,14 @@ def validate(cfg: Config) -> None:
     if es.report_indices and es.val_indices is None:
         raise ValueError("train.early_stopping.report_indices: needs val_indices")
     spec = get_dataset_spec(cfg.data.name)  # raises on unknown names
+    if cfg.data.synthetic.kind is not None:
+        from dsb.data.synthetic import check_synthetic
+
+        if spec.kind == "text":
+            raise ValueError("data.synthetic: synthetic training sets are for image datasets")
+        if cfg.data.erasure:
+            raise ValueError("data.synthetic and data.erasure: choose one")
+        check_synthetic(cfg.data.synthetic)
     if spec.kind == "text":
         if cfg.data.text.context_length < 2:
             raise ValueError(
@@ -466,10 +510,12 @@ def to_config(cfg: DictConfig | Config) -> Config:
     if isinstance(cfg, DictConfig):
         obj = OmegaConf.to_object(cfg)
         # Containers typed Any come back as DictConfig/ListConfig under some Hydra versions.
+        syn = dataclasses.replace(obj.data.synthetic, options=_plain(obj.data.synthetic.options))
         obj = dataclasses.replace(
             obj,
             evals={k: _plain(v) for k, v in obj.evals.items()},
             model=dataclasses.replace(obj.model, kwargs=_plain(obj.model.kwargs)),
+            data=dataclasses.replace(obj.data, synthetic=syn),
         )
     else:
         obj = cfg

@@ -31,7 +31,8 @@ class RunContext:
     """A run's config and directory, and what follows from them.
 
     ``write_reports``: whether building the data writes its reports into ``run_dir`` (the
-    erasure report); the trainer's process 0 does, notebooks re-deriving a run do not.
+    erasure or synthetic-set report); the trainer's process 0 does, notebooks re-deriving
+    a run do not.
     """
 
     config: Config
@@ -59,12 +60,19 @@ class RunContext:
 
     @functools.cached_property
     def _train_data_and_report(self) -> tuple[dict[str, np.ndarray], dict | None, Any]:
-        report = self.write_reports and self.is_main_process and self.config.data.erasure
+        d = self.config.data
+        report = self.write_reports and self.is_main_process
+        name = "erasure.json" if d.erasure else None
+        if d.synthetic.kind is not None:
+            from dsb.data.synthetic import REPORT_FILE
+
+            name = REPORT_FILE
         return training_split(
             self.config,
             self.load_split,
-            self.run_dir / "erasure.json" if report else None,
+            self.run_dir / name if report and name else None,
             return_eraser=True,
+            run_dir=self.run_dir,
         )
 
     @functools.cached_property
@@ -110,13 +118,25 @@ class RunContext:
         ``erasure.json`` met its tolerance) as ``erasure/...`` metrics; empty without
         erasure. The trainer logs them with step 0."""
         report = self._train_data_and_report[1]
-        if report is None:
+        if report is None or not self.config.data.erasure:
             return {}
         out = {f"erasure/{k}": float(v) for k, v in report["residuals"].items()}
         if "barycenter" in report:
             out["erasure/barycenter_residual"] = float(report["barycenter"]["residual"])
             out["erasure/barycenter_iterations"] = float(report["barycenter"]["iterations"])
         return out | {"erasure/target_met": float(report["met"])}
+
+    def synthetic_metrics(self) -> dict[str, float]:
+        """The synthetic training set's achieved moment errors against the training split's
+        class statistics and ``target_met`` (1.0 when every check of its report was met;
+        a truncated-normal set misses by construction) as ``synthetic/...`` metrics; empty
+        without ``data.synthetic``. The trainer logs them with step 0."""
+        report = self._train_data_and_report[1]
+        if report is None or self.config.data.synthetic.kind is None:
+            return {}
+        rep = report["report"]
+        out = {f"synthetic/{k}": float(rep[k]) for k in ("mean_rel_err", "cov_rel_err")}
+        return out | {"synthetic/target_met": float(rep.get("met", True))}
 
     def metrics_writer(self) -> MetricsWriter:
         """``metrics.jsonl`` plus the sinks ``logging`` asks for, written by process 0."""

@@ -147,8 +147,10 @@ def _train(ctx: RunContext, rundir: RunDirectory, timer: PhaseTimer) -> TrainRes
     # kill between saving a checkpoint and finishing its evaluations loses them (a
     # preemption checkpoint off the schedule has none).
     last = checkpoint_and_evaluate(start, state) if schedule.is_checkpoint(start) else {}
-    if start == 0 and (erasure := ctx.erasure_metrics()):
-        writer.write(0, erasure)  # what the train-split erasure achieved (erasure.json)
+    if start == 0 and (data_report := ctx.erasure_metrics() | ctx.synthetic_metrics()):
+        # What the train-split erasure (erasure.json) or synthetic set (synthetic_set.json)
+        # achieved.
+        writer.write(0, data_report)
         writer.flush()
     progress = _Progress(total, start, cfg.train.progress_bar and ctx.is_main_process)
     in_flight = _InFlight(cfg.train.max_steps_in_flight, checkpoints.resumed_window)

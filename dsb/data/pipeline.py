@@ -2,7 +2,8 @@
 
 ``data_info(cfg)`` says what the data is (``DataInfo``: image classification or text),
 ``split_loader(cfg)`` returns ``split -> host arrays`` and ``training_split(cfg, ...)`` the
-training split the trainer samples from (concept-erased when ``data.erasure`` is set).
+training split the trainer samples from (concept-erased when ``data.erasure`` is set, a
+synthetic set built from it when ``data.synthetic`` is).
 Batches are typed by the data's kind: ``ImageBatch`` or ``TokenBatch``; the train step is
 built for one kind (``DataInfo.kind``) and never inspects a batch's keys.
 """
@@ -91,12 +92,23 @@ def training_split(
     report_path: str | Path | None = None,
     *,
     return_eraser: bool = False,
+    run_dir: str | Path | None = None,
 ):
     """The split the trainer samples from: ``data.train_split``, with LEACE / QLEACE
     applied when ``data.erasure`` is set, and the erasure's report (None without erasure;
     see ``dsb.data.transforms.erase_split_with_report``), also written to ``report_path``.
+    With ``data.synthetic`` set, the synthetic set built from the split instead and its
+    report (``dsb.data.synthetic.synthetic_split``; cached under ``run_dir`` by default).
     With ``return_eraser``, a third item: the fitted transform (None without erasure)."""
     data = load(cfg.data.train_split)
+    if cfg.data.synthetic.kind is not None:
+        from dsb.data.synthetic import synthetic_split
+
+        num_classes = get_dataset_spec(cfg.data.name).num_classes
+        data, report = synthetic_split(
+            cfg.data.synthetic, data, num_classes, run_dir=run_dir, report_path=report_path
+        )
+        return (data, report, None) if return_eraser else (data, report)
     if not cfg.data.erasure:
         return (data, None, None) if return_eraser else (data, None)
     from dsb.data.transforms import erase_split_with_report

@@ -28,6 +28,7 @@ from dsb.cache import probe_cache_dir
 from dsb.evals.base import EvalContext, Snapshot, register_evaluator
 from dsb.evals.classification import cross_entropy_and_accuracy
 from dsb.registry import Registry, signature_of
+from dsb.stats import truncnormal
 from dsb.stats.evalsets import EvalSet, build_maxent_set, build_ot_set
 from dsb.stats.moments import fit_class_stats
 from dsb.stats.probesets import MAXENT_SETS, OT_SETS, ProbeSetKind
@@ -45,6 +46,12 @@ def _positive_int(value: Any) -> int:
     return int(value)
 
 
+def _nonnegative_float(value: Any) -> float:
+    if isinstance(value, bool) or not float(value) >= 0:
+        raise ValueError("must be a number >= 0")
+    return float(value)
+
+
 # The options of this evaluator that a probe-set kind may take (``ProbeSetKind.options``
 # maps them to keywords of its function): each converts the configured value into what the
 # function gets, which is also what the set's cache key holds, and raises ValueError for a
@@ -52,6 +59,8 @@ def _positive_int(value: Any) -> int:
 SET_OPTIONS: dict[str, Callable[[Any], Any]] = {
     "clip": bool,
     "particle_steps": _positive_int,
+    "gibbs_sweeps": _positive_int,
+    "truncnorm_ridge": _nonnegative_float,
 }
 
 # Evaluator option -> registry of the kinds it lists.
@@ -91,7 +100,7 @@ class DsbProbes:
 
     Options:
       maxent_sets: names in ``dsb.stats.probesets.MAXENT_SETS`` (ics, box1, gaussian,
-        box2, box3).
+        truncnorm, box2, box3).
       ot_sets: names in ``dsb.stats.probesets.OT_SETS`` (cqn, mean_shift, gaussian).
       num_samples: size of each max-ent set and (at most) of each OT set.
       seed: fixes every sample, label, OT target and source subset.
@@ -109,11 +118,13 @@ class DsbProbes:
         is the directory itself.
       particle_steps: Adam steps of the box2 / box3 particle samplers (cost per step
         ~ n_y d^2 per class: seconds on digits, a GPU job at CIFAR size).
+      gibbs_sweeps, truncnorm_ridge: Gibbs sweeps and covariance ridge of the truncated
+        normal set ``truncnorm`` (``dsb.stats.truncnormal``).
       fit_batch_size: batch size of the streaming statistics fit.
 
-    ``clip`` and ``particle_steps`` go to the kinds whose registration takes them
-    (``SET_OPTIONS``); ``check_options`` checks set names and those values at config
-    validation.
+    ``clip``, ``particle_steps``, ``gibbs_sweeps`` and ``truncnorm_ridge`` go to the kinds
+    whose registration takes them (``SET_OPTIONS``); ``check_options`` checks set names and
+    those values at config validation.
     """
 
     @classmethod
@@ -151,6 +162,8 @@ class DsbProbes:
         source_split: str = "test",
         cache_dir: str | None = None,
         particle_steps: int = 1000,
+        gibbs_sweeps: int = truncnormal.SWEEPS,
+        truncnorm_ridge: float = truncnormal.RIDGE,
         fit_batch_size: int = 4096,
     ):
         self.input_shape = tuple(ctx.input_shape)
@@ -170,7 +183,12 @@ class DsbProbes:
         cache = cache_dir_of(ctx, cache_dir)
         if ctx.is_main_process:
             log.info("probe sets: cache %s", cache if cache is not None else "off")
-        set_values = {"clip": clip, "particle_steps": particle_steps}  # every SET_OPTIONS key
+        set_values = {  # every SET_OPTIONS key
+            "clip": clip,
+            "particle_steps": particle_steps,
+            "gibbs_sweeps": gibbs_sweeps,
+            "truncnorm_ridge": truncnorm_ridge,
+        }
         self.maxent: list[EvalSet] = []
         for kind in maxent_sets:
             opts = _set_kwargs(MAXENT_SETS.get(kind), set_values)

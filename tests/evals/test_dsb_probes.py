@@ -3,6 +3,7 @@
 import functools
 import json
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -178,7 +179,7 @@ def test_every_set_kind_is_registered_with_its_version_and_options():
 
     # The cache versions are part of every cache key: changing one is a new set.
     assert {n: k.version for n, k in MAXENT_SETS.items()} == {
-        "box1": None, "box2": 3, "box3": 3, "gaussian": None, "ics": None
+        "box1": None, "box2": 3, "box3": 3, "gaussian": None, "ics": None, "truncnorm": 1
     }  # fmt: skip
     assert {n: k.version for n, k in OT_SETS.items()} == {
         "cqn": 2, "gaussian": 2, "mean_shift": 2
@@ -193,3 +194,17 @@ def test_every_set_kind_is_registered_with_its_version_and_options():
                 assert set(kind.options.values()) <= {p.name for p in params}, name
     assert MAXENT_SETS.get("box2").options == {"particle_steps": "steps"}
     assert OT_SETS.get("gaussian").options == {"clip": "clip"}
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("gibbs_sweeps", 0, "evals.dsb.gibbs_sweeps=0 (used by max-ent set 'truncnorm'): must"),
+        ("truncnorm_ridge", -1, "evals.dsb.truncnorm_ridge=-1 (used by max-ent set 'truncnorm')"),
+    ],
+)
+def test_truncnorm_options_are_checked(option, value, message):
+    options = {"maxent_sets": ["truncnorm"], option: value}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        probes.DsbProbes.check_options("evals.dsb", options)
+    probes.DsbProbes.check_options("evals.dsb", {"maxent_sets": ["truncnorm"], option: 3})

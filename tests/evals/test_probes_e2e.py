@@ -5,7 +5,7 @@ from dsb_testing import tiny_config
 from dsb.metrics import read_metrics
 from dsb.train import train
 
-MAXENT = ["ics", "box1", "gaussian", "box2", "box3"]
+MAXENT = ["ics", "box1", "gaussian", "truncnorm", "box2", "box3"]
 OT = ["cqn", "mean_shift", "gaussian"]
 
 
@@ -16,6 +16,7 @@ def test_digits_run_with_every_probe(tmp_path, tfds_dir):
         f"evals.dsb.ot_sets=[{','.join(OT)}]",
         "evals.dsb.num_samples=200",
         "+evals.dsb.particle_steps=60",
+        "+evals.dsb.gibbs_sweeps=10",
         "train.total_steps=8",
     )
     train(cfg, tmp_path / "run")
