@@ -4,7 +4,7 @@
     python experiments/dsb_mnist/make_reference.py            # README.md: wall time
     python experiments/dsb_mnist/make_reference.py --reuse    # resume / replot
 
-Runs ``experiment=sweep_dsb_mnist_local`` (LeNet-5 and an MLP x seeds 0, 1, 2^12 steps,
+Runs ``experiment=sweep_dsb_mnist_local`` (LeNet-5 and an MLP x seeds 0-2, 2^12 steps,
 every max-ent and OT probe set) into ``runs/reference/dsb_mnist`` without the
 ``poly_approx`` evaluator (the DSB panels do not use it, and its quadratic form at d = 784
 costs more than the rest of the run), writes ``table.parquet`` there, and draws

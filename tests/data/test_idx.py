@@ -215,9 +215,11 @@ def test_prepare_cli_errors(tmp_path, capsys):
         prepare.main(["mnist", "--from_idx", str(tmp_path), "--data_dir", str(tmp_path / "t")])
     synthetic_idx(tmp_path, "fashion_mnist")  # 24 / 8 examples, not the standard 60000
     with pytest.raises(SystemExit, match=r"count \(24, 28, 28\), expected \(60000, 28, 28\)"):
-        prepare.main(["fashion_mnist", "--from_idx", str(tmp_path)])
+        prepare.main(
+            ["fashion_mnist", "--from_idx", str(tmp_path), "--data_dir", str(tmp_path / "t")]
+        )
     with pytest.raises(SystemExit):
-        prepare.main(["cifar10", "--from_idx", str(tmp_path)])
+        prepare.main(["cifar10", "--from_idx", str(tmp_path), "--data_dir", str(tmp_path / "t")])
     assert "--from_idx builds mnist, fashion_mnist, not cifar10" in capsys.readouterr().err
 
 
