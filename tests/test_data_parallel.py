@@ -61,6 +61,7 @@ def _equivalence():
     return module
 
 
+@pytest.mark.slow  # ~3 min of 2 cores (195 s measured): the slow lane runs it
 @pytest.mark.multidevice
 def test_long_default_run_on_four_devices_finishes_and_matches_one_device(tfds_dir):
     """The default job for 512 steps: four 128-step logging windows, and checkpoints with
