@@ -21,16 +21,35 @@ from dsb_testing import CONF_DIR, ROOT, TINY, compose, run_python, tiny_config
 __all__ = ["CONF_DIR", "ROOT", "TINY", "compose", "run_python", "tiny_config"]
 
 
-@pytest.fixture(autouse=True)
-def user_cache(tmp_path_factory, monkeypatch):
-    """Every test's dsb caches (``dsb.cache``: probe sets, decoded datasets) are fresh
-    temporary directories, never the real ``~/.cache``; child interpreters inherit them.
-    (The variables, not ``XDG_CACHE_HOME``, which would also move matplotlib's font cache
-    and make every child interpreter rebuild it.)"""
-    d = tmp_path_factory.mktemp("user_cache")
+@pytest.fixture(scope="session")
+def _session_user_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("user_cache")
+
+
+def _point_caches_at(d: Path, monkeypatch) -> Path:
     monkeypatch.setenv("DSB_PROBE_CACHE", str(d / "probe_sets"))
     monkeypatch.setenv("DSB_DATA_CACHE", str(d / "decoded"))
     return d
+
+
+@pytest.fixture(autouse=True)
+def user_cache(_session_user_cache, monkeypatch):
+    """Every test's dsb caches (``dsb.cache``: probe sets, decoded datasets) live in one
+    temporary directory per test session (per xdist worker), never the real ``~/.cache``;
+    child interpreters inherit them. Shared across tests as a user's cache is shared across
+    runs: the digits probe sets (~20 s on 2 cores) are built once per worker instead of
+    once per training test. The cache is keyed by statistics, options and sampler version
+    and safe under concurrent writers (``dsb.cache``), so sharing it cannot change a
+    result. A test that must see a cold cache asks for ``fresh_user_cache``.
+    (The variables, not ``XDG_CACHE_HOME``, which would also move matplotlib's font cache
+    and make every child interpreter rebuild it.)"""
+    return _point_caches_at(_session_user_cache, monkeypatch)
+
+
+@pytest.fixture
+def fresh_user_cache(user_cache, tmp_path_factory, monkeypatch):
+    """Empty dsb caches for this test alone (for tests of what a cold cache builds)."""
+    return _point_caches_at(tmp_path_factory.mktemp("fresh_user_cache"), monkeypatch)
 
 
 @pytest.fixture

@@ -42,7 +42,7 @@ TINY_PROBES = (
 )
 
 
-@pytest.mark.usefixtures("tfds_dir")
+@pytest.mark.usefixtures("tfds_dir", "fresh_user_cache")  # the first run builds its sets
 def test_a_run_records_where_its_time_went_and_a_second_run_loads_its_probe_sets(tmp_path):
     load_split.cache_clear()  # read the splits in this run, whatever ran before it
     cfg = tiny_config(*TINY_PROBES)

@@ -15,7 +15,7 @@ from dsb.data.digits import digits_arrays
 from dsb.evals.base import EvalContext, Snapshot
 from dsb.stats.plots import plot_probe_curves
 
-pytestmark = pytest.mark.usefixtures("one_blas_thread")
+pytestmark = pytest.mark.usefixtures("one_blas_thread", "fresh_user_cache")  # counts cold builds
 
 
 def _ctx(tmp_path):
