@@ -11,6 +11,8 @@ from dsb.metrics import read_metrics
 from dsb.train import train
 
 
+# ~40-60 s; the evaluator's replay and counts are also in tests/evals/test_training_jacobian.py
+@pytest.mark.slow
 def test_training_jacobian_evaluator_replays_the_run_and_tracks_the_spectrum(tmp_path, tfds_dir):
     cfg = tiny_config(
         "experiment=jacobian_digits",
@@ -68,7 +70,9 @@ cfg = tiny_config(
     "model.kwargs.widths=[8]",  # P = 610: small enough for both paths
     "train.total_steps=16",
     "evals.jac.when=[16]",
-    "+evals.jacmf={type: training_jacobian, when: [16], max_dense_params: 0}",
+    # The counts are not checked here: ~1 P products (the default 10 P took ~80 s).
+    "+evals.jacmf={type: training_jacobian, when: [16], max_dense_params: 0,"
+    " count_max_products: 600}",
 )
 train(cfg, "RUN_DIR")
 rec = next(r for r in read_metrics("RUN_DIR") if "jacmf/sigma_1" in r)

@@ -1,5 +1,6 @@
 """An end-to-end digits run whose metrics include every DSB probe, and its figures."""
 
+import pytest
 from dsb_testing import tiny_config
 
 from dsb.metrics import read_metrics
@@ -9,6 +10,7 @@ MAXENT = ["ics", "box1", "gaussian", "truncnorm", "box2", "box3"]
 OT = ["cqn", "mean_shift", "gaussian"]
 
 
+@pytest.mark.slow  # ~50-120 s (box3 and truncnorm built in the run); each set: tests/stats
 def test_digits_run_with_every_probe(tmp_path, tfds_dir):
     cfg = tiny_config(
         "evals=probes",

@@ -67,6 +67,7 @@ def test_sharpness_in_a_gd_run_equals_the_dense_hessian_and_the_threshold_formul
         assert r["sharp/num_examples"] == 96
 
 
+@pytest.mark.slow  # ~35-65 s; the Adam-preconditioned Hessian itself is checked in tests/curvature
 def test_adam_run_logs_the_preconditioned_sharpness_and_its_threshold(tmp_path, tfds_dir):
     cfg = tiny_config("model.kwargs.widths=[8]", "optim.b1=0.8", BASE, SHARP)  # adamw by default
     train(cfg, tmp_path)

@@ -112,6 +112,7 @@ def test_trivially_learnable_approaches_uniform_first_chunk(monkeypatch, tmp_pat
     assert first <= r.mdl_bits_per_sample <= first + 0.05, r
 
 
+@pytest.mark.slow  # ~60 s: nine prefix trainings
 def test_killed_sweep_resumes_without_retraining(monkeypatch, tmp_path):
     """An exception after prefix 1 (the second) kills the sweep; the rerun trains only
     prefix 2, leaves prefixes 0-1's files untouched and gives the uninterrupted MDL."""

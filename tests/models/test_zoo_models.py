@@ -147,7 +147,15 @@ def _train_step(m, opt, x, y, key, other_key):
 _eval_forward = nnx.jit(lambda m, x: m(x))
 
 
-@pytest.fixture(scope="module", params=sorted(TINY))
+# ViT (~30 s of init and compile on 2 cores) stays in the fast suite; the other families
+# (45-60 s each, mostly eager compilation) run in the slow lane, which CI also runs.
+_FAST_FAMILY, SLOW = "vit", pytest.mark.slow
+
+
+@pytest.fixture(
+    scope="module",
+    params=[n if n == _FAST_FAMILY else pytest.param(n, marks=SLOW) for n in sorted(TINY)],
+)
 def behaviour(request):
     """Train-mode step, eval-mode and bfloat16 outputs of one tiny model at 8x8x1.
 
