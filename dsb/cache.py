@@ -25,9 +25,11 @@ from typing import IO
 __all__ = [
     "DATA_CACHE_ENV",
     "PROBE_CACHE_ENV",
+    "PROBE_CACHE_SUBDIR",
     "build_lock",
     "data_cache_dir",
     "probe_cache_dir",
+    "resolve_probe_cache",
     "user_cache",
     "write_atomically",
 ]
@@ -53,6 +55,30 @@ def probe_cache_dir() -> Path | None:
     """The default probe-set cache: ``$DSB_PROBE_CACHE`` if set (``none``: no cache), else
     ``user_cache("probe_sets")``."""
     return _from_env(PROBE_CACHE_ENV, "probe_sets")
+
+
+# The probe-set cache under a data directory (``cache_dir: data_dir``).
+PROBE_CACHE_SUBDIR = "dsb_probe_sets"
+
+
+def resolve_probe_cache(option: str | os.PathLike | None, data_dir=None) -> Path | None:
+    """The probe-set cache directory (None: no cache) that a ``cache_dir`` option names,
+    the one meaning of it for every place that builds probe sets (the ``dsb_probes``
+    evaluator's ``cache_dir``, ``data.synthetic.cache_dir``):
+
+    * None: the user's cache, ``probe_cache_dir()``, shared by every run of the user;
+    * ``"none"``: no cache;
+    * ``"data_dir"``: ``<data_dir>/dsb_probe_sets``, a directory every node of a cluster
+      sees (the user's cache when ``data_dir`` is None);
+    * any other string: the directory itself.
+    """
+    if option is None:
+        return probe_cache_dir()
+    if str(option).lower() == "none":
+        return None
+    if str(option) == "data_dir":
+        return probe_cache_dir() if data_dir is None else Path(data_dir) / PROBE_CACHE_SUBDIR
+    return Path(option).expanduser()
 
 
 def data_cache_dir() -> Path | None:

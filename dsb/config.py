@@ -103,8 +103,9 @@ class SyntheticConfig:
     options: dict[str, Any] = field(default_factory=dict)
     # Class-covariance shrinkage [a, b] of the fitted statistics (as dsb_probes.shrinkage).
     shrinkage: list[float] | None = None
-    # Cache directory of the built set; null: <run dir>/dsb_probe_sets (shared with the
-    # dsb_probes evaluator); "none": no cache.
+    # Cache directory of the built set, as the dsb_probes evaluator's cache_dir (and shared
+    # with it): null: the user's probe-set cache ($DSB_PROBE_CACHE, else
+    # ~/.cache/dsb/probe_sets); "data_dir": <data.data_dir>/dsb_probe_sets; "none": no cache.
     cache_dir: str | None = None
 
 

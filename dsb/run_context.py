@@ -72,7 +72,6 @@ class RunContext:
             self.load_split,
             self.run_dir / name if report and name else None,
             return_eraser=True,
-            run_dir=self.run_dir,
         )
 
     @functools.cached_property

@@ -92,13 +92,12 @@ def training_split(
     report_path: str | Path | None = None,
     *,
     return_eraser: bool = False,
-    run_dir: str | Path | None = None,
 ):
     """The split the trainer samples from: ``data.train_split``, with LEACE / QLEACE
     applied when ``data.erasure`` is set, and the erasure's report (None without erasure;
     see ``dsb.data.transforms.erase_split_with_report``), also written to ``report_path``.
     With ``data.synthetic`` set, the synthetic set built from the split instead and its
-    report (``dsb.data.synthetic.synthetic_split``; cached under ``run_dir`` by default).
+    report (``dsb.data.synthetic.synthetic_split``; cached as ``data.synthetic.cache_dir`` says).
     With ``return_eraser``, a third item: the fitted transform (None without erasure)."""
     data = load(cfg.data.train_split)
     if cfg.data.synthetic.kind is not None:
@@ -106,7 +105,11 @@ def training_split(
 
         num_classes = get_dataset_spec(cfg.data.name).num_classes
         data, report = synthetic_split(
-            cfg.data.synthetic, data, num_classes, run_dir=run_dir, report_path=report_path
+            cfg.data.synthetic,
+            data,
+            num_classes,
+            data_dir=cfg.data.data_dir,
+            report_path=report_path,
         )
         return (data, report, None) if return_eraser else (data, report)
     if not cfg.data.erasure:

@@ -71,20 +71,12 @@ def check_synthetic(syn: SyntheticConfig) -> dict:
     return kwargs
 
 
-def _cache_dir(syn: SyntheticConfig, run_dir: Path | None) -> Path | None:
-    from dsb.evals.dsb_probes import CACHE_SUBDIR
-
-    if syn.cache_dir is None:
-        return None if run_dir is None else Path(run_dir) / CACHE_SUBDIR
-    return None if str(syn.cache_dir).lower() == "none" else Path(syn.cache_dir)
-
-
 def synthetic_split(
     syn: SyntheticConfig,
     data: dict[str, np.ndarray],
     num_classes: int,
     *,
-    run_dir: str | Path | None = None,
+    data_dir: str | Path | None = None,
     report_path: str | Path | None = None,
 ) -> tuple[dict[str, np.ndarray], dict]:
     """The synthetic set of ``syn`` built from the real training split ``data``
@@ -92,9 +84,12 @@ def synthetic_split(
 
     The report is the set's moment report (errors against the split's class statistics,
     noise floor, ``checks``, ``met``) with what was built; it is written to
-    ``report_path`` when given and summarised in the log. ``run_dir`` is where the set is
-    cached by default (``<run_dir>/dsb_probe_sets``).
+    ``report_path`` when given and summarised in the log. The set is cached where
+    ``syn.cache_dir`` says (``dsb.cache.resolve_probe_cache``, with ``data_dir`` for its
+    ``"data_dir"`` value): by default in the user's probe-set cache, which the
+    ``dsb_probes`` evaluator shares.
     """
+    from dsb.cache import resolve_probe_cache
     from dsb.stats.evalsets import build_maxent_set, build_ot_set
     from dsb.stats.moments import fit_class_stats
 
@@ -105,7 +100,7 @@ def synthetic_split(
     sh = None if syn.shrinkage is None else (float(syn.shrinkage[0]), float(syn.shrinkage[1]))
     stats = fit_class_stats([(flat, y)], num_classes, shrinkage=sh)
     size = n if syn.num_samples is None else int(syn.num_samples)
-    cache = _cache_dir(syn, None if run_dir is None else Path(run_dir))
+    cache = resolve_probe_cache(syn.cache_dir, data_dir)
     if syn.kind == "maxent":
         es = build_maxent_set(stats, syn.set, size, syn.seed, cache_dir=cache, **kwargs)
         labels = "the class each sample was drawn from"
@@ -135,6 +130,7 @@ def synthetic_split(
         f"; report in {report_path}" if report_path is not None else "",
     )  # fmt: skip
     if report_path is not None:
+        Path(report_path).parent.mkdir(parents=True, exist_ok=True)
         Path(report_path).write_text(json.dumps(report, indent=1, default=float))
     image = np.ascontiguousarray(es.x_NxD, np.float32).reshape(len(es.y_N), *shape)
     return {"image": image, "label": np.asarray(es.y_N, np.int32)}, report

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from dsb.cache import probe_cache_dir
+from dsb.cache import PROBE_CACHE_SUBDIR, resolve_probe_cache
 from dsb.evals.base import EvalContext, Snapshot, register_evaluator
 from dsb.evals.classification import cross_entropy_and_accuracy
 from dsb.registry import Registry, signature_of
@@ -75,23 +75,16 @@ def _set_kwargs(spec: ProbeSetKind, values: Mapping[str, Any]) -> dict[str, Any]
 MOMENTS_FILE = "dsb_probes_moments.json"
 
 
-CACHE_SUBDIR = "dsb_probe_sets"
+CACHE_SUBDIR = PROBE_CACHE_SUBDIR
 
 
 def cache_dir_of(ctx: EvalContext, cache_dir: str | None) -> Path | None:
-    """The directory the sets are cached in (None: no cache) for option ``cache_dir``:
-    None is the user's probe-set cache (``dsb.cache.probe_cache_dir``), shared by every
-    run of this user; "none" turns the cache off; "data_dir" is
-    ``<data.data_dir>/dsb_probe_sets`` (the user's cache when ``data.data_dir`` is unset);
-    any other string is the directory itself."""
-    if cache_dir is None:
-        return probe_cache_dir()
-    if str(cache_dir).lower() == "none":
-        return None
-    if str(cache_dir) == "data_dir":
-        data_dir = getattr(getattr(ctx.config, "data", None), "data_dir", None)
-        return probe_cache_dir() if data_dir is None else Path(data_dir) / CACHE_SUBDIR
-    return Path(cache_dir).expanduser()
+    """The directory the sets are cached in (None: no cache) for option ``cache_dir``,
+    with ``data_dir`` read from the run's ``data.data_dir`` (``dsb.cache.resolve_probe_cache``:
+    None is the user's cache, "none" no cache, "data_dir" ``<data.data_dir>/dsb_probe_sets``,
+    anything else the directory itself)."""
+    data_dir = getattr(getattr(ctx.config, "data", None), "data_dir", None)
+    return resolve_probe_cache(cache_dir, data_dir)
 
 
 @register_evaluator("dsb_probes")

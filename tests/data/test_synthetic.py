@@ -53,6 +53,40 @@ def test_loader_serves_the_built_maxent_set(tmp_path):
     np.testing.assert_array_equal(ctx.load_eval_split("test")["image"], x_test)
 
 
+@pytest.mark.usefixtures("fresh_user_cache")
+@pytest.mark.parametrize("option", [None, "data_dir", "none", "explicit"])
+def test_synthetic_set_is_cached_where_the_probe_cache_option_says(tmp_path, option):
+    """data.synthetic.cache_dir means what evals.dsb.cache_dir means (one resolver,
+    dsb.cache.resolve_probe_cache): null the user's cache, data_dir the data directory's,
+    none nothing, a path itself; never the run directory."""
+    from dsb.cache import probe_cache_dir
+
+    where = {
+        None: probe_cache_dir(),
+        "data_dir": tmp_path / "data" / "dsb_probe_sets",
+        "none": None,
+        "explicit": tmp_path / "mine",
+    }[option]
+    value = {None: "null", "explicit": str(tmp_path / "mine")}.get(option, option)
+    over = ["evals=classification", "data.synthetic.kind=maxent", "data.synthetic.set=ics",
+            "data.synthetic.num_samples=50", f"data.synthetic.cache_dir={value}"]  # fmt: skip
+    if option == "data_dir":
+        # The digits dataset, built into this data_dir as into any other.
+        over.append(f"data.data_dir={tmp_path / 'data'}")
+    cached = []
+    for run in ("a", "b"):
+        ctx = RunContext(tiny_config(*over), tmp_path / run)
+        ctx.train_data  # noqa: B018 (builds or loads the set)
+        cached.append(json.loads((tmp_path / run / "synthetic_set.json").read_text())["cached"])
+        assert not any((tmp_path / run).rglob("*.npz")), "a set was cached in the run dir"
+    if where is None:
+        assert cached == [False, False]
+        assert not probe_cache_dir().exists() or not any(probe_cache_dir().rglob("*.npz"))
+    else:
+        assert cached == [False, True]
+        assert len(list(where.glob("*.npz"))) == 1
+
+
 def test_ot_set_is_labelled_with_the_target_class(tmp_path):
     cfg = tiny_config(
         "evals=classification",
