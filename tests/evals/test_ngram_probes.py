@@ -157,3 +157,46 @@ def test_suffix_array_backend_probes_order_8_and_checks_options(tmp_path):
     assert m["kl/bigram"] < 0.01 < m["kl/unigram"]
     assert m["bigram/loss"] == pytest.approx(m["bigram/floor"], abs=0.05)
     assert m["entropy/8gram"] < m["entropy/bigram"] < m["entropy/unigram"]
+
+
+def test_uniform_model_kl_to_the_bigram_is_log_v_minus_each_context_row_entropy(tmp_path):
+    # KL(P(. | x_p) || uniform) = log V - H(P(. | x_p)), averaged over the validation
+    # windows' positions 0 .. t-2 (their contexts x_p), recomputed from the fitted table.
+    ctx = _ctx(tmp_path)
+    probes = NgramProbes(ctx, orders=[2], num_sequences=20, num_bootstrap=50)
+    m = dict(probes.run(_snapshot(lambda x: np.zeros((*x.shape, 4), np.float32))))
+    p2 = probes.model.tables[2].probs.toarray()
+    h_rows = -(p2 * np.log(np.where(p2 > 0, p2, 1.0))).sum(1)
+    contexts = ctx.load_split("val")["tokens"][:, :-1]
+    assert m["kl/bigram"] == pytest.approx(np.mean(np.log(4) - h_rows[contexts]), rel=1e-9)
+
+
+def test_two_token_windows_are_the_shortest_allowed(tmp_path):
+    # seq_len = 2: one prediction per window (position 0); 1 leaves nothing to predict.
+    probes = NgramProbes(_ctx(tmp_path), orders=[1], seq_len=2, num_sequences=10, val_split=None)
+    m = dict(probes.run(_snapshot(lambda x: np.zeros((*x.shape, 4), np.float32))))
+    assert m["unigram/loss"] == pytest.approx(np.log(4), abs=1e-6) and "unigram/loss_t0" in m
+    with pytest.raises(ValueError, match="seq_len must be >= 2"):
+        NgramProbes(_ctx(tmp_path / "one"), orders=[1], seq_len=1)
+
+
+def test_defaults_agree_with_the_config_group_and_the_suffix_model():
+    # The evaluator's defaults are the documented ones: evals/ngram.yaml's set size, the
+    # suffix model's (and evals/ngram_suffix.yaml's) 4096 entropy positions and the
+    # bootstrap interval's own resample count and level.
+    import inspect
+
+    import yaml
+    from dsb_testing import CONF_DIR
+
+    from dsb.lm.ngram import bootstrap_ci
+    from dsb.lm.suffix import SuffixNgramModel
+
+    ours = inspect.signature(NgramProbes).parameters
+    conf = yaml.safe_load(open(f"{CONF_DIR}/evals/ngram.yaml"))["ngram"]
+    assert ours["num_sequences"].default == conf["num_sequences"]
+    theirs = inspect.signature(SuffixNgramModel).parameters
+    assert ours["entropy_positions"].default == theirs["entropy_positions"].default == 4096
+    ci = inspect.signature(bootstrap_ci).parameters
+    assert ours["num_bootstrap"].default == ci["num_resamples"].default
+    assert ours["confidence"].default == ci["confidence"].default

@@ -231,3 +231,95 @@ def test_brackets_contain_the_dense_count_with_a_deflated_direction_below_thresh
     if sin2 == 2e-5:
         _, _, rho_lo = defl.certificate(5, 0.1)
         assert 0 < rho_lo < 0.1**2  # the lower filter exists and is moved, not dropped
+
+
+def test_interlacing_intersects_the_shifted_bracket_with_the_unshifted_one():
+    # Docstring: with num_deflated = k the bracket is also intersected with interlacing's
+    # [count(C < t), count(C < t) + k], both around the UNSHIFTED threshold. Exact moments
+    # (one row, no standard error): a lower filter moved down by shift_below gives a lower
+    # bound below the unshifted one, and the intersection takes the unshifted one back.
+    d = _spectrum(np.random.default_rng(3))
+    mom = exact_moments(d, 1.05**2, 800)
+    t, kw = 0.1, dict(num_params=len(d))
+    shifted = kpm_counts_from_moments(mom, 1.05, (t,), shift_below={t: 0.5 * t * t}, **kw)[t]
+    plain = kpm_counts_from_moments(mom, 1.05, (t,), **kw)[t]
+    both = kpm_counts_from_moments(
+        mom, 1.05, (t,), shift_below={t: 0.5 * t * t}, num_deflated=1, **kw
+    )[t]
+    assert shifted.low < plain.low  # the shift is real
+    assert both.low == max(shifted.low, plain.low) == plain.low
+    assert both.high == min(shifted.high, plain.high + 1)
+
+
+def test_exact_moments_have_no_statistical_width_and_z_scales_it():
+    # stat_width = z_score x (standard errors of the two filters over the probes): 0 for
+    # one exact row; with two rows it is linear in z_score.
+    d = _spectrum(np.random.default_rng(4))
+    mom = exact_moments(d, 1.05**2, 400)
+    c = kpm_counts_from_moments(mom, 1.05, (0.1,), num_params=len(d))[0.1]
+    assert c.stat_width == 0.0
+    two = np.concatenate([mom, exact_moments(d[::-1] * 0.9, 1.05**2, 400)])
+    w3, w6 = (
+        kpm_counts_from_moments(two, 1.05, (0.1,), num_params=len(d), z_score=z)[0.1].stat_width
+        for z in (3.0, 6.0)
+    )
+    assert w3 > 0 and w6 == pytest.approx(2 * w3, rel=1e-12)
+
+
+def test_from_moments_defaults_are_kpm_counts_defaults():
+    import inspect
+
+    ours = inspect.signature(kpm_counts_from_moments).parameters
+    theirs = inspect.signature(kpm_counts).parameters
+    for name in ("rel_width", "z_score", "eps"):
+        assert ours[name].default == theirs[name].default, name
+
+
+def test_schur_shifts_follow_the_certificate_definition():
+    # rho_+- = lambda_max(D Y D) over the eigenvalues of H above (below) tau, with
+    # D = |ev - tau|^-1/2 and Y the Gram of X in H's eigenbasis; count = #(ev < tau).
+    from dsb.jacobian.certified import _schur_shifts
+
+    rng = np.random.default_rng(6)
+    ev = np.array([0.2, 0.5, 1.5, 3.0])
+    q = np.linalg.qr(rng.standard_normal((4, 4)))[0]
+    h = (q * ev) @ q.T
+    x = rng.standard_normal((4, 6))
+    xtx = x @ x.T
+    tau = 1.0
+    y = q.T @ xtx @ q
+    gap = ev - tau
+
+    def rho(mask):
+        dd = 1 / np.sqrt(np.abs(gap[mask]))
+        return np.linalg.eigvalsh(dd[:, None] * y[np.ix_(mask, mask)] * dd[None, :])[-1]
+
+    below, rho_hi, rho_lo = _schur_shifts(h, xtx, tau)
+    assert below == 2
+    assert rho_hi == pytest.approx(rho(gap > 0), rel=1e-10)
+    assert rho_lo == pytest.approx(rho(gap < 0), rel=1e-10)
+
+
+def test_extra_below_shifts_the_bracket_and_the_estimate_by_that_count():
+    # extra_below[t] (the deflated block's count below t) is added to low, high and the
+    # estimate alike.
+    d = _spectrum(np.random.default_rng(8))
+    mom = exact_moments(d, 1.05**2, 800)
+    kw = dict(num_params=len(d) + 10, rel_width=10.0)
+    plain = kpm_counts_from_moments(mom, 1.05, (0.1,), **kw)[0.1]
+    more = kpm_counts_from_moments(mom, 1.05, (0.1,), extra_below={0.1: 5}, **kw)[0.1]
+    assert plain.resolved and more.resolved
+    assert (more.low, more.high) == pytest.approx((plain.low + 5, plain.high + 5), abs=1e-9)
+    assert more.estimate == pytest.approx(plain.estimate + 5, abs=1e-9)
+
+
+def test_schur_shifts_at_an_eigenvalue_and_an_empty_deflation():
+    # tau exactly an eigenvalue of H: the count is #(ev < tau) and rho is infinite; no
+    # deflated direction: nothing below, no coupling.
+    from dsb.jacobian.certified import Deflation, _schur_shifts
+
+    h = np.diag([0.2, 0.5, 1.5, 3.0])
+    assert _schur_shifts(h, np.eye(4), 1.5) == (2, math.inf, math.inf)
+    assert _schur_shifts(h, np.eye(4), 0.5) == (1, math.inf, math.inf)
+    empty = Deflation(np.zeros((0, 5)), np.zeros((0, 5)), np.ones(2), 0, 0)
+    assert empty.certificate(0, 0.3) == (0, 0.0, 0.0)

@@ -14,6 +14,7 @@ coded); and the strict variant's sets, recomputed here from their definition.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 
@@ -23,6 +24,7 @@ from dsb_testing import tiny_config
 
 from dsb.early_stopping import report_bits_path
 from dsb.mdl import run_mdl
+from dsb.mdl.core import CODE_LENGTHS_DTYPE
 
 pytestmark = pytest.mark.usefixtures("tfds_dir", "one_blas_thread")
 
@@ -191,3 +193,72 @@ def test_unfinished_prefix_with_other_index_sets_is_refused(stub_train, tmp_path
     shutil.rmtree(tmp_path / "prefix_0")  # prefix 0 is retrained; prefix 1 is unfinished
     with pytest.raises(ValueError, match="unfinished prefix with other train indices"):
         run_mdl(strict, tmp_path)
+
+
+def test_finished_prefixes_are_reused_only_for_their_own_schedule_and_mode(
+    stub_train, tmp_path, caplog
+):
+    """A finished prefix (its ``mdl_prefix.json``) is not retrained; a marker written for
+    another chunk (train or coded range) or another ``mdl.validation`` is refused."""
+    cfg = tiny_config("mdl.num_chunks=4", "mdl.first_chunk=20")
+    out = tmp_path / "not" / "yet" / "made"  # parents are created
+    with caplog.at_level(logging.INFO, logger="dsb.mdl.core"):
+        first = run_mdl(cfg, out)
+    b = first.bounds
+    for j in range(len(b) - 2):
+        rec = json.loads((out / f"prefix_{j}" / "mdl_prefix.json").read_text())
+        assert rec["train"] == [0, b[j + 1]] and rec["coded"] == [b[j + 1], b[j + 2]], j
+        assert f"prefix {j}: training on {b[j + 1]} examples" in caplog.text
+        assert f"coding {b[j + 2] - b[j + 1]}\n" in caplog.text + "\n"
+    calls = len(stub_train)
+    assert run_mdl(cfg, out).to_dict() == first.to_dict()
+    assert len(stub_train) == calls  # nothing retrained
+    marker = out / "prefix_0" / "mdl_prefix.json"
+    rec = json.loads(marker.read_text())
+    hi, nxt = b[1], b[2]
+    edits = [("train", [0, hi + 1]), ("train", [0, hi - 1]), ("coded", [hi, nxt + 1])]
+    edits += [("coded", [hi, nxt - 1]), ("validation", "strict"), ("validation", "exact")]
+    for field, value in edits:
+        marker.write_text(json.dumps(rec | {field: value}))
+        with pytest.raises(ValueError, match=r"another chunk schedule|mdl\.validation="):
+            run_mdl(cfg, out)
+    marker.write_text(json.dumps({k: v for k, v in rec.items() if k != "validation"}))
+    run_mdl(cfg, out)  # a marker from before the field existed: holdout
+    # A finished prefix whose per-example code lengths are gone cannot be recoded.
+    report_bits_path(out / "prefix_0", rec["best_step"]).unlink()
+    with pytest.raises(FileNotFoundError, match=r"delete .*mdl_prefix\.json to retrain"):
+        run_mdl(cfg, out)
+
+
+def test_prefix_erasure_hashes_are_recorded_and_must_agree(stub_train, tmp_path):
+    """Each prefix run's ``erasure.json`` stats hash goes into its marker; prefixes that
+    fitted different erasures stop the measurement."""
+    cfg = tiny_config("mdl.num_chunks=4", "mdl.first_chunk=20")
+    for j in range(2):
+        (tmp_path / f"prefix_{j}").mkdir()
+        (tmp_path / f"prefix_{j}" / "erasure.json").write_text(json.dumps({"stats_hash": "a"}))
+    run_mdl(cfg, tmp_path)
+    for j in range(2):
+        rec = json.loads((tmp_path / f"prefix_{j}" / "mdl_prefix.json").read_text())
+        assert rec["erasure_stats_hash"] == "a"
+    other = tmp_path / "other"
+    for j, h in enumerate("ab"):
+        (other / f"prefix_{j}").mkdir(parents=True)
+        (other / f"prefix_{j}" / "erasure.json").write_text(json.dumps({"stats_hash": h}))
+    with pytest.raises(RuntimeError, match="different erasures"):
+        run_mdl(cfg, other)
+
+
+def test_chunk_bounds_and_tables_refuse_what_they_cannot_represent():
+    from dsb.mdl.core import chunk_bounds, mdl_from_chunks, mdl_from_code_lengths
+
+    for first in (0, 100, 150):  # first_chunk must be in [1, n)
+        with pytest.raises(ValueError, match="first_chunk"):
+            chunk_bounds(100, 3, first)
+    with pytest.raises(ValueError, match=r"^3 chunks need 2 coded lengths$"):
+        mdl_from_chunks([0, 10, 20, 40], [1.0], K)
+    for chunks in ([0, 1, 0], [1, 1, 2], [-1, 0, 1]):  # out of order; not from chunk 0
+        table = np.zeros(3, CODE_LENGTHS_DTYPE)
+        table["chunk"] = chunks
+        with pytest.raises(ValueError, match="chunk order from chunk 0"):
+            mdl_from_code_lengths(table, K)

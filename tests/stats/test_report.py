@@ -1,7 +1,10 @@
 """Stated targets of edits and samplers: checks, warnings and the figure legend flag."""
 
+import dataclasses
 import logging
 import math
+
+import pytest
 
 from dsb.stats import plots
 from dsb.stats.report import target_check, unmet_checks, warn_unmet
@@ -9,6 +12,7 @@ from dsb.stats.report import target_check, unmet_checks, warn_unmet
 
 def test_target_check_meets_only_within_tolerance():
     assert target_check(1e-7, 1e-6)["met"]
+    assert target_check(1e-6, 1e-6)["met"]  # "at most" the tolerance
     assert not target_check(2e-6, 1e-6)["met"]
     assert not target_check(math.nan, 1e-6)["met"]  # an unresolved error never passes
 
@@ -94,3 +98,139 @@ def test_moment_report_checks_inputs():
     want = moment_report(x, y, st, skew_cols=slice(64, 128)).coskew_rel_err
     assert rep.coskew_rel_err == want
     assert np.isfinite(rep.noise_floor["coskew_rel_err"])
+
+
+def test_heldout_cols_are_the_last_64_or_all():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from dsb.stats.report import heldout_cols
+
+    for r, want in ((10, (0, 10)), (64, (0, 64)), (100, (36, 100))):
+        s = heldout_cols(SimpleNamespace(proj_DxR=np.zeros((3, r))))
+        assert (s.start, s.stop) == want
+    assert heldout_cols(SimpleNamespace(proj_DxR=None)) == slice(0, 0)
+
+
+def _three_class_case():
+    """Stats of 3 classes in d = 4 with 80 projections, and a set whose class 1 has one
+    row (NaN errors, weight 0) while classes 0 and 2 have 50 and 30 rows."""
+    import numpy as np
+
+    from dsb.stats.moments import fit_class_stats
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 3000)
+    x = 1.0 + 0.5 * y[:, None] + rng.gamma(2.0, size=(3000, 4)) @ rng.standard_normal((4, 4))
+    st = fit_class_stats([(x, y)], 3, num_projections=80)
+    yy = np.array([0] * 50 + [1] + [2] * 30)
+    xx = 1.0 + 0.5 * yy[:, None] + rng.gamma(2.0, size=(81, 4)) @ rng.standard_normal((4, 4))
+    return st, xx, yy
+
+
+def test_moment_report_errors_and_gaussian_floor_follow_their_definitions():
+    # Recomputed from the MomentReport docstring and the _gaussian_floor formulas:
+    # relative L2 / Frobenius errors per class, third moments of the held-out projections
+    # (columns 16..79 of 80), averages weighted by the class counts of the classes with at
+    # least two rows.
+    import numpy as np
+
+    from dsb.stats.report import moment_report
+
+    st, xx, yy = _three_class_case()
+    rep = moment_report(xx, yy, st)
+    w = st.proj_DxR[:, 16:]
+    mean_e, cov_e, skew_e, fm, fc, fs = [], [], [], [], [], []
+    for k in (0, 2):
+        xk = xx[yy == k]
+        n = len(xk)
+        mu, s = st.mean_KxD[k], st.cov_KxDxD[k]
+        m = xk.mean(0)
+        c = (xk - m).T @ (xk - m) / n
+        z = (xk - m) @ w
+        skew = st.proj_skew_KxR[k, 16:]
+        mean_e.append(np.linalg.norm(m - mu) / np.linalg.norm(mu))
+        cov_e.append(np.linalg.norm(c - s) / np.linalg.norm(s))
+        skew_e.append(np.linalg.norm((z**3).mean(0) - skew) / np.linalg.norm(skew))
+        tr, fro = np.trace(s), np.linalg.norm(s)
+        s2 = np.array([w[:, r] @ s @ w[:, r] for r in range(w.shape[1])])
+        fm.append(np.sqrt(tr / n) / np.linalg.norm(mu))
+        fc.append(np.sqrt((fro**2 + tr**2) / n) / fro)
+        fs.append(np.sqrt(6 * np.sum(s2**3) / n) / np.linalg.norm(skew))
+    assert rep.count_K == (50, 1, 30)
+    np.testing.assert_allclose(rep.mean_rel_err_K[::2], mean_e, rtol=1e-10)
+    np.testing.assert_allclose(rep.cov_rel_err_K[::2], cov_e, rtol=1e-10)
+    np.testing.assert_allclose(rep.coskew_rel_err_K[::2], skew_e, rtol=1e-10)
+    assert np.isnan([rep.mean_rel_err_K[1], rep.cov_rel_err_K[1], rep.coskew_rel_err_K[1]]).all()
+    wk = np.array([50, 30]) / 80
+    got = [rep.mean_rel_err, rep.cov_rel_err, rep.coskew_rel_err]
+    np.testing.assert_allclose(got, [wk @ mean_e, wk @ cov_e, wk @ skew_e], rtol=1e-10)
+    floor = [rep.noise_floor[f"{m}_rel_err"] for m in ("mean", "cov", "coskew")]
+    np.testing.assert_allclose(floor, [wk @ fm, wk @ fc, wk @ fs], rtol=1e-10)
+    assert rep.noise_floor["source"] == "gaussian"
+    assert rep.extra["coskew_projections"] == "stats_heldout"
+    d = rep.to_dict()
+    assert d["met"] is True and d["mean_rel_err"] == rep.mean_rel_err
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        rep.mean_rel_err = 0.0
+    # Explicit columns are recorded as such; two rows are enough for a class's errors.
+    two = np.array([0] * 50 + [1] * 2 + [2] * 30)
+    x1 = xx[50:51].repeat(2, 0) + np.array([[0.1], [-0.1]])
+    rep = moment_report(np.concatenate([xx[:50], x1, xx[51:]]), two, st, skew_cols=slice(0, 8))
+    assert rep.extra["coskew_projections"] == "stats_cols"
+    want = np.linalg.norm(x1.mean(0) - st.mean_KxD[1]) / np.linalg.norm(st.mean_KxD[1])
+    assert rep.mean_rel_err_K[1] == pytest.approx(want, rel=1e-10)
+
+
+def test_floor_checks_allow_one_and_a_half_times_the_floor():
+    # FLOOR_FACTOR's documented 1.5: tolerance = 1.5 x floor, met at exactly that error.
+    from dsb.stats.report import MomentReport, floor_checks
+
+    rep = MomentReport(
+        0.375, 0.75, 0.0, (), (), (), (), noise_floor={"mean_rel_err": 0.25, "cov_rel_err": 0.5}
+    )
+    checks = floor_checks(rep)
+    assert checks["mean"]["tol"] == pytest.approx(0.375, rel=1e-12)
+    assert checks["cov"]["tol"] == pytest.approx(0.75, rel=1e-12)
+    assert checks["mean"]["met"] and checks["cov"]["met"]
+    assert not floor_checks(rep, factor=1.0)["mean"]["met"]
+
+
+def test_bootstrap_floor_of_a_constant_class_is_known_exactly():
+    # Reference rows that are constant within each class: every bootstrap draw is that
+    # row repeated, whatever indices are drawn, so the floor's mean error is
+    # ||r_k - mu_k|| / ||mu_k|| and its covariance error ||0 - S_k|| / ||S_k|| = 1.
+    import numpy as np
+
+    from dsb.stats.report import moment_report
+
+    st, xx, yy = _three_class_case()
+    r = np.stack([st.mean_KxD[k] + 0.1 * (k + 1) for k in range(3)])
+    ref_y = np.repeat([0, 1, 2], [5, 5, 2])  # two rows are enough for a class
+    rep = moment_report(xx, yy, st, reference_x=r[ref_y], reference_y=ref_y, floor_repeats=2)
+    mean_floor = [
+        np.linalg.norm(r[k] - st.mean_KxD[k]) / np.linalg.norm(st.mean_KxD[k]) for k in (0, 2)
+    ]
+    wk = np.array([50, 30]) / 80
+    assert rep.noise_floor["mean_rel_err"] == pytest.approx(wk @ mean_floor, rel=1e-12)
+    assert rep.noise_floor["cov_rel_err"] == pytest.approx(1.0, rel=1e-12)
+    assert rep.noise_floor["repeats"] == 2 and rep.noise_floor["source"] == "bootstrap"
+    assert rep.extra["coskew_projections"] == "fresh:64"
+
+
+def test_moment_report_rejects_a_flat_x():
+    import numpy as np
+
+    from dsb.stats.report import moment_report
+
+    st, xx, yy = _three_class_case()
+    for bad in (np.zeros(len(yy)), xx[:, :, None], np.concatenate([xx, xx[:1]])):
+        with pytest.raises(ValueError, match="expected x"):
+            moment_report(bad, yy, st)
+    for d in (3, 5):
+        with pytest.raises(ValueError, match=f"^reference_x has dimension {d}, not 4$"):
+            moment_report(xx, yy, st, reference_x=np.ones((len(yy), d)), reference_y=yy)
+    for kw in ({"fresh_projections": 0}, {"floor_repeats": 0}):
+        with pytest.raises(ValueError, match=">= 1"):
+            moment_report(xx, yy, st, reference_x=xx, reference_y=yy, **kw)
