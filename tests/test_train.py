@@ -69,8 +69,12 @@ def test_nan_loss_stops_with_the_step(tmp_path, tfds_dir):
     assert sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir()) == [0]
 
 
+# Runs whose tests read the checkpoints and held-out metrics only: no probes, no figures.
+QUIET = ("evals=classification", "figures=false")
+
+
 def test_corrupt_latest_checkpoint_falls_back_and_resume_matches(tmp_path, tfds_dir, caplog):
-    cfg = tiny_config()
+    cfg = tiny_config(*QUIET)
     full = train(cfg, tmp_path / "full")
     run = tmp_path / "run"
     shutil.copytree(tmp_path / "full", run)
@@ -91,7 +95,7 @@ def test_corrupt_latest_checkpoint_falls_back_and_resume_matches(tmp_path, tfds_
 
 
 def test_load_checkpoint_on_cpu_without_mesh(tmp_path, tfds_dir):
-    cfg = tiny_config()
+    cfg = tiny_config(*QUIET)
     result = train(cfg, tmp_path / "run")
     restored = load_checkpoint(tmp_path / "run")
     assert restored.step == 16 and restored.available_steps == [0, 1, 2, 4, 8, 16]
