@@ -87,10 +87,9 @@ def init_model(
         _, params, rest = nnx.split(construct(key), nnx.Param, ...)
         return params, rest
 
-    init = jax.jit(create, out_shardings=sharding).lower(key)
-    params, rest = init.compile(compiler_options=_INIT_COMPILER_OPTIONS.get(jax.default_backend()))(
-        key
-    )
+    options = _INIT_COMPILER_OPTIONS.get(jax.default_backend())
+    init = jax.jit(create, out_shardings=sharding).lower(key).compile(compiler_options=options)
+    params, rest = init(key)
     return SplitModel(graphdef_train, graphdef_eval, params, rest)
 
 
