@@ -51,6 +51,11 @@ TINY_LM = [
 ]
 
 
+# For runs whose tests read checkpoints, the data order or held-out metrics only: no DSB
+# probes or polynomial approximants at the checkpoints, no figures.
+HELD_OUT_ONLY = ("evals=classification", "figures=false")
+
+
 def tiny_config(*overrides: str):
     from dsb.config import to_config
 

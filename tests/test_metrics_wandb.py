@@ -282,7 +282,7 @@ def test_a_training_run_with_logging_wandb_sends_metrics_jsonl(tmp_path, fake_wa
     """train() wires the sinks: logging.wandb=true sends exactly the run's metrics.jsonl
     lines, with the run's resolved config, and closes the W&B run; logging.tensorboard is
     honoured."""
-    from dsb_testing import tiny_config
+    from dsb_testing import HELD_OUT_ONLY, tiny_config
 
     from dsb.train import train
 
@@ -292,8 +292,7 @@ def test_a_training_run_with_logging_wandb_sends_metrics_jsonl(tmp_path, fake_wa
         "logging.wandb=true",
         "logging.wandb_mode=offline",
         "logging.tensorboard=false",
-        "evals=classification",  # the sinks, not the evaluators: held-out metrics suffice
-        "figures=false",
+        *HELD_OUT_ONLY,  # the sinks, not the evaluators: held-out metrics suffice
     )
     train(cfg, tmp_path / "run")
     (run,) = fake_wandb

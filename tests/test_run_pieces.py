@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from dsb_testing import tiny_config
+from dsb_testing import HELD_OUT_ONLY, tiny_config
 
 from dsb.analysis import load_checkpoint
 from dsb.checkpoint import Checkpointer, RunCheckpoints
@@ -105,11 +105,10 @@ def test_checkpoints_written_as_plain_dicts_restore_into_a_train_state(tmp_path,
 
 
 def test_resume_refuses_a_checkpoint_of_another_data_order(tmp_path, tfds_dir):
-    quiet = ("evals=classification", "figures=false")  # the data order, not the evaluators
-    cfg = tiny_config("train.total_steps=4", "optim.warmup_steps=1", *quiet)
+    cfg = tiny_config("train.total_steps=4", "optim.warmup_steps=1", *HELD_OUT_ONLY)
     train(cfg, tmp_path)
     other = tiny_config(
-        "train.total_steps=8", "optim.warmup_steps=1", "data.shuffle_seed=7", *quiet
+        "train.total_steps=8", "optim.warmup_steps=1", "data.shuffle_seed=7", *HELD_OUT_ONLY
     )
     # Refused at start-up as a changed config (dsb.rundir) ...
     with pytest.raises(ConfigChangedError, match=r"data\.shuffle_seed: 0 -> 7"):
@@ -120,7 +119,7 @@ def test_resume_refuses_a_checkpoint_of_another_data_order(tmp_path, tfds_dir):
         "optim.warmup_steps=1",
         "data.shuffle_seed=7",
         "ckpt.allow_config_change=true",
-        *quiet,
+        *HELD_OUT_ONLY,
     )
     with pytest.raises(ValueError, match="another data order"):
         train(forced, tmp_path)

@@ -7,7 +7,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from dsb_testing import tiny_config
+from dsb_testing import HELD_OUT_ONLY, tiny_config
 
 from dsb.analysis import load_checkpoint
 from dsb.metrics import NonFiniteLossError, read_metrics
@@ -69,12 +69,8 @@ def test_nan_loss_stops_with_the_step(tmp_path, tfds_dir):
     assert sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir()) == [0]
 
 
-# Runs whose tests read the checkpoints and held-out metrics only: no probes, no figures.
-QUIET = ("evals=classification", "figures=false")
-
-
 def test_corrupt_latest_checkpoint_falls_back_and_resume_matches(tmp_path, tfds_dir, caplog):
-    cfg = tiny_config(*QUIET)
+    cfg = tiny_config(*HELD_OUT_ONLY)
     full = train(cfg, tmp_path / "full")
     run = tmp_path / "run"
     shutil.copytree(tmp_path / "full", run)
@@ -95,7 +91,7 @@ def test_corrupt_latest_checkpoint_falls_back_and_resume_matches(tmp_path, tfds_
 
 
 def test_load_checkpoint_on_cpu_without_mesh(tmp_path, tfds_dir):
-    cfg = tiny_config(*QUIET)
+    cfg = tiny_config(*HELD_OUT_ONLY)
     result = train(cfg, tmp_path / "run")
     restored = load_checkpoint(tmp_path / "run")
     assert restored.step == 16 and restored.available_steps == [0, 1, 2, 4, 8, 16]
