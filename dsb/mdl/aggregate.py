@@ -7,7 +7,8 @@ Student-t interval over seeds, mean +- t_{0.975, s-1} sd / sqrt(s) (s seeds; non
 one seed): with 3-5 seeds a bootstrap interval is too narrow to trust, the t-interval
 states its normality assumption. Writes ``mdl_table.csv``, ``mdl_table.md`` and
 ``mdl.png`` (bars: MDL with intervals; curves: each chunk's code length per example
-against the prefix size that coded it, mean over seeds).
+against the prefix size that coded it, mean over seeds). A root holding several datasets
+gets one figure per dataset, ``mdl_<dataset>.png``: their uniform codes (log2 K) differ.
 """
 
 from __future__ import annotations
@@ -122,7 +123,11 @@ def write_tables(rows: list[dict], out: Path) -> tuple[Path, Path]:
 
 
 def plot(rows: list[dict], path: Path) -> Path:
-    """Bars of MDL with 95% t-intervals and the per-chunk code-length curves."""
+    """Bars of MDL with 95% t-intervals and the per-chunk code-length curves, for the rows
+    of one dataset (their log2 K is the figure's uniform-code line)."""
+    datasets = sorted({r["dataset"] for r in rows})
+    if len(datasets) != 1:
+        raise ValueError(f"plot: one dataset per figure, got {datasets}")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -177,9 +182,16 @@ def main(argv: list[str] | None = None) -> None:
     rows = summarize(collect(args.root))
     csv, md = write_tables(rows, out)
     (out / "mdl_summary.json").write_text(json.dumps(rows, indent=1))
-    fig = plot(rows, out / "mdl.png")
+    datasets = sorted({r["dataset"] for r in rows})
+    figs = [
+        plot(
+            [r for r in rows if r["dataset"] == d],
+            out / ("mdl.png" if len(datasets) == 1 else f"mdl_{d}.png"),
+        )
+        for d in datasets
+    ]
     print(md.read_text())
-    print(f"table: {csv}, {md}\nfigure: {fig}")
+    print(f"table: {csv}, {md}\nfigure: {', '.join(map(str, figs))}")
 
 
 if __name__ == "__main__":
