@@ -7,6 +7,7 @@ conftest files itself (``tests/conftest.py`` holds the fixtures), and a test mod
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,11 +58,20 @@ HELD_OUT_ONLY = ("evals=classification", "figures=false")
 
 
 def tiny_config(*overrides: str):
+    """A 16-step run of the default job, with a 32-unit MLP unless a model or experiment is
+    named, and held-out metrics only (``evals=classification``) unless the overrides name
+    the ``evals`` group or an experiment: a test that reads DSB-probe or polynomial metrics
+    asks for them (``"evals=probes"``, or overrides of ``evals.dsb.*``), so no other test
+    pays for building probe sets and fitting approximants at every checkpoint."""
     from dsb.config import to_config
 
     custom = any(o.startswith(("model=", "experiment=")) for o in overrides)
     model = [] if custom else ["model.kwargs.widths=[32]"]
-    return to_config(compose([*TINY, *model, *overrides]))
+    own_evals = any(
+        o.startswith("experiment=") or re.match(r"~?evals(=|\.|$)", o) for o in overrides
+    )
+    evals = [] if own_evals else ["evals=classification"]
+    return to_config(compose([*TINY, *model, *evals, *overrides]))
 
 
 def run_python(code: str, devices: int = 1, timeout: int = 600, env: dict | None = None):

@@ -118,7 +118,6 @@ def test_train_stops_early_on_a_subset_of_the_erased_split(tmp_path):
         "ckpt.log_spaced=false",
         "ckpt.every_steps=20",
         "train.total_steps=600",
-        "evals={}",
         "figures=false",
     )
     result = train(cfg, tmp_path / "run")
