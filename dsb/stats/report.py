@@ -86,7 +86,8 @@ class MomentReport:
     against ``stats.covariance(k)`` (shrunk where shrinkage is recorded); coskew:
     ``||s_hat - s||_2 / ||s||_2`` over the projected central third moments (the held-out
     half of the projections when the sampler matched the other half). Classes with fewer
-    than two samples get NaN.
+    than two samples get NaN; an average over no measured class (co-skewness of stats
+    fitted without projections, or no class with two samples) is NaN, never 0.
     """
 
     mean_rel_err: float
@@ -143,8 +144,14 @@ def _gaussian_floor(n, mu, cov, w_DxR, skew_R):
 
 
 def _avg(v, w) -> float:
-    v = np.asarray(v, np.float64)
-    return float(np.sum(np.where(np.isfinite(v), v, 0.0) * w))
+    """Weighted mean of per-class errors over the classes where it was measured; NaN when
+    none was (no class with two rows, or co-skewness without projections): an unmeasured
+    error is never reported as 0."""
+    v, w = np.asarray(v, np.float64), np.asarray(w, np.float64)
+    ok = np.isfinite(v)
+    if not ok.any():
+        return float("nan")
+    return float(np.sum(v[ok] * w[ok]) / np.sum(w[ok]))
 
 
 def floor_checks(rep: MomentReport, names=("mean", "cov"), factor: float = FLOOR_FACTOR) -> dict:
@@ -244,7 +251,6 @@ def moment_report(
     w = np.asarray(cnt, np.float64)
     ok = np.isfinite(me)
     w = np.where(ok, w, 0.0)
-    w = w / max(w.sum(), 1.0)
     floor = {
         "mean_rel_err": _avg(fm, w),
         "cov_rel_err": _avg(fc, w),

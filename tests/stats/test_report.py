@@ -183,6 +183,26 @@ def test_moment_report_errors_and_gaussian_floor_follow_their_definitions():
     assert rep.mean_rel_err_K[1] == pytest.approx(want, rel=1e-10)
 
 
+def test_an_unmeasured_error_is_nan_never_zero():
+    # Stats fitted without projections: co-skewness is not measured, so its average and
+    # floor are NaN (they used to read 0.0); with no class of two rows every average is.
+    import numpy as np
+
+    from dsb.stats.moments import fit_class_stats
+    from dsb.stats.report import floor_checks, moment_report
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 4)) + np.arange(4)
+    y = np.repeat([0, 1], 30)
+    st = fit_class_stats([(x, y)], 2, num_bins=0, num_projections=0)
+    rep = moment_report(x, y, st)
+    assert np.isfinite([rep.mean_rel_err, rep.cov_rel_err]).all()
+    assert np.isnan(rep.coskew_rel_err) and np.isnan(rep.noise_floor["coskew_rel_err"])
+    assert not floor_checks(rep, names=("coskew",))["coskew"]["met"]
+    one = moment_report(x[[0, 30]], y[[0, 30]], st)
+    assert np.isnan([one.mean_rel_err, one.cov_rel_err, one.noise_floor["mean_rel_err"]]).all()
+
+
 def test_floor_checks_allow_one_and_a_half_times_the_floor():
     # FLOOR_FACTOR's documented 1.5: tolerance = 1.5 x floor, met at exactly that error.
     from dsb.stats.report import MomentReport, floor_checks
