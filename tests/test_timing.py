@@ -43,7 +43,9 @@ TINY_PROBES = (
 
 
 @pytest.mark.usefixtures("tfds_dir", "fresh_user_cache")  # the first run builds its sets
-def test_a_run_records_where_its_time_went_and_a_second_run_loads_its_probe_sets(tmp_path):
+def test_a_run_records_where_its_time_went_and_a_second_run_loads_its_probe_sets(
+    tmp_path, monkeypatch
+):
     load_split.cache_clear()  # read the splits in this run, whatever ran before it
     cfg = tiny_config(*TINY_PROBES)
     result = train(cfg, tmp_path / "a")
@@ -84,7 +86,12 @@ def test_a_run_records_where_its_time_went_and_a_second_run_loads_its_probe_sets
     assert [json.loads(x)["status"] for x in lines] == ["finished"]
     assert json.loads(lines[0])["start_step"] == 0 and json.loads(lines[0])["final_step"] == 16
 
-    # A second run directory, same user cache: every probe set is loaded, none built.
+    # A second run directory, same user cache: every probe set is loaded, none built, and
+    # the class statistics are loaded too (a refit would raise).
+    def refit(*a, **k):
+        raise AssertionError("the second run refitted the class statistics")
+
+    monkeypatch.setattr("dsb.stats.moments.fit_class_stats", refit)
     again = train(cfg, tmp_path / "b").timings["phases"]
     sets = sorted(n for n in again if n.startswith("probe_set/"))
     assert sets == ["probe_set/maxent-ics/loaded", "probe_set/ot-mean_shift/loaded"]

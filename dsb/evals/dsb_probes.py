@@ -30,7 +30,7 @@ from dsb.evals.classification import cross_entropy_and_accuracy
 from dsb.registry import Registry, signature_of
 from dsb.stats import truncnormal
 from dsb.stats.evalsets import EvalSet, build_maxent_set, build_ot_set
-from dsb.stats.moments import fit_class_stats
+from dsb.stats.moments import cached_class_stats
 from dsb.stats.probesets import MAXENT_SETS, OT_SETS, ProbeSetKind
 from dsb.stats.report import unmet_checks, warn_unmet
 from dsb.timing import phase
@@ -163,19 +163,19 @@ class DsbProbes:
         train = ctx.load_split(ctx.train_split)
         x_tr = np.asarray(train["image"]).reshape(len(train["label"]), -1)
         y_tr = np.asarray(train["label"])
-        batches = (
-            (x_tr[i : i + fit_batch_size], y_tr[i : i + fit_batch_size])
-            for i in range(0, len(y_tr), fit_batch_size)
-        )
         sh = None if shrinkage is None else tuple(float(v) for v in shrinkage)
-        with phase("stats"):
-            stats = fit_class_stats(batches, ctx.num_classes, shrinkage=sh)
-        # Only the sets are kept: the K d^2 covariances (0.75 GB at CIFAR size) are freed
-        # when __init__ returns.
-        self.stats_hash = stats.content_hash
         cache = cache_dir_of(ctx, cache_dir)
         if ctx.is_main_process:
             log.info("probe sets: cache %s", cache if cache is not None else "off")
+        # The class statistics live in the same cache, keyed by the data: a second job on
+        # the same split loads them instead of refitting.
+        with phase("stats"):
+            stats, _ = cached_class_stats(
+                x_tr, y_tr, ctx.num_classes, cache, batch_size=fit_batch_size, shrinkage=sh
+            )
+        # Only the sets are kept: the K d^2 covariances (0.75 GB at CIFAR size) are freed
+        # when __init__ returns.
+        self.stats_hash = stats.content_hash
         set_values = {  # every SET_OPTIONS key
             "clip": clip,
             "particle_steps": particle_steps,

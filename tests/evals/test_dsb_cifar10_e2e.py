@@ -67,7 +67,10 @@ def test_dsb_cifar10_recipe_end_to_end_with_shared_probe_cache(tmp_path, monkeyp
             for m in ("target_accuracy", "source_accuracy", "loss", "source_loss"):
                 assert f"dsb/ot/{s}/{m}" in r
     shared = data_dir / CACHE_SUBDIR
-    assert len(list(shared.glob("*.npz"))) == len(MAXENT) + len(OT)
+    assert len(list(shared.glob("maxent-*.npz")) + list(shared.glob("ot-*.npz"))) == len(
+        MAXENT
+    ) + len(OT)
+    assert len(list(shared.glob("classstats-*.npz"))) == 1  # fitted once, loaded by job1
     first = json.loads((tmp_path / "job0" / MOMENTS_FILE).read_text())
     second = json.loads((tmp_path / "job1" / MOMENTS_FILE).read_text())
     assert first["stats_hash"] == second["stats_hash"]

@@ -83,3 +83,54 @@ def test_accumulator_is_spent_after_finalize(digits_train_flat):
         acc.update(x, y)
     with pytest.raises(RuntimeError):
         acc.finalize()
+
+
+def test_cached_class_stats_equal_the_fit_and_are_keyed_by_data_and_options(
+    digits_train_flat, tmp_path, caplog
+):
+    from dsb.stats.moments import cached_class_stats
+
+    x, y = digits_train_flat
+    x = x.astype(np.float32)
+    batches = [(x[i : i + 512], y[i : i + 512]) for i in range(0, len(y), 512)]
+    fresh = fit_class_stats(batches, 10, num_projections=128)
+    got, loaded = cached_class_stats(x, y, 10, tmp_path, batch_size=512, num_projections=128)
+    assert not loaded and got.content_hash == fresh.content_hash
+    assert len(list(tmp_path.glob("classstats-*.npz"))) == 1
+    # A second fit of the same data loads the file: the same bytes, so the same hash (the
+    # probe sets' key), and the shrinkage is recorded on the loaded raw statistics.
+    again, loaded = cached_class_stats(
+        x, y, 10, tmp_path, batch_size=512, num_projections=128, shrinkage=(0.9, 0.1)
+    )
+    assert loaded
+    assert again.content_hash == fresh.with_shrinkage((0.9, 0.1)).content_hash
+    for name in ("mean_KxD", "cov_KxDxD", "bin_cdf_KxDxB", "proj_DxR", "proj_skew_KxR"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(fresh, name))
+    # Other data (labels permuted, one pixel changed) or another option is another file,
+    # fitted afresh: never the statistics of something else.
+    perm = np.random.default_rng(0).permutation(len(y))
+    other = [
+        (x, y[perm], {}),
+        (np.where(np.arange(x.size).reshape(x.shape) == 7, 0.5, x).astype(np.float32), y, {}),
+        (x, y, {"num_projections": 64}),
+        (x, y, {"num_bins": 16}),
+        (x, y, {"projection_seed": 1}),
+        (x, y, {"batch_size": 256}),
+    ]
+    for xo, yo, kw in other:
+        kw = {"batch_size": 512, "num_projections": 128} | kw
+        st, loaded = cached_class_stats(xo, yo, 10, tmp_path, **kw)
+        assert not loaded, kw
+        want = fit_class_stats(
+            [(xo[i : i + kw["batch_size"]], yo[i : i + kw["batch_size"]])
+             for i in range(0, len(yo), kw["batch_size"])],
+            10,
+            num_projections=kw["num_projections"],
+            num_bins=kw.get("num_bins", 256),
+            projection_seed=kw.get("projection_seed", 0),
+        )  # fmt: skip
+        assert st.content_hash == want.content_hash, kw
+    assert len(list(tmp_path.glob("classstats-*.npz"))) == 1 + len(other)
+    # No cache: a plain fit, nothing written.
+    st, loaded = cached_class_stats(x, y, 10, None, batch_size=512, num_projections=128)
+    assert not loaded and st.content_hash == fresh.content_hash
