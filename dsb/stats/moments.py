@@ -319,7 +319,7 @@ def cached_class_stats(
     fit wrote, so their ``content_hash`` (the probe sets' key) is the fresh fit's. Built
     under ``build_lock`` and written atomically (``dsb.cache``), like the probe sets. Every
     job of a sweep over the same data skips the fit (~40-50 s at d = 784 on 2 CPU cores,
-    minutes at d = 3072); the file is ``K d^2`` float64 and more (~50 MB at d = 784,
+    minutes at d = 3072); the file is ``K d^2`` float64 and more (~100 MB at d = 784,
     ~1 GB at d = 3072).
     """
     from dsb.cache import build_lock, write_atomically
