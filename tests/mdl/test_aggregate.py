@@ -18,6 +18,9 @@ def test_t_interval_matches_the_formula():
     half = 4.302652729911275 * np.std(v, ddof=1) / math.sqrt(3)  # t_{0.975, 2}
     assert (m, lo, hi) == pytest.approx((7 / 3, 7 / 3 - half, 7 / 3 + half))
     assert t_interval([2.0]) == (2.0, 2.0, 2.0)
+    # Two seeds already give an interval: t_{0.975, 1} = 12.706.
+    half2 = 12.706204736174707 * np.std([1.0, 2.0], ddof=1) / math.sqrt(2)
+    assert t_interval([1.0, 2.0]) == pytest.approx((1.5, 1.5 - half2, 1.5 + half2))
 
 
 def _write(root, erasure, seed, mdl):
@@ -176,8 +179,9 @@ def test_one_figure_per_dataset_with_its_own_uniform_code(tmp_path, monkeypatch)
             rec = _rec(ds, "mlp", None, seed, 0.5 + seed, log2k=log2k)
             (d / "mdl.json").write_text(json.dumps(rec))
     rows = summarize(collect(tmp_path))
-    with pytest.raises(ValueError, match="one dataset per figure"):
-        plot(rows, tmp_path / "mixed.png")
+    for bad in (rows, []):  # two datasets, or none
+        with pytest.raises(ValueError, match="one dataset per figure"):
+            plot(bad, tmp_path / "mixed.png")
     figs = _drawn(monkeypatch)
     out = tmp_path / "out"
     out.mkdir()  # an existing output directory is fine, and so is a second run
