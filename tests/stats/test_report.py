@@ -88,8 +88,9 @@ def test_moment_report_checks_inputs():
     x, y, st, _, _ = _gauss_stats(n=500)
     with pytest.raises(ValueError, match="both"):
         moment_report(x, y, st, reference_x=x)
-    with pytest.raises(ValueError, match="expected x"):
-        moment_report(x[:, :3], y, st)
+    for bad in (x[:, :3], np.hstack([x, x[:, :1]])):  # fewer or more columns than d
+        with pytest.raises(ValueError, match="expected x"):
+            moment_report(bad, y, st)
     with pytest.raises(ValueError, match="class 1"):
         moment_report(x, y, st, reference_x=x[y == 0], reference_y=y[y == 0])
     # Default co-skewness projections: the held-out last 64 columns, not all of them.
@@ -201,6 +202,14 @@ def test_an_unmeasured_error_is_nan_never_zero():
     assert not floor_checks(rep, names=("coskew",))["coskew"]["met"]
     one = moment_report(x[[0, 30]], y[[0, 30]], st)
     assert np.isnan([one.mean_rel_err, one.cov_rel_err, one.noise_floor["mean_rel_err"]]).all()
+    # The Gaussian floor of the mean is relative to ||mu|| however small (here < 1).
+    small = 0.01 * x
+    st_s = fit_class_stats([(small, y)], 2, num_bins=0, num_projections=0)
+    rep = moment_report(small, y, st_s)
+    norms = np.linalg.norm(st_s.mean_KxD, axis=1)
+    assert norms.max() < 1
+    want = [np.sqrt(np.trace(st_s.cov_KxDxD[k]) / 30) / norms[k] for k in (0, 1)]
+    assert rep.noise_floor["mean_rel_err"] == pytest.approx(np.mean(want), rel=1e-10)
 
 
 def test_floor_checks_allow_one_and_a_half_times_the_floor():
