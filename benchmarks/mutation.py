@@ -87,7 +87,7 @@ TESTS = {
         "tests/stats/test_leace_offset.py",
         "tests/stats/test_erasure.py",
     ],
-    "dsb/stats/ot.py": ["tests/stats/test_ot.py"],
+    "dsb/stats/ot.py": ["tests/stats/test_ot_contracts.py", "tests/stats/test_ot.py"],
     "dsb/stats/maxent.py": ["tests/stats/test_maxent.py"],
 }
 """The narrowest fast test selection that exercises each module, fastest files first."""
