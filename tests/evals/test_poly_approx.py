@@ -185,11 +185,13 @@ def test_stein_r2_standard_error_and_bias_are_the_jackknife_of_its_draws(tmp_pat
                 assert out[f"{key}/r2_se"] > 0
 
 
+@pytest.mark.slow
 def test_stein_on_exact_logs_the_stein_fit_next_to_the_exact_one(tmp_path):
     """``stein_on_exact`` on a one-hidden-layer MLP: the exact metrics and the saved forms
     are those of the plain evaluator (the forms stay the exact ones), and the
     ``<a>_stein/...`` metrics are those of ``stein_mc_jackknife`` from the evaluator's
-    fit draws (in chunks of 16 of its 64 draws, 4 groups), recomputed here."""
+    fit draws (in chunks of 16 of its 64 draws, 4 groups), recomputed here (~20 s: two
+    evaluators and a Stein fit, hence slow)."""
     from dsb.evals.poly_approx import r2_score, stein_inputs
     from dsb.polyapprox import jackknife_se_bias, mlp_function, stein_mc_jackknife
 
