@@ -9,9 +9,10 @@ estimates only), into ``runs/reference/poly_mnist/<net>`` (deleted first), and w
 ``reference/mnist_<net>/``: ``poly_across_time.png``, ``poly_eigenvectors.png`` and
 ``poly_numbers.json`` (per checkpoint: the ``poly/`` metrics and the network's test
 accuracy; with the run's wall time by phase), and ``reference/mnist_table.md`` (the
-README's table, from those files). ``--nets`` picks some of the two; ``--table_only``
-rewrites the table from the committed numbers; other arguments are Hydra overrides for
-both runs (e.g. ``train.total_steps=64`` for a quick look; do not commit that one).
+README's table, from those files); ~35 min on 2 loaded cores. ``--nets one_hidden``
+(comma-separated) picks some of the two; ``--table_only`` rewrites the table from the
+committed numbers; other arguments are Hydra overrides for both runs (e.g.
+``train.total_steps=64`` for a quick look; do not commit that one).
 """
 
 from __future__ import annotations
@@ -118,10 +119,14 @@ def table(ref: Path) -> str:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--nets", nargs="+", choices=list(NETS), default=list(NETS))
+    # Comma-separated, not nargs="+": that would swallow the Hydra overrides after it.
+    ap.add_argument("--nets", default=",".join(NETS), help=f"some of {','.join(NETS)}")
     ap.add_argument("--table_only", action="store_true")
     args, overrides = ap.parse_known_args(sys.argv[1:] if argv is None else argv)
-    for net in [] if args.table_only else args.nets:
+    nets = args.nets.split(",")
+    if unknown := set(nets) - set(NETS):
+        ap.error(f"--nets: unknown {sorted(unknown)}; choose from {','.join(NETS)}")
+    for net in [] if args.table_only else nets:
         run_dir = ROOT / "runs" / "reference" / "poly_mnist" / net
         shutil.rmtree(run_dir, ignore_errors=True)
         cmd = [
