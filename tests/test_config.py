@@ -29,6 +29,7 @@ EXPECTED_EXPERIMENTS = {
     "mdl_erasure_local",
     "mdl_erasure_local_lenet5",
     "mnist_lenet5",
+    "poly_mnist",
     "sweep_dsb_probes",
     "sweep_dsb_probes_local",
     "sweep_dsb_mnist_local",
@@ -153,6 +154,7 @@ OWN_EVALS = {
     "dsb_mnist": {"val", "dsb", "poly"},
     "edge_of_stability": {"sharp"},  # evals=classification (val) by group override
     "jacobian_digits": {"val", "jac"},
+    "poly_mnist": {"poly"},  # evals=classification (val) by group override
     "sweep_dsb_probes": {"val", "dsb", "poly"},
     "sweep_dsb_probes_local": {"val", "dsb", "poly"},
     "sweep_dsb_mnist_local": {"val", "dsb", "poly"},  # make_reference drops poly

@@ -39,7 +39,10 @@ proved too rough on the trained digits MLP (R^2 -7.7 where least squares reaches
 gets ``linear_stein`` and ``quadratic_stein``: Monte Carlo estimates of the exact
 least-squares coefficients by Stein's lemma from Jacobians at ``num_fit`` Gaussian draws
 (``dsb.polyapprox.stein_mc_approximants``; the same draws at every checkpoint, independent
-of the ``gauss`` evaluation samples, so the ``gauss`` R^2 is out of sample).
+of the ``gauss`` evaluation samples, so the ``gauss`` R^2 is out of sample). With
+``stein_on_exact`` a one-hidden-layer MLP gets both: the exact ``linear`` / ``quadratic``
+(which the figures' forms use) and their Stein estimates ``linear_stein`` /
+``quadratic_stein``, which measures the estimates' error against the exact coefficients.
 
 The top eigenvalues and eigenvectors of each logit's quadratic form in whitened coordinates,
 ``Gamma_k = L' M_k L`` with ``x = mu + L z`` (eigenvalue: curvature per unit standard
@@ -131,6 +134,15 @@ class PolyApprox:
         one hidden layer (float32; per-checkpoint cost ~ num_fit * K * (weights)).
       jackknife_groups: groups of the fit draws for the jackknife standard error and bias
         of the Stein R^2 (1: not computed; ``num_fit`` must be a multiple of it).
+      fit_chunk: fit draws whose Jacobians are held in memory at once (None: all
+        ``num_fit``; same draws, same numbers up to rounding).
+      stein_on_exact: for a one-hidden-layer MLP, log the Stein estimates
+        (``<a>_stein/...``, with ``num_fit`` draws) next to the exact closed forms: their
+        Monte Carlo error against the exact coefficients, at every checkpoint.
+      val_samples: evaluate on this many images of ``split`` (a fixed random subset drawn
+        with ``seed``; None: the whole split). Each Stein jackknife replicate is evaluated
+        on every sample, which costs ``N K d^2`` per replicate (d = 784: ~12 GFLOP per
+        1000 samples).
       fit_split: split whose images give ``mu`` and ``Sigma`` (default: the train split).
       top_eigen: eigenvectors per logit saved at each checkpoint (0: none saved).
       forms_dir: folder under the run dir for those ``.npz`` files.
@@ -145,6 +157,9 @@ class PolyApprox:
         seed: int = 0,
         num_fit: int = 2048,
         jackknife_groups: int = 8,
+        fit_chunk: int | None = None,
+        stein_on_exact: bool = False,
+        val_samples: int | None = None,
         fit_split: str | None = None,
         top_eigen: int = 4,
         forms_dir: str = "poly_forms",
@@ -177,12 +192,19 @@ class PolyApprox:
         val = ctx.load_split(split)
         self.x_val = np.asarray(val["image"], np.float64).reshape(len(val["image"]), -1)
         self.y_val = np.asarray(val["label"])
+        if val_samples is not None and val_samples < len(self.y_val):
+            keep = np.sort(
+                np.random.default_rng(seed).choice(len(self.y_val), val_samples, replace=False)
+            )
+            self.x_val, self.y_val = self.x_val[keep], self.y_val[keep]
         with jax.enable_x64(True):
             self.gauss = gaussian_input(jnp.asarray(x_fit.mean(0)), jnp.asarray(np.cov(x_fit.T)))
             self.x_gauss = np.asarray(self.gauss.sample(jax.random.key(seed), num_samples))
         self.fit_key = jax.random.fold_in(jax.random.key(seed), 1)
         self.num_fit = int(num_fit)
         self.jackknife_groups = int(jackknife_groups)
+        self.fit_chunk = None if fit_chunk is None else int(fit_chunk)
+        self.stein_on_exact = bool(stein_on_exact)
         self.top_eigen = int(top_eigen)
         self.forms_dir = ctx.run_dir / forms_dir if ctx.is_main_process else None
         log.info(
@@ -243,31 +265,38 @@ class PolyApprox:
         f_val = np.asarray(snapshot.predict(self.x_val.reshape(-1, *self.input_shape)))
         f_gauss = np.asarray(snapshot.predict(self.x_gauss.reshape(-1, *self.input_shape)))
         with jax.enable_x64(True):
+            fits = []  # (suffix, linear, quadratic, jackknife replicates)
             if len(layers) == 2:
                 lin, quad = mlp_approximants(layers, self.gauss, act)
-                suffix, replicates = "", []
-            else:
+                fits.append(("", lin, quad, []))
+            if len(layers) > 2 or self.stein_on_exact:
                 g32, f32 = stein_inputs(self.gauss, layers)
                 fn = mlp_function(f32, act)
-                (lin, quad), replicates = stein_mc_jackknife(
-                    fn, g32, self.fit_key, self.num_fit, self.jackknife_groups
+                (s_lin, s_quad), replicates = stein_mc_jackknife(
+                    fn, g32, self.fit_key, self.num_fit, self.jackknife_groups, self.fit_chunk
                 )
-                suffix = "_stein"
+                fits.append(("_stein", s_lin, s_quad, replicates))
+            # The figures and the saved forms use the first fit: exact where it exists.
+            suffix, lin, quad, _ = fits[0]
             summary = {}
-            for i, (approx, name) in enumerate(((lin, "linear"), (quad, "quadratic"))):
-                for set_name, x, f, y in (
-                    ("val", self.x_val, f_val, self.y_val),
-                    ("gauss", self.x_gauss, f_gauss, None),
-                ):
-                    m = approximation_metrics(f, np.asarray(approx(jnp.asarray(x))), y)
-                    summary[f"{name}/{set_name}"] = m["r2"]
-                    for k, v in m.items():
-                        yield f"{name}{suffix}/{set_name}/{k}", v
-                    if replicates:
-                        r2s = [r2_score(f, np.asarray(r[i](jnp.asarray(x)))) for r in replicates]
-                        se, bias = jackknife_se_bias(m["r2"], r2s)
-                        yield f"{name}{suffix}/{set_name}/r2_se", se
-                        yield f"{name}{suffix}/{set_name}/r2_bias", bias
+            for fit_suffix, f_lin, f_quad, replicates in fits:
+                for i, (approx, name) in enumerate(((f_lin, "linear"), (f_quad, "quadratic"))):
+                    for set_name, x, f, y in (
+                        ("val", self.x_val, f_val, self.y_val),
+                        ("gauss", self.x_gauss, f_gauss, None),
+                    ):
+                        m = approximation_metrics(f, np.asarray(approx(jnp.asarray(x))), y)
+                        if fit_suffix == suffix:
+                            summary[f"{name}/{set_name}"] = m["r2"]
+                        for k, v in m.items():
+                            yield f"{name}{fit_suffix}/{set_name}/{k}", v
+                        if replicates:
+                            r2s = [
+                                r2_score(f, np.asarray(r[i](jnp.asarray(x)))) for r in replicates
+                            ]
+                            se, bias = jackknife_se_bias(m["r2"], r2s)
+                            yield f"{name}{fit_suffix}/{set_name}/r2_se", se
+                            yield f"{name}{fit_suffix}/{set_name}/r2_bias", bias
             X = np.concatenate([np.ones((len(self.x_gauss), 1)), self.x_gauss], axis=1)
             coef = np.linalg.lstsq(X, f_gauss.astype(np.float64), rcond=None)[0]
             yield "linear_ols/gauss/r2", approximation_metrics(f_gauss, X @ coef)["r2"]

@@ -59,14 +59,20 @@ def plot_poly_curves(records: Sequence[dict], out_dir: str | Path, title: str = 
     ax_r2, ax_kl = fig.subplots(2, 1, sharex=True)
     all_steps = {st for pts in curves.values() for st, _ in pts}
     kinds = {a.partition("_")[2] for a, _, _ in curves if a != "linear_ols"} - {""}
+    has_exact = any(a in ("linear", "quadratic") for a, _, _ in curves)
     for (approx, set_name, metric), pts in sorted(curves.items()):
         ax = ax_r2 if metric == "r2" else ax_kl
         if approx == "linear_ols":
             ax.plot(*zip(*pts), ":", color="gray", marker=".", label="linear OLS fit (gauss)")
             continue
-        base = approx.partition("_")[0]
+        base, _, kind = approx.partition("_")
         ls = "-" if set_name == "val" else "--"
-        ax.plot(*zip(*pts), ls, color=colour[base], marker=".", label=f"{approx} ({set_name})")
+        # Next to exact curves (stein_on_exact) an estimate is drawn thinner, with crosses.
+        style = {"marker": "x", "lw": 0.8, "alpha": 0.8} if kind and has_exact else {}
+        ax.plot(
+            *zip(*pts), ls, color=colour[base], label=f"{approx} ({set_name})",
+            **{"marker": ".", **style},
+        )  # fmt: skip
     ax_r2.set_ylabel("R$^2$ of the logits")
     ax_kl.set_ylabel("KL(network || approximant)")
     ax_r2.axhline(0.95, color="gray", lw=0.8, ls="-", alpha=0.5)
@@ -75,6 +81,8 @@ def plot_poly_curves(records: Sequence[dict], out_dir: str | Path, title: str = 
     ax_r2.legend(fontsize=7, ncol=2)
     how = {"stein": " (Stein Monte Carlo)", "prop": " (propagated)"}
     what = "polynomial approximants across time" + "".join(how[k] for k in sorted(kinds))
+    if has_exact and kinds:
+        what = what.replace(" (", " (exact, and ", 1)
     # Two lines: the run title and the method both fit the 6.5-inch figure (one line was cut).
     ax_r2.set_title(f"{title}\n{what}" if title else what, fontsize=10)
     for ax in (ax_r2, ax_kl):

@@ -183,3 +183,62 @@ def test_stein_r2_standard_error_and_bias_are_the_jackknife_of_its_draws(tmp_pat
                 assert out[f"{key}/r2_se"] == pytest.approx(se, rel=1e-9, abs=1e-12)
                 assert out[f"{key}/r2_bias"] == pytest.approx((G - 1) * (r.mean() - r2), abs=1e-9)
                 assert out[f"{key}/r2_se"] > 0
+
+
+@pytest.mark.slow
+def test_stein_on_exact_logs_the_stein_fit_next_to_the_exact_one(tmp_path):
+    """``stein_on_exact`` on a one-hidden-layer MLP: the exact metrics and the saved forms
+    are those of the plain evaluator (the forms stay the exact ones), and the
+    ``<a>_stein/...`` metrics are those of ``stein_mc_jackknife`` from the evaluator's
+    fit draws (in chunks of 16 of its 64 draws, 4 groups), recomputed here (~20 s: two
+    evaluators and a Stein fit, hence slow)."""
+    from dsb.evals.poly_approx import r2_score, stein_inputs
+    from dsb.polyapprox import jackknife_se_bias, mlp_function, stein_mc_jackknife
+
+    model = _mlp((32,))
+    kw = {"num_samples": 300, "top_eigen": 2, "num_fit": 64, "jackknife_groups": 4}
+    plain = PolyApprox(_ctx(tmp_path / "plain"), **kw)
+    want = dict(plain.run(_snapshot(model, step=3)))
+    ev = PolyApprox(_ctx(tmp_path / "both"), stein_on_exact=True, fit_chunk=16, **kw)
+    out = dict(ev.run(_snapshot(model, step=3)))
+    assert {k: out[k] for k in want} == pytest.approx(want, rel=1e-12, abs=1e-15)
+    forms = [
+        np.load(tmp_path / p / "run" / "poly_forms" / "step_00000003.npz")
+        for p in ("plain", "both")
+    ]
+    np.testing.assert_array_equal(forms[1]["evals"], forms[0]["evals"])
+    assert bool(forms[1]["exact"])
+    layers, act = ev._layers(_snapshot(model))
+    g32, f32 = stein_inputs(ev.gauss, layers)
+    with jax.enable_x64(True):
+        full, reps = stein_mc_jackknife(mlp_function(f32, act), g32, ev.fit_key, 64, 4)
+        for set_name, x in (("val", ev.x_val), ("gauss", ev.x_gauss)):
+            f = np.asarray(model(jnp.asarray(x, jnp.float32).reshape(-1, 8, 8, 1)))
+            for i, name in enumerate(("linear", "quadratic")):
+                r2 = r2_score(f, np.asarray(full[i](jnp.asarray(x))))
+                r = [r2_score(f, np.asarray(rep[i](jnp.asarray(x)))) for rep in reps]
+                key = f"{name}_stein/{set_name}"
+                assert out[f"{key}/r2"] == pytest.approx(r2, abs=1e-6)
+                se, bias = jackknife_se_bias(r2, r)
+                assert out[f"{key}/r2_se"] == pytest.approx(se, rel=1e-2, abs=1e-6)
+                assert out[f"{key}/r2_bias"] == pytest.approx(bias, abs=1e-5)
+                assert out[f"{key}/r2"] != pytest.approx(out[f"{name}/{set_name}/r2"], abs=1e-6)
+
+
+def test_val_samples_is_a_fixed_subset_with_its_labels(tmp_path):
+    """``val_samples`` keeps that many distinct test images, the same ones for the same
+    seed, each with its own label."""
+    x, y = digits_arrays()["test"]
+    x = np.asarray(x, np.float64).reshape(len(x), -1)
+    subsets = [
+        PolyApprox(_ctx(tmp_path), num_samples=10, top_eigen=0, val_samples=50, seed=s)
+        for s in (0, 0, 1)
+    ]
+    ev = subsets[0]
+    assert ev.x_val.shape == (50, 64) and ev.y_val.shape == (50,)
+    idx = [int(np.flatnonzero((x == row).all(1))[0]) for row in ev.x_val]
+    assert len(set(idx)) == 50
+    np.testing.assert_array_equal(ev.y_val, np.asarray(y)[idx])
+    np.testing.assert_array_equal(subsets[1].x_val, ev.x_val)
+    assert not np.array_equal(subsets[2].x_val, ev.x_val)
+    assert len(PolyApprox(_ctx(tmp_path), num_samples=10, top_eigen=0).y_val) == len(y)

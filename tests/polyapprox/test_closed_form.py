@@ -316,6 +316,27 @@ def test_quadratic_eigen_reconstructs():
     assert lam2.shape == (2, 2) and vec2.shape == (2, 2, 5)
 
 
+def test_quadratic_eigen_top_of_a_large_form_is_the_full_decompositions():
+    """With ``top`` under d / 16 only both ends of each spectrum are computed: the result
+    is the full decomposition's top ``|eigenvalue|`` pairs (eigenvectors up to sign). The
+    spectra put the largest ``|eigenvalue|`` at the negative end for one form and at the
+    positive end for the other."""
+    rng = np.random.default_rng(5)
+    d, top = 48, 2
+    Q = np.linalg.qr(rng.normal(size=(2, d, d)))[0]
+    spec = np.linspace(-1, 1, d)
+    spectra = np.stack([np.r_[-9.0, 5.0, -4.0, spec[3:]], np.r_[8.0, -3.0, spec[2:]]])
+    M = np.einsum("kia,ka,kja->kij", Q, spectra, Q)
+    lam, vec = quadratic_eigen(jnp.asarray(M), top=top)
+    np.testing.assert_allclose(np.asarray(lam), [[-9.0, 5.0], [8.0, -3.0]], atol=1e-10)
+    want = [Q[0][:, [0, 1]].T, Q[1][:, [0, 1]].T]
+    for k in range(2):
+        overlap = np.abs(np.sum(np.asarray(vec[k]) * want[k], axis=-1))
+        np.testing.assert_allclose(overlap, 1.0, atol=1e-10)
+    lam_full, _ = quadratic_eigen(jnp.asarray(M))
+    np.testing.assert_allclose(np.asarray(lam), np.asarray(lam_full)[:, :top], atol=1e-10)
+
+
 def test_bad_inputs():
     gauss = gaussian_input(jnp.zeros(3), jnp.eye(3))
     layers = random_block(jax.random.key(0), 3, 4, 2)
@@ -422,6 +443,44 @@ def test_stein_jackknife_replicates_are_the_estimates_without_each_group():
     se, bias = jackknife_se_bias(0.31, r)
     assert se == pytest.approx(np.sqrt(3 / 4 * ((r - 0.35) ** 2).sum()), rel=1e-14)
     assert bias == pytest.approx(3 * (0.35 - 0.31), rel=1e-14)
+
+
+@pytest.mark.parametrize("chunk", [16, 20, 8])
+def test_stein_jackknife_in_chunks_is_the_one_pass_estimate(chunk):
+    """``chunk`` (the draws whose Jacobians are held at once) changes nothing but the
+    order of summation: the full estimate and every replicate equal the one-pass ones,
+    the replicates still leaving out draws ``g mod G``. 20 is not a multiple of G = 8
+    (rounded down to 16, so that a chunk's draw i stays in group i % G)."""
+    from dsb.polyapprox import mlp_function, stein_mc_jackknife
+
+    layers = random_block(jax.random.key(71), 5, 12, 3, scale=2.0)
+    gauss = random_gaussian(jax.random.key(72), 5, rank=4)
+    fn = mlp_function(layers, "relu")
+    key, n, G = jax.random.key(73), 72, 8
+    one = stein_mc_jackknife(fn, gauss, key, n, G)
+    chunked = stein_mc_jackknife(fn, gauss, key, n, G, chunk=chunk)
+    for (lin0, quad0), (lin1, quad1) in zip([one[0], *one[1]], [chunked[0], *chunked[1]]):
+        np.testing.assert_allclose(np.asarray(lin1.B), np.asarray(lin0.B), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(np.asarray(quad1.M), np.asarray(quad0.M), rtol=1e-11, atol=1e-13)
+        np.testing.assert_allclose(np.asarray(lin1.mean), np.asarray(lin0.mean), rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(quad1.offset), np.asarray(quad0.offset), rtol=1e-11)
+
+
+def test_approximant_evaluates_the_quadratic_in_row_blocks():
+    """``Approximant.__call__`` with ``rows`` smaller than N (blocks of 3 of 10 samples,
+    the last one short) equals ``offset + B (x - mu) + (x - mu)' M_k (x - mu) / 2``
+    computed per sample in numpy."""
+    from dsb.polyapprox import Approximant
+
+    rng = np.random.default_rng(0)
+    d, K, N = 4, 3, 10
+    mu, B, M = rng.normal(size=d), rng.normal(size=(K, d)), rng.normal(size=(K, d, d))
+    offset, x = rng.normal(size=K), rng.normal(size=(N, d))
+    approx = Approximant(*(jnp.asarray(a) for a in (mu, offset, offset, B, M)), True)
+    dx = x - mu
+    want = np.array([[offset[k] + B[k] @ v + 0.5 * v @ M[k] @ v for k in range(K)] for v in dx])
+    np.testing.assert_allclose(np.asarray(approx(x, rows=3)), want, rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(approx(x)), want, rtol=1e-12)
 
 
 @pytest.mark.slow
