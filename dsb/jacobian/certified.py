@@ -69,17 +69,21 @@ Depth by a cost model (``deflate=None``). Deflating ``k`` directions costs about
 products (two Golub-Kahan steps of two products per converged direction, plus its
 certificate row); the moments then cost ``num_probes * 4 jconst / phi_t`` products
 (``predicted_moment_products``, ``~ num_probes * 34 sigma_{k+1} / t``). The depth is the
-minimiser of the sum over the Ritz values (``cost_optimal_depth``: deepen while the moment
-products saved exceed the deflation's), for the smallest threshold whose predicted total
-fits the budget; Golub-Kahan restarts with ``m`` doubled (40, 80, ...) while the optimum
-lies in the top quarter of the trusted Ritz values (``k >= 3 m / 8``) and the deflation
-stays within ``deflation_fraction`` (a quarter) of the budget, and ``k < P`` always. Of
-that prefix the certificate keeps the deepest of 13 with ``rho_+, rho_- <=
-deflation_tol * t^2`` at the largest threshold (smaller ones carry the shifts in their
-brackets). A count the budget cannot resolve is reported with ``products_to_resolve``, a
-prediction of the products that would (its bracket's systematic width extrapolated like
-``1 / N``, the statistical like ``1 / sqrt(probes)``; the cost model below resolution);
-``kpm_counts`` stops early when that exceeds the budget for every unresolved count.
+minimiser of the sum over the Ritz values (``cost_optimal_depth``: deepen while the
+moment products saved exceed the deflation's), for the smallest threshold whose
+predicted total fits the budget; Golub-Kahan restarts with ``m`` doubled (40, 80, ...)
+while the optimum lies in the top quarter of the trusted Ritz values (``k >= 3 m / 8``)
+and the deflation stays within ``deflation_fraction`` (a quarter) of the budget, and ``k
+< P`` always. The chosen rows lose their "ghosts" (rows mostly inside the span of
+earlier ones, from a float32 basis that lost orthogonality) and are rotated to the
+eigenvectors of ``H`` (Rayleigh-Ritz inside their span, no new products), so the
+prefixes follow true Rayleigh quotients (``_certified_deflation``). Of that prefix the
+certificate keeps the deepest of 13 with ``rho_+, rho_- <= deflation_tol * t^2`` at the
+largest threshold (smaller ones carry the shifts in their brackets). A count the budget
+cannot resolve is reported with ``products_to_resolve``, a prediction of the products
+that would (its bracket's systematic width extrapolated like ``1 / N``, the statistical
+like ``1 / sqrt(probes)``; the cost model below resolution); ``kpm_counts`` stops early
+when that exceeds the budget for every unresolved count.
 
 Float32 rounding (not covered by the bracket). The certificate bounds the Krylov and filter
 errors of exact products; every product ``J v``, ``J^T u`` is a float32 replay of the whole
@@ -335,15 +339,38 @@ def deflation_subspace(
     return _certified_deflation(op, vt, ritz, products, m, chunk, t0)
 
 
-def _certified_deflation(op, vt, ritz, products, m, chunk, t0) -> Deflation:
+def _certified_deflation(op, vt, ritz, products, m, chunk, t0, rotate=False) -> Deflation:
     """The rows ``vt [k, P]`` re-orthonormalised in float64 with their ``M v_i`` (``2k``
-    products added to ``products``), as a ``Deflation``."""
+    products added to ``products``), as a ``Deflation``.
+
+    A row that is mostly in the span of the rows before it (``|R_ii| < 1/2`` in the QR:
+    a "ghost" copy of a converged Ritz vector, which a float32 Krylov basis produces once
+    it loses orthogonality) is dropped with its Ritz value: re-orthonormalised, it would
+    be amplified rounding, coupled to everything, and no prefix containing it would pass
+    the certificate."""
     p, k = op.num_params, len(vt)
     if k:
-        q, r = np.linalg.qr(vt.T)
+        _, r = np.linalg.qr(np.asarray(vt, np.float64).T)
+        keep = np.abs(np.diag(r)) >= 0.5 * np.linalg.norm(vt, axis=1)
+        if not keep.all():
+            ritz = np.concatenate([np.asarray(ritz)[:k][keep], np.asarray(ritz)[k:]])
+            vt = np.asarray(vt)[keep]
+            k = len(vt)
+        q, r = np.linalg.qr(np.asarray(vt, np.float64).T)
         vt = (q * np.sign(np.diag(r))).T  # orthonormal to float64 rounding, same prefixes
         mvt = gram_rows(op, vt, chunk)
         products += 2 * k
+        if rotate:
+            # Rayleigh-Ritz inside span(V) in float64 (no new products): the prefixes then
+            # follow the true Rayleigh quotients, so a direction whose Krylov Ritz value
+            # was wrong (float32 basis, breakdown on an exact null space) sorts where it
+            # belongs instead of spoiling every prefix after it.
+            h = vt @ mvt.T
+            ev, w = np.linalg.eigh(0.5 * (h + h.T))
+            w = w[:, ::-1]
+            vt, mvt = w.T @ vt, w.T @ mvt
+            top = np.sqrt(np.maximum(ev[::-1], 0.0))
+            ritz = np.concatenate([top, np.asarray(ritz, np.float64)[k:]])
     else:
         vt, mvt = np.zeros((0, p)), np.zeros((0, p))
     return Deflation(vt, mvt, np.asarray(ritz, np.float64), products, m, time.perf_counter() - t0)
@@ -940,7 +967,7 @@ def _cost_model_deflation(
         if products + 2 * m_next + 2 * min(m_next // 2, p - 1) > cap:
             break
         m = m_next
-    return _certified_deflation(op, vt_all[:k], ritz, products, m, chunk, t0)
+    return _certified_deflation(op, vt_all[:k], ritz, products, m, chunk, t0, rotate=True)
 
 
 def _starting_degree(

@@ -156,3 +156,31 @@ def test_default_depth_on_a_small_model_is_the_cost_optimum_within_the_cap():
     for t, c in res.counts.items():
         true = int((s < t).sum())
         assert c.low <= true <= c.high, (t, c, true)
+
+
+def test_ghost_rows_are_dropped_and_prefixes_follow_the_rayleigh_quotients():
+    # A diagonal D (singular values d, right vectors e_i). Candidate rows: e_0, a ghost
+    # copy of e_0 (1e-6 off: a float32 Krylov basis' duplicate), e_5, e_1 (out of order,
+    # with a wrong Ritz value for e_5, as after a breakdown). The ghost is dropped; the
+    # rest is rotated so that the prefixes follow the Rayleigh quotients d_0, d_1, d_5,
+    # and every prefix's certificate is exact (rho = 0 to rounding).
+    import time
+
+    from dsb.jacobian.certified import _certified_deflation
+
+    p = 40
+    d = np.linspace(10.0, 0.05, p)
+    op = JacobianOperator(lambda th: jnp.asarray(d) * th, jnp.zeros(p))
+    eye = np.eye(p)
+    rng = np.random.default_rng(0)
+    ghost = eye[0] + 1e-6 * rng.normal(size=p)
+    vt = np.stack([eye[0], ghost / np.linalg.norm(ghost), eye[5], eye[1]])
+    ritz = np.array([10.0, 10.0, 9.9, 9.7, 9.5, 9.0])  # wrong for e_5 (d_5 = 8.73)
+    defl = _certified_deflation(op, vt, ritz, 0, 8, 64, time.perf_counter(), rotate=True)
+    assert defl.size == 3 and defl.products == 6
+    np.testing.assert_allclose(defl.ritz[:3], d[[0, 1, 5]], rtol=1e-12)
+    np.testing.assert_allclose(defl.ritz[3:], ritz[4:])  # the tail after the k rows
+    for j in (1, 2, 3):
+        below, rho_hi, rho_lo = defl.certificate(j, 0.1)
+        assert below == 0 and rho_hi < 1e-20 and rho_lo == 0.0, (j, rho_hi)
+    np.testing.assert_allclose(np.abs(defl.Vt), eye[[0, 1, 5]], atol=1e-12)
