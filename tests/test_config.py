@@ -153,7 +153,7 @@ OWN_EVALS = {
     "dsb_fashion_mnist": {"val", "dsb", "poly"},
     "dsb_mnist": {"val", "dsb", "poly"},
     "edge_of_stability": {"sharp"},  # evals=classification (val) by group override
-    "jacobian_digits": {"val", "jac"},
+    "jacobian_digits": {"jac"},  # evals=classification (val) by group override
     "poly_mnist": {"poly"},  # evals=classification (val) by group override
     "sweep_dsb_probes": {"val", "dsb", "poly"},
     "sweep_dsb_probes_local": {"val", "dsb", "poly"},

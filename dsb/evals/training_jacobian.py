@@ -19,7 +19,9 @@ augmentation, dropout or BatchNorm, which the replay does not model and which th
 refuses up front where it can tell).
 
 Small models (P <= ``max_dense_params``): dense forward-mode J and its float64 SVD;
-yields ``sigma_1``, ``sigma_min``, ``count_abs_s_minus_1_below_<thr>`` and the mean
+yields ``sigma_1``, ``sigma_min``, ``count_abs_s_minus_1_below_<thr>`` (of J's singular
+values), ``count_D_below_<thr>`` (of D = J - I's: exact, the matrix-free path's
+quantity, e.g. 3030 vs 2984 at 0.1 on the reference run) and the mean
 ``u.v`` over the ``num_bulk`` directions closest to 1, and saves the singular values to
 ``run_dir/jacobian/step_<t>.npz``. Larger models, matrix-free, each number with its
 certificate:
@@ -29,14 +31,20 @@ certificate:
   ``top_rtol``), ``top_max_rel_residual``, ``top_products``.
 * ``kpm_counts`` of the singular values of ``D = J - I`` below each threshold (kernel
   polynomial filters with Hutchinson probes after deflating the top directions of D:
-  ``count_deflate`` of them (default 20), or with ``None`` as many as the certificate for
-  inexact deflation accepts within the budget, which the reference run needs to resolve
-  0.1 (600 directions; on small models it spends the budget on deflation); see
-  ``dsb.jacobian.certified``): ``count_D_below_<thr>`` is the count
+  by default (``count_deflate=None``) as many as a cost model finds worth their products
+  (each direction ~6 products; each saves moment products in proportion to the drop of
+  sigma_{k+1}(D)), capped at a quarter of the budget, and that the certificate for
+  inexact deflation accepts; the reference run gets ~600 and resolves 0.1; or exactly
+  ``count_deflate`` of them; see ``dsb.jacobian.certified``): ``count_D_below_<thr>`` is
+  the count
   when its bracket ``..._bracket_low/high`` is at most ``count_rel_width`` of it wide and
   **NaN otherwise** (never a count the method did not resolve), ``..._resolved`` (1/0),
   ``count_resolution`` (thresholds below it cannot be bracketed at the degree reached),
-  ``count_degree``, ``count_probes``, ``count_products``, ``count_all_resolved``. The
+  ``count_degree``, ``count_probes``, ``count_products``, ``count_all_resolved``,
+  ``count_deflated``, ``count_deflation_products``, ``count_seconds`` and, for each
+  unresolved count, ``count_D_below_<thr>_products_needed``: the products the cost model
+  predicts would resolve it (``KPMCounts.products_needed``; a prediction, not a count).
+  The
   budget is ``count_max_products`` Jacobian products (default ``10 P``) and
   ``count_max_seconds``; an unresolved count or unconverged top-k is also logged as a
   warning.
@@ -76,7 +84,7 @@ class TrainingJacobian:
         max_dense_params: int = 8000,
         num_top: int = 5,
         top_rtol: float = 1e-3,
-        count_deflate: int | None = 20,
+        count_deflate: int | None = None,
         count_probes: int = 8,
         count_rel_width: float = 0.1,
         count_max_products: int | None = None,
@@ -171,12 +179,18 @@ class TrainingJacobian:
         yield "num_params", float(p)
 
         if p <= self.max_dense_params:
-            svd = jac.robust_svd(jac.jacobian_forward(run, theta0))
+            jd = np.asarray(jac.jacobian_forward(run, theta0), np.float64)
+            svd = jac.robust_svd(jd)
             s = svd.s
             yield "sigma_1", float(s[0])
             yield "sigma_min", float(s[-1])
             for t, c in jac.bulk_counts(s, self.thresholds).items():
                 yield f"count_abs_s_minus_1_below_{t:g}", float(c)
+            # The singular values of D = J - I, the matrix-free path's quantity: the same
+            # names, exact here.
+            s_d = np.linalg.svd(jd - np.eye(p), compute_uv=False)
+            for t in self.thresholds:
+                yield f"count_D_below_{t:g}", float((s_d < t).sum())
             bulk = jac.closest_to_one(s, min(self.num_bulk, p))
             yield "mean_u_dot_v_bulk", float(jac.alignment(svd.U, svd.Vt, bulk).mean())
             if self.save_spectrum and self.ctx.is_main_process:
@@ -221,11 +235,16 @@ class TrainingJacobian:
             yield f"count_D_below_{t:g}_bracket_low", c.low
             yield f"count_D_below_{t:g}_bracket_high", c.high
             yield f"count_D_below_{t:g}_resolved", float(c.resolved)
+            if not c.resolved:
+                yield f"count_D_below_{t:g}_products_needed", res.products_needed(t)
         yield "count_resolution", res.resolution
         yield "count_all_resolved", float(res.all_resolved)
         yield "count_degree", float(res.degree)
         yield "count_probes", float(res.num_probes)
         yield "count_products", float(res.products + top.products)
+        yield "count_deflated", float(res.deflated)
+        yield "count_deflation_products", float(res.deflation_products)
+        yield "count_seconds", float(res.seconds)
         if not res.all_resolved:
             bad = [f"{c.threshold:g}" for c in res.counts.values() if not c.resolved]
             log.warning(

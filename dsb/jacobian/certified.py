@@ -62,14 +62,46 @@ compression's own count: inexact deflation only lifts the upper threshold from `
 ``sqrt(t^2 + rho_+)``. ``rho_+`` weights the coupling of each deflated direction by
 ``1 / (h - tau)``: the top directions' float32 rounding (``~ eps sigma_1^2``) costs
 ``~ eps^2 sigma_1^2``, and what matters is how well the deflation's lower edge is converged.
-The depth ``k`` is therefore chosen (``deflate=None``) as the largest prefix of the Ritz
-vectors with ``rho_+ <= deflation_tol * t^2``. Deflation costs ``2 m`` products for ``m``
-Golub-Kahan steps plus ``2 k_c`` for the certificate (``k_c <= m / 2`` candidates).
+Deflation costs ``2 m`` products for ``m`` Golub-Kahan steps plus ``2 k`` for the
+certificate.
+
+Depth by a cost model (``deflate=None``). Deflating ``k`` directions costs about ``6 k``
+products (two Golub-Kahan steps of two products per converged direction, plus its
+certificate row); the moments then cost ``num_probes * 4 jconst / phi_t`` products
+(``predicted_moment_products``, ``~ num_probes * 34 sigma_{k+1} / t``). The depth is the
+minimiser of the sum over the Ritz values (``cost_optimal_depth``: deepen while the
+moment products saved exceed the deflation's), for the smallest threshold whose
+predicted total fits the budget; Golub-Kahan restarts with ``m`` doubled (40, 80, ...)
+while the optimum lies in the top quarter of the trusted Ritz values (``k >= 3 m / 8``)
+and the deflation stays within ``deflation_fraction`` (a quarter) of the budget, and ``k
+< P`` always. The chosen rows lose their "ghosts" (rows mostly inside the span of
+earlier ones, from a float32 basis that lost orthogonality) and are rotated to the
+eigenvectors of ``H`` (Rayleigh-Ritz inside their span, no new products), so the
+prefixes follow true Rayleigh quotients (``_certified_deflation``). Of that prefix the
+certificate keeps the deepest of 13 with ``rho_+, rho_- <= deflation_tol * t^2`` at the
+largest threshold (smaller ones carry the shifts in their brackets). A count the budget
+cannot resolve is reported with ``products_to_resolve``, a prediction of the products
+that would (its bracket's systematic width extrapolated like ``1 / N``, the statistical
+like ``1 / sqrt(probes)``; the cost model below resolution); ``kpm_counts`` stops early
+when that exceeds the budget for every unresolved count.
+
+Float32 rounding (not covered by the bracket). The certificate bounds the Krylov and filter
+errors of exact products; every product ``J v``, ``J^T u`` is a float32 replay of the whole
+training run. Measured on the reference run (P = 4810, T = 625;
+``benchmarks/jacobian_float32_rounding.py``): a float32 product of a unit vector is off by
+``1.5e-6`` to ``1.8e-6`` (2-norm) from the float64 replay's; the dense float32 and float64
+Jacobians differ by ``||J_32 - J_64||_2 = 1.9e-5``, so (Weyl) no singular value of
+``D = J - I`` moves by more than that (measured: at most ``4.5e-6``, and ``<= 1.6e-7``
+among those within 5 places of 0.1, 1e-2 and 1e-3); the counts of ``sigma(D)`` below
+0.1, 1e-2 and 1e-3 are identical in float32 and float64 (3030, 1804, 1008). The rounding
+acts like a threshold shift of at most ``2e-5``: negligible against the resolutions these
+counts reach (``>= 1e-3``), not against thresholds near ``1e-5``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 import warnings
@@ -87,11 +119,14 @@ __all__ = [
     "Deflation",
     "KPMCounts",
     "TopSingular",
+    "cost_optimal_depth",
     "deflation_subspace",
     "jackson_coefficients",
     "jackson_delta",
     "kpm_counts",
     "kpm_counts_from_moments",
+    "predicted_moment_products",
+    "products_to_resolve",
     "step_filter",
     "top_singular_triplets",
 ]
@@ -301,11 +336,49 @@ def deflation_subspace(
         v0 = jax.random.normal(key, (p,), work_dtype())
         _, ritz, vt_all = golub_kahan(op.linear_jvp, v0, m, shift=op.shift, dtype=op.dtype)
         vt, products = vt_all[:k], 2 * m
+    return _certified_deflation(op, vt, ritz, products, m, chunk, t0)
+
+
+def _certified_deflation(op, vt, ritz, products, m, chunk, t0, rotate=False) -> Deflation:
+    """The rows ``vt [k, P]`` re-orthonormalised in float64 with their ``M v_i`` (``2k``
+    products added to ``products``), as a ``Deflation``.
+
+    A row that is mostly in the span of the rows before it (``|R_ii| < 1/2`` in the QR:
+    a "ghost" copy of a converged Ritz vector, which a float32 Krylov basis produces once
+    it loses orthogonality) is dropped with its Ritz value: re-orthonormalised, it would
+    be amplified rounding, coupled to everything, and no prefix containing it would pass
+    the certificate."""
+    p, k = op.num_params, len(vt)
     if k:
-        q, r = np.linalg.qr(vt.T)
+        _, r = np.linalg.qr(np.asarray(vt, np.float64).T)
+        keep = np.abs(np.diag(r)) >= 0.5 * np.linalg.norm(vt, axis=1)
+        if not keep.all():
+            ritz = np.concatenate([np.asarray(ritz)[:k][keep], np.asarray(ritz)[k:]])
+            vt = np.asarray(vt)[keep]
+            k = len(vt)
+        q, r = np.linalg.qr(np.asarray(vt, np.float64).T)
         vt = (q * np.sign(np.diag(r))).T  # orthonormal to float64 rounding, same prefixes
         mvt = gram_rows(op, vt, chunk)
         products += 2 * k
+        if rotate:
+            # Rows far from any eigenvector of M (relative residual > 1e-2, from the
+            # products just spent) are dropped: the certificate holds for any orthonormal
+            # V, but one such row (measured: row 54 of 640 at m = 1280 on the reference
+            # run, residual 0.63, its neighbours 1e-6) couples to everything.
+            hd = np.einsum("ip,ip->i", vt, mvt)
+            good = np.linalg.norm(mvt - hd[:, None] * vt, axis=1) <= 1e-2 * np.abs(hd)
+            vt, mvt = vt[good], mvt[good]
+            # Rayleigh-Ritz inside span(V) in float64 (no new products): the prefixes then
+            # follow the true Rayleigh quotients, so a direction whose Krylov Ritz value
+            # was wrong (float32 basis, breakdown on an exact null space) sorts where it
+            # belongs instead of spoiling every prefix after it.
+            h = vt @ mvt.T
+            ev, w = np.linalg.eigh(0.5 * (h + h.T))
+            w = w[:, ::-1]
+            vt, mvt = w.T @ vt, w.T @ mvt
+            top = np.sqrt(np.maximum(ev[::-1], 0.0))
+            ritz = np.concatenate([top, np.asarray(ritz, np.float64)[k:]])
+            k = len(vt)
     else:
         vt, mvt = np.zeros((0, p)), np.zeros((0, p))
     return Deflation(vt, mvt, np.asarray(ritz, np.float64), products, m, time.perf_counter() - t0)
@@ -385,6 +458,8 @@ class KPMCounts:
     deflation_products: int = 0
     moment_products: int = 0
     deflation: Deflation | None = dataclasses.field(default=None, repr=False)
+    rel_width: float = 0.1
+    eps: float = 1e-3
 
     @property
     def all_resolved(self) -> bool:
@@ -393,6 +468,19 @@ class KPMCounts:
     @property
     def resolution(self) -> float:
         return float(next(iter(self.counts.values())).resolution) if self.counts else np.nan
+
+    def products_needed(self, t: float) -> float:
+        """Predicted products that would resolve the count below ``t`` with this run's
+        deflation (``products_to_resolve``; 0 when resolved)."""
+        return products_to_resolve(
+            self.counts[t],
+            degree=self.degree,
+            num_probes=self.num_probes,
+            sigma_max=self.sigma_max,
+            rel_width=self.rel_width,
+            jconst=jackson_delta(256, self.eps) * 256,
+            deflation_products=self.deflation_products,
+        )
 
 
 def kpm_counts_from_moments(
@@ -494,37 +582,105 @@ def _project_out(vt_kp):
     return lambda v: v - vt_kp.T @ (vt_kp @ v)
 
 
-def _choose_depth(defl: Deflation, thresholds, *, num_probes, budget, tol, jconst, margin):
-    """The deflation depth for ``kpm_counts(deflate=None)`` (its docstring). The
-    certificate's blocks for each candidate prefix come from the Gram shortcut
-    ``X^T X = (MV)^T MV - H^2`` (V orthonormal); the chosen depth's is recomputed directly."""
+def predicted_moment_products(sigma_max: float, t: float, *, num_probes: int, jconst: float):
+    """The cost model's Jacobian products for the moments that resolve threshold ``t``
+    when the deflated operator's largest singular value is ``sigma_max``:
+    ``num_probes * 4 jconst / phi_t``, ``phi_t = 2 arcsin(min(t / sigma_max, 1))``
+    (``~ num_probes * 2 jconst sigma_max / t``; degree ``N = 4 jconst / phi_t``, four times
+    the degree at which ``t`` reaches the resolution, costs ``N`` products per probe)."""
+    phi = 2.0 * np.arcsin(min(float(t) / max(float(sigma_max), 1e-300), 1.0))
+    return num_probes * 4.0 * jconst / max(phi, 1e-300)
+
+
+def cost_optimal_depth(
+    ritz: np.ndarray,
+    t: float,
+    *,
+    k_max: int,
+    num_probes: int,
+    jconst: float,
+    margin: float,
+    per_direction: float = 6.0,
+) -> int:
+    """The depth ``k in [0, k_max]`` minimising the predicted cost of resolving ``t``:
+    ``per_direction * k + predicted_moment_products(margin * ritz[k], t)``
+    (``ritz[k]`` estimates ``sigma_{k+1}``, the top of what deflating ``k`` leaves). The
+    default ``per_direction = 6``: a deflated direction needs ~2 Golub-Kahan steps (2
+    products each) and one certificate row (2 products). Deepening pays while the
+    moment products it saves exceed that: the first minimiser is returned."""
+    k_max = int(min(k_max, len(ritz) - 1))
+    if k_max <= 0:
+        return 0
+    sig = margin * np.asarray(ritz[: k_max + 1], np.float64)
+    phi = 2.0 * np.arcsin(np.minimum(float(t) / np.maximum(sig, 1e-300), 1.0))
+    cost = per_direction * np.arange(k_max + 1) + num_probes * 4.0 * jconst / phi
+    return int(np.argmin(cost))
+
+
+def products_to_resolve(
+    c: CountEstimate,
+    *,
+    degree: int,
+    num_probes: int,
+    sigma_max: float,
+    rel_width: float,
+    jconst: float,
+    deflation_products: int = 0,
+) -> float:
+    """Predicted Jacobian products that would resolve the count ``c`` (a prediction, not a
+    certificate): ``deflation_products + n' N'`` for ``n'`` probes at degree ``N'``.
+
+    Where ``c`` has a bracket (``t`` above the resolution, ``low <= high``), its widths are
+    extrapolated: the systematic part ``w_sys = high - low - stat_width`` shrinks like
+    ``1 / N`` (the Jackson width), the statistical part like ``1 / sqrt(n)``, and the
+    allowed width is ``w = rel_width * (low + high) / 2``. If ``stat_width <= w / 2`` the
+    probes stay (``n' = n``) and ``N' = N w_sys / (w - stat_width)``; otherwise
+    ``n' = n (2 stat_width / w)^2`` and ``N' = N w_sys / (w / 2)``; ``N' >= N`` either way.
+    Where ``t`` is at or below the resolution the bracket says nothing yet and the cost
+    model gives ``N' = 4 jconst / phi_t`` (``predicted_moment_products``), ``n' = n``.
+    ``0`` for a resolved count."""
+    if c.resolved:
+        return 0.0
+    n, deg = float(num_probes), float(degree)
+    if c.threshold > c.resolution and c.low <= c.high:
+        w = rel_width * 0.5 * (c.low + c.high)
+        stat = float(c.stat_width)
+        sys_w = max(c.high - c.low - stat, 0.0)
+        if stat <= 0.5 * w:
+            n_new, deg_new = n, deg * sys_w / (w - stat)
+        else:
+            n_new, deg_new = n * (2.0 * stat / w) ** 2, deg * sys_w / (0.5 * w)
+        deg_new = max(deg_new, deg)
+    else:
+        n_new = n
+        deg_new = predicted_moment_products(sigma_max, c.threshold, num_probes=1, jconst=jconst)
+    return float(deflation_products + n_new * deg_new)
+
+
+def _choose_depth(defl: Deflation, thresholds, *, tol):
+    """The deflation depth for ``kpm_counts(deflate=None)``: the deepest of 13 prefixes of
+    the candidates (``defl``, already cut to the cost model's depth) whose certificate at
+    the largest threshold ``t`` has ``rho_+ <= tol t^2`` and ``rho_- <= tol t^2`` (each
+    filter moves by at most that much in ``sigma^2``; deflated values below ``t`` are
+    counted exactly by ``count(H < t^2)``).
+    The largest threshold is the count every depth must serve first; at smaller ones the
+    bracket carries the certificate's shifts (still a bracket, only wider). The blocks
+    of each prefix are computed directly (``Deflation.blocks``): the Gram shortcut
+    ``X^T X = (MV)^T MV - H^2`` cancels catastrophically when ``MV`` comes from float32
+    products (an error ~ 1e-7 sigma_1^4 in ``X^T X``)."""
     k_max = min(defl.size, len(defl.ritz) - 1)
     if k_max <= 0:
         return 0
-    g = defl.MVt[:k_max] @ defl.MVt[:k_max].T
-    hf = defl.Vt[:k_max] @ defl.MVt[:k_max].T
-    hf = 0.5 * (hf + hf.T)
     candidates = sorted({round(float(x)) for x in np.linspace(0, k_max, 13)}, reverse=True)
+    tau = float(thresholds[-1]) ** 2
 
-    def feasible(j, t):
+    def feasible(j):
         if j == 0:
             return True
-        h = hf[:j, :j]
-        below, rho_hi, rho_lo = _schur_shifts(h, g[:j, :j] - h @ h, t * t)
-        return below == 0 and rho_lo == 0 and rho_hi <= tol * t * t
+        _, rho_hi, rho_lo = _schur_shifts(*defl.blocks(j), tau)
+        return rho_lo <= tol * tau and rho_hi <= tol * tau
 
-    chosen = None
-    for t in thresholds:  # ascending: the smallest threshold within the budget
-        j = next(j for j in candidates if feasible(j, t))
-        smax = margin * defl.ritz[j]
-        cost = num_probes * 4.0 * jconst / (2 * np.arcsin(min(t / smax, 1.0)))
-        if chosen is None or cost <= budget:
-            chosen = j
-        if cost <= budget:
-            break
-    else:
-        chosen = j  # none fits: the largest threshold's depth
-    return chosen
+    return next(j for j in candidates if feasible(j))
 
 
 def kpm_counts(
@@ -547,6 +703,7 @@ def kpm_counts(
     warn: bool = True,
     num_krylov: int | None = None,
     deflation_tol: float = 0.05,
+    deflation_fraction: float = 0.25,
 ) -> KPMCounts:
     """Counts of singular values of ``A = op`` (``op.shift`` applied: ``shift=1`` for
     ``D = J - I``) below each threshold, with brackets (see the module docstring).
@@ -555,12 +712,10 @@ def kpm_counts(
        Golub-Kahan steps (or ``top.Vt`` if given) are projected out, and their coupling to
        the rest is certified (``Deflation``, module docstring): the bracket's upper filter
        moves from ``t`` to ``sqrt(t^2 + rho_+)``. ``deflate=k`` deflates ``k`` (default
-       ``num_krylov = max(2k + 10, 40)``). ``deflate=None`` (default) picks the depth:
-       ``num_krylov = max_products / 24`` (at most ``P``; with the certificate's products
-       the deflation spends ``3 num_krylov``, an eighth of the budget), candidates up to
-       ``num_krylov / 2``, and the deepest with ``rho_+ <= deflation_tol * t^2`` at the
-       smallest threshold whose predicted cost (``num_probes * 4 * 8.5 sigma_{k+1} / t``)
-       fits the remaining budget (else at the largest threshold).
+       ``num_krylov = max(2k + 10, 40)``). ``deflate=None`` (default) picks the depth
+       by the cost model of the module docstring (Golub-Kahan with ``m = 40, 80, ...``
+       steps, or ``num_krylov`` once; at most ``deflation_fraction`` of the budget;
+       ``k < P``), then the certificate's tolerance ``deflation_tol``.
        ``L = (sigma_margin * s_{k+1})^2`` bounds the deflated spectrum (the next Ritz
        value; plus its residual for ``top``); a probe whose moments leave
        ``[-|z|^2, |z|^2]`` shows the bound was too small, and the run restarts with ``L``
@@ -571,9 +726,12 @@ def kpm_counts(
        threshold's angle, ``N ~ 17 sigma_max / t`` at ``eps = 1e-3``, capped by the
        budget) doubles while some count is
        unresolved and its bracket is mostly systematic; when mostly statistical, the probes
-       double. Stops at ``max_degree``, ``max_products`` (default ``10 P``) or
-       ``max_seconds``, and reports what was reached (``stop_reason``); unresolved counts
-       have ``estimate = NaN``.
+       double. Stops at ``max_degree``, ``max_products`` (default ``10 P``),
+       ``max_seconds`` (the next move's time predicted from the measured seconds per
+       product) or when every unresolved count is predicted to need more than
+       ``max_products`` (``"max_products_predicted"``), and reports what was reached
+       (``stop_reason``); unresolved counts have ``estimate = NaN`` and
+       ``KPMCounts.products_needed(t)``.
 
     The steps, each a function below: ``_deflate`` (deflation, depth, bound, certificate),
     ``_starting_degree``, ``_ChebyshevMoments`` (the probes' moments, batched and extended
@@ -612,6 +770,7 @@ def kpm_counts(
         deflation_tol=deflation_tol,
         jconst=jconst,
         sigma_margin=sigma_margin,
+        deflation_fraction=deflation_fraction,
     )
     vt = jnp.asarray(defl.Vt[:k], work) if k else None
     moments = _ChebyshevMoments(op, vt, work, chunk)
@@ -655,6 +814,8 @@ def kpm_counts(
         max_products=max_products,
         max_seconds=max_seconds,
         t_start=t_start,
+        rel_width=rel_width,
+        jconst=jconst,
     )
     products = deflation_products + moments.products
 
@@ -673,6 +834,8 @@ def kpm_counts(
         deflation_products=deflation_products,
         moment_products=products - deflation_products,
         deflation=defl,
+        rel_width=rel_width,
+        eps=eps,
     )
     if warn and not res.all_resolved:
         bad = [f"{c.threshold:g}" for c in counts.values() if not c.resolved]
@@ -701,6 +864,7 @@ def _deflate(
     deflation_tol: float,
     jconst: float,
     sigma_margin: float,
+    deflation_fraction: float = 0.25,
 ) -> tuple[Deflation, int, float, dict[float, tuple[int, float, float]], int]:
     """Step 1 of ``kpm_counts``: deflate and bound what is left.
 
@@ -719,33 +883,99 @@ def _deflate(
         defl = deflation_subspace(op, k_max, top=top, chunk=chunk)
     else:
         if deflate is None:
-            m = num_krylov or min(p, max(40, max_products // 24))
-            k_max = min(m // 2, p - 1)
+            defl = _cost_model_deflation(
+                op,
+                thresholds,
+                num_krylov=num_krylov,
+                max_products=max_products,
+                key=key,
+                chunk=chunk,
+                num_probes=num_probes,
+                jconst=jconst,
+                margin=sigma_margin,
+                deflation_fraction=deflation_fraction,
+            )
         else:
             m = num_krylov or max(2 * deflate + 10, 40)
-            k_max = deflate
-        defl = deflation_subspace(op, k_max, num_krylov=m, key=key, chunk=chunk)
+            defl = deflation_subspace(op, deflate, num_krylov=m, key=key, chunk=chunk)
     products += defl.products
     if deflate is None:
-        k = _choose_depth(
-            defl,
-            thresholds,
-            num_probes=num_probes,
-            budget=max_products - products,
-            tol=deflation_tol,
-            jconst=jconst,
-            margin=sigma_margin,
-        )
+        k = _choose_depth(defl, thresholds, tol=deflation_tol)
     else:
         k = min(deflate, defl.size)
     s_next = float(defl.ritz[min(k, len(defl.ritz) - 1)])
     lsq = (sigma_margin * s_next) ** 2
     if k:
-        h, xtx = defl.blocks(k)  # direct, not the Gram shortcut of the depth choice
+        h, xtx = defl.blocks(k)
         cert = {t: _schur_shifts(h, xtx, t * t) for t in thresholds}
     else:
         cert = {t: (0, 0.0, 0.0) for t in thresholds}
     return defl, k, lsq, cert, products
+
+
+def _target_depth(ritz, thresholds, *, k_max, num_probes, jconst, margin, budget) -> int:
+    """The cost-optimal depth (``cost_optimal_depth``) for the smallest threshold whose
+    predicted cost (``2 k`` certificate products plus the moments) fits ``budget``; for the
+    largest threshold when none fits."""
+    k = 0
+    for t in thresholds:  # ascending
+        k = cost_optimal_depth(
+            ritz, t, k_max=k_max, num_probes=num_probes, jconst=jconst, margin=margin
+        )
+        sig = margin * ritz[min(k, len(ritz) - 1)]
+        cost = 2 * k + predicted_moment_products(sig, t, num_probes=num_probes, jconst=jconst)
+        if cost <= budget:
+            return k
+    return k
+
+
+def _cost_model_deflation(
+    op: JacobianOperator,
+    thresholds: tuple[float, ...],
+    *,
+    num_krylov: int | None,
+    max_products: int,
+    key: jax.Array,
+    chunk: int,
+    num_probes: int,
+    jconst: float,
+    margin: float,
+    deflation_fraction: float,
+) -> Deflation:
+    """The deflation of ``kpm_counts(deflate=None)``: Golub-Kahan with ``m`` steps (fresh
+    runs, ``m = 40, 80, ...``, or ``num_krylov`` once), the depth ``k <= m / 2`` that
+    minimises the predicted cost (``_target_depth``: ``6 k`` deflation products plus the
+    moments' ``num_probes * 4 jconst / phi_t`` at ``sigma_{k+1}``). ``m`` doubles while the
+    optimum sits in the top quarter of the trusted Ritz values (``k >= 3/8 m``: deeper may
+    still pay) and the next run, its certificate included, keeps the deflation within
+    ``deflation_fraction`` of ``max_products``; never ``k >= P``. Only the chosen ``k``
+    rows get the certificate's ``2 k`` products."""
+    p = op.num_params
+    t0 = time.perf_counter()
+    v0 = jax.random.normal(key, (p,), work_dtype())
+    cap = deflation_fraction * max_products
+    m = min(num_krylov or 40, p)
+    products = 0
+    while True:
+        _, ritz, vt_all = golub_kahan(op.linear_jvp, v0, m, shift=op.shift, dtype=op.dtype)
+        products += 2 * m
+        k_max = min(m // 2, p - 1)
+        k = _target_depth(
+            ritz,
+            thresholds,
+            k_max=k_max,
+            num_probes=num_probes,
+            jconst=jconst,
+            margin=margin,
+            budget=max_products - products,
+        )
+        m_next = min(2 * m, p)
+        if num_krylov or m == p or 4 * k < 3 * k_max:
+            break
+        if products + 2 * m_next + 2 * min(m_next // 2, p - 1) > cap:
+            break
+        m = m_next
+    return _certified_deflation(op, vt_all[:k], ritz, products, m, chunk, t0, rotate=True)
 
 
 def _starting_degree(
@@ -779,6 +1009,7 @@ class _ChebyshevMoments:
         p = op.num_params
         proj = _project_out(vt)
         self.products = 0
+        self.seconds = 0.0  # wall time of the products (and their compiles)
 
         def scaled_gram(f_jvp, lsq):
             """``v -> 2 A_k^T A_k v / lsq - v`` (A_k = D with the top k directions projected
@@ -824,6 +1055,7 @@ class _ChebyshevMoments:
 
     def start(self, bkey: jax.Array, n: int, lsq: float) -> dict:
         """A batch of ``n`` probes drawn from ``bkey``, with moments 0, 1 and 2."""
+        t0 = time.perf_counter()
         r = jax.random.rademacher(bkey, (n, self._p), self._work)
         z = jax.vmap(self._proj)(r)
         t1 = self._first(self._op.linear_jvp, lsq, z)
@@ -832,10 +1064,12 @@ class _ChebyshevMoments:
         mu1 = jnp.sum(z * t1, axis=1)
         mu2 = 2.0 * jnp.sum(t1 * t1, axis=1) - mu0
         mom = np.stack([np.asarray(mu0), np.asarray(mu1), np.asarray(mu2)], axis=1)
+        self.seconds += time.perf_counter() - t0
         return {"tp": z, "tc": t1, "mu0": mu0, "mu1": mu1, "mom": mom, "n": n}
 
     def extend(self, b: dict, deg: int, lsq: float) -> None:
         """Advance batch ``b`` in place until it has the moments ``0..deg``."""
+        t0 = time.perf_counter()
         while b["mom"].shape[1] - 1 < deg:
             have = b["mom"].shape[1] - 1  # moments 0..have, have = 2 * (steps + 1)
             steps = max(1, min(self._chunk, (deg - have + 1) // 2))
@@ -845,6 +1079,7 @@ class _ChebyshevMoments:
             self.products += 2 * b["n"] * steps
             b["tp"], b["tc"] = tp, tc
             b["mom"] = np.concatenate([b["mom"], np.asarray(mo, np.float64)[:, : 2 * steps]], 1)
+        self.seconds += time.perf_counter() - t0
 
 
 def _moments_blew_up(mom: np.ndarray) -> bool:
@@ -863,12 +1098,23 @@ def _next_move(
     max_degree: int,
     elapsed: float,
     max_seconds: float | None,
+    seconds_per_product: float | None = None,
+    products_needed=None,
 ) -> str:
     """What to do about unresolved ``counts``: ``"probes"`` (double them: the worst bracket
     is mostly statistical), ``"degree"`` (double it: mostly systematic, or a threshold at or
     below the resolution) or a stop reason (``"max_products"``, ``"max_degree"``,
-    ``"max_seconds"``) when the move would not fit the budget."""
+    ``"max_seconds"``) when the move would not fit the budget. The move costs about
+    ``(deg + 1) * num_probes`` products; in time, ``seconds_per_product`` (measured on the
+    moments so far) times that, or without it ``1.2 elapsed`` (a doubling).
+    ``products_needed(c)`` (``products_to_resolve``): counts predicted to need more than
+    ``max_products`` are not pursued, and when no other is left the answer is
+    ``"max_products_predicted"``."""
     worst = [c for c in counts.values() if not c.resolved]
+    if products_needed is not None:
+        worst = [c for c in worst if products_needed(c) <= max_products]
+        if not worst:
+            return "max_products_predicted"
     sub_resolution = any(c.threshold <= c.resolution for c in worst)
     stat = max(c.stat_width for c in worst)
     systematic = max(c.high - c.low - c.stat_width for c in worst)
@@ -880,8 +1126,10 @@ def _next_move(
         return "max_degree"
     if not more_probes and products + cost > max_products:
         return "max_products"
-    if max_seconds is not None and elapsed * 2.2 > max_seconds:
-        return "max_seconds"
+    if max_seconds is not None:
+        more = 1.2 * elapsed if seconds_per_product is None else cost * seconds_per_product
+        if elapsed + more > max_seconds:
+            return "max_seconds"
     return "probes" if more_probes else "degree"
 
 
@@ -898,10 +1146,14 @@ def _resolve_counts(
     max_products: int,
     max_seconds: float | None,
     t_start: float,
+    rel_width: float = 0.1,
+    jconst: float | None = None,
 ):
     """Step 3 of ``kpm_counts``: moments, counts (``to_counts(moments, L)``) and the next
-    move, until every count is resolved or the budget is spent. When the moments blow up
-    (``_moments_blew_up``) the run restarts from fresh probes with ``L`` doubled. Returns
+    move, until every count is resolved or the budget is spent (or predicted to be too
+    small for every unresolved count: ``products_to_resolve`` with ``jconst``). When the
+    moments blow up (``_moments_blew_up``) the run restarts from fresh probes with ``L``
+    doubled. Returns
     ``(counts, degree, L, probes, moments, stop_reason)``."""
     while True:
         batches = []  # per batch: the probes' last two Chebyshev vectors, moments
@@ -929,6 +1181,18 @@ def _resolve_counts(
                 max_degree=max_degree,
                 elapsed=time.perf_counter() - t_start,
                 max_seconds=max_seconds,
+                seconds_per_product=moments.seconds / max(moments.products, 1),
+                products_needed=None
+                if jconst is None
+                else functools.partial(
+                    products_to_resolve,
+                    degree=deg,
+                    num_probes=sum(b["n"] for b in batches),
+                    sigma_max=math.sqrt(lsq),
+                    rel_width=rel_width,
+                    jconst=jconst,
+                    deflation_products=deflation_products,
+                ),
             )
             if move == "probes":
                 # Double the probes, in batches of the first batch's size (one compile).

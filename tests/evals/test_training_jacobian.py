@@ -66,6 +66,7 @@ def test_evaluator_replays_and_reports(tmp_path):
     s_d = np.linalg.svd(jd, compute_uv=False)
     for t in (0.1, 1e-2, 1e-3):
         true = int((s_d < t).sum())
+        assert out[f"count_D_below_{t:g}"] == true  # the dense path's exact sigma(D) count
         lo = out_mf[f"count_D_below_{t:g}_bracket_low"]
         hi = out_mf[f"count_D_below_{t:g}_bracket_high"]
         assert lo <= true <= hi, (t, lo, hi, true)
@@ -74,6 +75,14 @@ def test_evaluator_replays_and_reports(tmp_path):
             assert abs(count - true) <= 0.05 * max(true, 1) + 1, (t, count, true)
         else:
             assert np.isnan(count), (t, count)  # never a count it did not resolve
+            # What it would take (a prediction, logged as such): never fewer probes or a
+            # lower degree than were spent.
+            spent = out_mf["count_probes"] * out_mf["count_degree"]
+            need = out_mf[f"count_D_below_{t:g}_products_needed"]
+            assert need >= out_mf["count_deflation_products"] + spent, (t, need, spent)
+        assert (f"count_D_below_{t:g}_products_needed" in out_mf) != bool(
+            out_mf[f"count_D_below_{t:g}_resolved"]
+        )
     # 0.1 is resolved on this run (the 4 exact zeros of D plus the bulk near them).
     assert out_mf["count_D_below_0.1_resolved"] == 1.0
     assert 0 < out_mf["count_resolution"] < 0.1
