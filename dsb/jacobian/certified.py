@@ -350,13 +350,13 @@ def _certified_deflation(op, vt, ritz, products, m, chunk, t0, rotate=False) -> 
     the certificate."""
     p, k = op.num_params, len(vt)
     if k:
-        _, r = np.linalg.qr(np.asarray(vt, np.float64).T)
+        q, r = np.linalg.qr(np.asarray(vt, np.float64).T)
         keep = np.abs(np.diag(r)) >= 0.5 * np.linalg.norm(vt, axis=1)
         if not keep.all():
             ritz = np.concatenate([np.asarray(ritz)[:k][keep], np.asarray(ritz)[k:]])
             vt = np.asarray(vt)[keep]
             k = len(vt)
-        q, r = np.linalg.qr(np.asarray(vt, np.float64).T)
+            q, r = np.linalg.qr(np.asarray(vt, np.float64).T)
         vt = (q * np.sign(np.diag(r))).T  # orthonormal to float64 rounding, same prefixes
         mvt = gram_rows(op, vt, chunk)
         products += 2 * k
@@ -451,7 +451,7 @@ class KPMCounts:
     moment_products: int = 0
     deflation: Deflation | None = dataclasses.field(default=None, repr=False)
     rel_width: float = 0.1
-    eps: float = 1e-3
+    jconst: float = dataclasses.field(default=float("nan"), repr=False)
 
     @property
     def all_resolved(self) -> bool:
@@ -470,7 +470,7 @@ class KPMCounts:
             num_probes=self.num_probes,
             sigma_max=self.sigma_max,
             rel_width=self.rel_width,
-            jconst=jackson_delta(256, self.eps) * 256,
+            jconst=self.jconst,
             deflation_products=self.deflation_products,
         )
 
@@ -574,14 +574,15 @@ def _project_out(vt_kp):
     return lambda v: v - vt_kp.T @ (vt_kp @ v)
 
 
-def predicted_moment_products(sigma_max: float, t: float, *, num_probes: int, jconst: float):
+def predicted_moment_products(sigma_max, t: float, *, num_probes: int, jconst: float):
     """The cost model's Jacobian products for the moments that resolve threshold ``t``
-    when the deflated operator's largest singular value is ``sigma_max``:
+    when the deflated operator's largest singular value is ``sigma_max`` (a number or an
+    array of candidates, elementwise):
     ``num_probes * 4 jconst / phi_t``, ``phi_t = 2 arcsin(min(t / sigma_max, 1))``
     (``~ num_probes * 2 jconst sigma_max / t``; degree ``N = 4 jconst / phi_t``, four times
     the degree at which ``t`` reaches the resolution, costs ``N`` products per probe)."""
-    phi = 2.0 * np.arcsin(min(float(t) / max(float(sigma_max), 1e-300), 1.0))
-    return num_probes * 4.0 * jconst / max(phi, 1e-300)
+    phi = 2.0 * np.arcsin(np.minimum(t / np.maximum(sigma_max, 1e-300), 1.0))
+    return num_probes * 4.0 * jconst / np.maximum(phi, 1e-300)
 
 
 def cost_optimal_depth(
@@ -604,8 +605,8 @@ def cost_optimal_depth(
     if k_max <= 0:
         return 0
     sig = margin * np.asarray(ritz[: k_max + 1], np.float64)
-    phi = 2.0 * np.arcsin(np.minimum(float(t) / np.maximum(sig, 1e-300), 1.0))
-    cost = per_direction * np.arange(k_max + 1) + num_probes * 4.0 * jconst / phi
+    moments = predicted_moment_products(sig, float(t), num_probes=num_probes, jconst=jconst)
+    cost = per_direction * np.arange(k_max + 1) + moments
     return int(np.argmin(cost))
 
 
@@ -827,7 +828,7 @@ def kpm_counts(
         moment_products=products - deflation_products,
         deflation=defl,
         rel_width=rel_width,
-        eps=eps,
+        jconst=jconst,
     )
     if warn and not res.all_resolved:
         bad = [f"{c.threshold:g}" for c in counts.values() if not c.resolved]
