@@ -20,7 +20,9 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
+
+T = TypeVar("T")
 
 __all__ = [
     "DATA_CACHE_ENV",
@@ -28,6 +30,7 @@ __all__ = [
     "PROBE_CACHE_SUBDIR",
     "build_lock",
     "data_cache_dir",
+    "load_or_build",
     "probe_cache_dir",
     "resolve_probe_cache",
     "user_cache",
@@ -129,3 +132,20 @@ def build_lock(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def load_or_build(
+    path: Path, load: Callable[[], T | None], build: Callable[[], T], save: Callable[[T], None]
+) -> tuple[T, bool]:
+    """``(value, loaded)``: ``load()`` (None: not there), else, under ``build_lock(path)``,
+    ``load()`` again (another process may have built it while this one waited) and only
+    then ``build()`` and ``save(value)``. ``save`` handles its own errors: a cache that
+    cannot be written should warn and let the run go on."""
+    if (hit := load()) is not None:
+        return hit, True
+    with build_lock(path):
+        if (hit := load()) is not None:
+            return hit, True
+        value = build()
+        save(value)
+        return value, False

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dsb.cache import build_lock, write_atomically
+from dsb.cache import load_or_build, write_atomically
 from dsb.stats.moments import ClassStats
 from dsb.stats.ot import draw_targets
 from dsb.stats.probesets import MAXENT_SETS, OT_SETS, ProbeSetKind
@@ -99,20 +99,23 @@ def _cached(cache_dir, prefix, name, key, build) -> EvalSet:
     if cache_dir is None:
         return _built(prefix, build, "not cached")
     path = Path(cache_dir) / f"{prefix}-{key[:20]}.npz"
-    hit = _load_timed(path, name, key, prefix)
-    if hit is None:
-        with build_lock(path):
-            hit = _load_timed(path, name, key, prefix)  # built by another process meanwhile
-            if hit is None:
-                es = _built(prefix, build, f"cached in {path}")
-                try:
-                    _save(path, es)
-                except OSError as e:
-                    msg = f"could not cache evaluation set {name!r} in {path}: {e}"
-                    warnings.warn(msg, stacklevel=3)
-                return es
-    log.info("probe set %s: loaded from %s", prefix, path)
-    return hit
+
+    def save(es):
+        try:
+            _save(path, es)
+        except OSError as e:
+            msg = f"could not cache evaluation set {name!r} in {path}: {e}"
+            warnings.warn(msg, stacklevel=5)  # the caller of build_*_set
+
+    es, loaded = load_or_build(
+        path,
+        lambda: _load_timed(path, name, key, prefix),
+        lambda: _built(prefix, build, f"cached in {path}"),
+        save,
+    )
+    if loaded:
+        log.info("probe set %s: loaded from %s", prefix, path)
+    return es
 
 
 def _load_timed(path: Path, name: str, key: str, prefix: str) -> EvalSet | None:

@@ -322,7 +322,7 @@ def cached_class_stats(
     minutes at d = 3072); the file is ``K d^2`` float64 and more (~100 MB at d = 784,
     ~1 GB at d = 3072).
     """
-    from dsb.cache import build_lock, write_atomically
+    from dsb.cache import load_or_build, write_atomically
 
     x_NxD = np.asarray(x_NxD).reshape(len(y_N), -1)
     y_N = np.asarray(y_N)
@@ -352,21 +352,19 @@ def cached_class_stats(
     }
     key = _data_key(x_NxD, y_N, options)
     path = Path(cache_dir) / f"classstats-{key[:20]}.npz"
-    stats = _load_stats(path, key)
-    if stats is None:
-        with build_lock(path):
-            stats = _load_stats(path, key)  # fitted by another process meanwhile
-            if stats is None:
-                stats = fit()
-                arrays = {n: getattr(stats, n) for n in _ARRAYS if getattr(stats, n) is not None}
-                try:
-                    write_atomically(path, lambda f: np.savez(f, key=key, **arrays))
-                    log.info("class statistics: fitted, cached in %s", path)
-                except OSError as e:
-                    log.warning("could not cache the class statistics in %s: %s", path, e)
-                return stats.with_shrinkage(sh), False
-    log.info("class statistics: loaded from %s", path)
-    return stats.with_shrinkage(sh), True
+
+    def save(stats: ClassStats) -> None:
+        arrays = {n: getattr(stats, n) for n in _ARRAYS if getattr(stats, n) is not None}
+        try:
+            write_atomically(path, lambda f: np.savez(f, key=key, **arrays))
+            log.info("class statistics: fitted, cached in %s", path)
+        except OSError as e:
+            log.warning("could not cache the class statistics in %s: %s", path, e)
+
+    stats, loaded = load_or_build(path, lambda: _load_stats(path, key), fit, save)
+    if loaded:
+        log.info("class statistics: loaded from %s", path)
+    return stats.with_shrinkage(sh), loaded
 
 
 def _load_stats(path: Path, key: str) -> ClassStats | None:
