@@ -103,6 +103,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import logging
 import math
 import time
 import warnings
@@ -115,6 +116,8 @@ import numpy as np
 from dsb.jacobian.estimates import CountEstimate, UnconvergedWarning
 from dsb.jacobian.krylov import golub_kahan, work_dtype
 from dsb.jacobian.operator import JacobianOperator, gram_rows, triplet_residuals
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "Deflation",
@@ -824,6 +827,15 @@ def _kpm_counts(
         sigma_margin=sigma_margin,
         deflation_fraction=deflation_fraction,
     )
+    log.info(
+        "kpm_counts: deflated %d directions (%d products, Krylov dimension %d, %.0f s); "
+        "Chebyshev interval sigma <= %.3g",
+        k,
+        deflation_products,
+        defl.num_krylov,
+        time.perf_counter() - t_start,
+        math.sqrt(lsq),
+    )
     vt = jnp.asarray(defl.Vt[:k], work) if k else None
     moments = _ChebyshevMoments(op, vt, work, chunk)
 
@@ -1020,6 +1032,15 @@ def _cost_model_deflation(
             jconst=jconst,
             margin=margin,
             budget=max_products - products,
+        )
+        log.info(
+            "kpm_counts: Golub-Kahan with %d steps (%d products so far, %.0f s): "
+            "cost-optimal depth %d of %d",
+            m,
+            products,
+            time.perf_counter() - t0,
+            k,
+            k_max,
         )
         m_next = min(2 * m, p)
         if num_krylov or m == p or 4 * k < 3 * k_max:
@@ -1221,6 +1242,19 @@ def _resolve_counts(
                 blown = True
                 break
             counts = to_counts(mom, lsq)
+            log.info(
+                "kpm_counts: degree %d, %d probes, %d of %d products, %.0f s; %s",
+                deg,
+                sum(b["n"] for b in batches),
+                deflation_products + moments.products,
+                max_products,
+                time.perf_counter() - t_start,
+                ", ".join(
+                    f"t={t:g}: {'resolved' if c.resolved else 'bracket'} "
+                    f"[{c.low:.0f}, {c.high:.0f}]"
+                    for t, c in counts.items()
+                ),
+            )
             if all(c.resolved for c in counts.values()):
                 stop_reason = "resolved"
                 break

@@ -188,7 +188,7 @@ def test_ghost_rows_are_dropped_and_prefixes_follow_the_rayleigh_quotients():
 
 @pytest.mark.parametrize("krylov_float64", [True, False])
 def test_krylov_vectors_are_float64_by_default_and_products_keep_their_dtype(
-    monkeypatch, krylov_float64
+    monkeypatch, caplog, krylov_float64
 ):
     # A float32 operator outside the float64 fixture's x64 (what a training run has):
     # with krylov_float64 the Golub-Kahan start vector and basis, the deflated rows and
@@ -225,6 +225,7 @@ def test_krylov_vectors_are_float64_by_default_and_products_keep_their_dtype(
         seen["products"].add(th.dtype)
         return aj @ th
 
+    caplog.set_level("INFO", logger="dsb.jacobian.certified")
     with jax.enable_x64(False):
         op = JacobianOperator(f, jnp.zeros(p, jnp.float32))
         with warnings.catch_warnings():
@@ -238,3 +239,13 @@ def test_krylov_vectors_are_float64_by_default_and_products_keep_their_dtype(
     s = np.sort(d)[::-1]
     c = res.counts[0.1]
     assert c.low <= int((s < 0.1).sum()) <= c.high
+    # Progress in the log, with the numbers of the result: the deflation, then each move.
+    msgs = [r.getMessage() for r in caplog.records]
+    assert any(
+        f"deflated {res.deflated} directions ({res.deflation_products} products" in m for m in msgs
+    ), msgs
+    last = [m for m in msgs if m.startswith("kpm_counts: degree")][-1]
+    assert last.startswith(
+        f"kpm_counts: degree {res.degree}, {res.num_probes} probes, {res.products} of 1500"
+    ), (last, res)
+    assert f"[{c.low:.0f}, {c.high:.0f}]" in last
