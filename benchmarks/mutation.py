@@ -11,7 +11,7 @@ restores the file. One command per module:
         [--sample N --seed S] a seeded random sample of N of the executed mutants
         [--session PATH]      the cosmic-ray session (default: a temporary directory)
         [--dry-run]           count the mutants after the filters; run nothing
-        [--rerun-survivors]   rerun only the session's survivors, after adding tests
+        [--rerun-survivors]   rerun only the session's untriaged survivors, after adding tests
         [--summarize]         only rewrite the summary from the session (after triage)
 
 Steps: ``cosmic-ray init`` (config ``benchmarks/results/mutation/<name>.toml``, written
@@ -352,7 +352,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--rerun-survivors",
         action="store_true",
-        help="run the session's survivors again (after adding tests; kills stay kills)",
+        help="run the session's survivors again (after adding tests; kills stay kills), "
+        "except those already in equivalent.json or left_alive.json",
     )
     ap.add_argument(
         "--summarize",
@@ -361,6 +362,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = ap.parse_args(argv)
     from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import TestOutcome, WorkerOutcome
 
     module = args.module
     tests = args.tests or TESTS.get(module)
@@ -383,12 +385,21 @@ def main(argv: list[str] | None = None) -> None:
     bindir = Path(sys.executable).parent
     if args.rerun_survivors:
         old = json.loads((OUT / "summary.json").read_text())[module]
+        triaged = set()
+        for name in ("equivalent.json", "left_alive.json"):
+            if (OUT / name).exists():
+                triaged |= set(json.loads((OUT / name).read_text()))
+        with use_db(str(session), WorkDB.Mode.open) as db:
+            rerun = [
+                item.job_id
+                for item, res in db.completed_work_items
+                if res.worker_outcome == WorkerOutcome.NORMAL
+                and res.test_outcome == TestOutcome.SURVIVED
+                and key(item.mutations[0]) not in triaged
+            ]
         con = sqlite3.connect(session)
-        with con:
-            con.execute(
-                "DELETE FROM work_results WHERE worker_outcome = 'NORMAL' "
-                "AND test_outcome = 'SURVIVED'"
-            )
+        with con:  # triaged survivors (equivalent, left alive) keep their result
+            con.executemany("DELETE FROM work_results WHERE job_id = ?", [(j,) for j in rerun])
         con.close()
     else:
         sh(str(bindir / "cosmic-ray"), "init", str(cfg), str(session), "--force")
