@@ -88,7 +88,10 @@ TESTS = {
         "tests/stats/test_erasure.py",
     ],
     "dsb/stats/ot.py": ["tests/stats/test_ot_contracts.py", "tests/stats/test_ot.py"],
-    "dsb/stats/maxent.py": ["tests/stats/test_maxent.py"],
+    "dsb/stats/maxent.py": [
+        "tests/stats/test_maxent_contracts.py",
+        "tests/stats/test_maxent.py",
+    ],
 }
 """The narrowest fast test selection that exercises each module, fastest files first."""
 
