@@ -89,6 +89,7 @@ TESTS = {
     ],
     "dsb/stats/ot.py": ["tests/stats/test_ot_contracts.py", "tests/stats/test_ot.py"],
     "dsb/step.py": [
+        "tests/test_step_contracts.py",
         "tests/test_run_pieces.py::test_train_state_abstract_matches_create_and_is_frozen",
         "tests/test_train.py::test_augmentation_is_per_example_and_deterministic",
         "tests/test_train.py::test_nan_loss_stops_with_the_step",
