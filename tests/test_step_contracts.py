@@ -143,3 +143,47 @@ def test_image_step_by_hand_loss_gradient_norm_learning_rate_and_update():
         assert int(state.step) == s + 1
         np.testing.assert_allclose(state.params["fc"]["kernel"].value, w, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(state.params["fc"]["bias"].value, c, rtol=1e-5, atol=1e-6)
+
+
+def test_predict_cuts_global_batches_and_pads_the_last(monkeypatch):
+    # eval_batch_size 3 on one device: 7 rows go as three batches of 3 (the last padded
+    # with zeros), and the outputs are the model's on the 7 rows alone.
+    import dsb.step
+    from dsb.step import make_predict
+
+    model = _split(_Linear(4, 3, nnx.Rngs(0)))
+    mesh = parallel.make_mesh(1)
+    put = []
+    real_put = parallel.put_global_batch
+
+    def recording_put(local, mesh):
+        put.append(np.asarray(local).copy())
+        return real_put(local, mesh)
+
+    monkeypatch.setattr(dsb.step.parallel, "put_global_batch", recording_put)
+    predict = make_predict(model, mesh, eval_batch_size=3)
+    x = np.random.default_rng(0).uniform(0, 1, (7, 2, 2, 1)).astype(np.float32)
+    out = predict(model.params, model.rest, x)
+    w = np.asarray(model.params["fc"]["kernel"].value)
+    c = np.asarray(model.params["fc"]["bias"].value)
+    np.testing.assert_allclose(out, x.reshape(7, -1) @ w + c, rtol=1e-5, atol=1e-6)
+    assert [len(b) for b in put] == [3, 3, 3]
+    np.testing.assert_array_equal(put[2][1:], 0.0)
+    np.testing.assert_array_equal(np.concatenate(put)[:7], x)
+    assert predict(model.params, model.rest, x[:0]).shape == (0,)
+
+
+def test_step_donates_the_state_not_the_batch():
+    # donate_argnums=0: the old state's buffers are handed to the new state (deleted once
+    # the step has run); the batch stays readable.
+    model = _split(_Linear(4, 3, nnx.Rngs(0)))
+    tx = optax.sgd(0.1)
+    mesh = parallel.make_mesh(1)
+    state = TrainState.create(model, tx, seed=0, sharding=parallel.replicated(mesh))
+    step = make_train_step(model.graphdef_train, tx, mesh)
+    x = np.zeros((2, 2, 2, 1), np.float32)
+    batch = parallel.put_global_batch({"image": x, "label": np.zeros(2, np.int32)}, mesh)
+    new, _ = step(state, batch)
+    jax.block_until_ready(new)
+    assert state.params["fc"]["kernel"].value.is_deleted()
+    assert not batch["image"].is_deleted()
