@@ -80,7 +80,10 @@ TESTS = {
         "tests/mdl/test_mdl.py::test_chunk_sum_equals_total_and_uniform_first_chunk",
     ],
     "dsb/mdl/aggregate.py": ["tests/mdl/test_aggregate.py"],
-    "dsb/jacobian/certified.py": ["tests/jacobian/test_certificate_contracts.py"],
+    "dsb/jacobian/certified.py": [
+        "tests/jacobian/test_certificate_contracts.py",
+        "tests/jacobian/test_kpm_cost_model.py",
+    ],
     "dsb/evals/ngram_probes.py": ["tests/evals/test_ngram_probes.py"],
     "dsb/stats/erasure.py": [
         "tests/stats/test_erasure_contracts.py",
