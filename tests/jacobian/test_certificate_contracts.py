@@ -230,6 +230,19 @@ def test_brackets_contain_the_dense_count_with_a_deflated_direction_below_thresh
             assert abs(c.estimate - true) <= c.high - c.low, (t, true, c)
             assert c.high - c.low <= 0.2 * c.estimate, (t, c)
     assert int((s < 0.1).sum()) == 64 and branches == {0, 1}
+    # The counts are those of its moments with the certificate's terms where the module
+    # docstring puts them: the count below t^2 added, rho_+ moving the upper filter to
+    # sqrt(t^2 + rho_+), rho_- the lower one to sqrt(t^2 - rho_-).
+    cert = {t: defl.certificate(5, t) for t in thresholds}
+    again = kpm_counts_from_moments(
+        res.moments, res.sigma_max, thresholds, num_params=p, eps=1e-3, z_score=3.0,
+        rel_width=0.2, extra_below={t: c[0] for t, c in cert.items()},
+        shift_above={t: c[1] for t, c in cert.items()},
+        shift_below={t: c[2] for t, c in cert.items()}, num_deflated=5,
+    )  # fmt: skip
+    for t in thresholds:
+        assert (again[t].low, again[t].high) == (res.counts[t].low, res.counts[t].high), t
+    assert any(c[1] != c[2] for c in cert.values())
     if sin2 == 2e-5:
         _, _, rho_lo = defl.certificate(5, 0.1)
         assert 0 < rho_lo < 0.1**2  # the lower filter exists and is moved, not dropped
@@ -391,3 +404,40 @@ def test_deflation_krylov_start_and_depth(monkeypatch):
     assert [start_and_depth(3, 2)[1], start_and_depth(3, 7)[1]] == [4, 7]
     with pytest.raises(TypeError):  # the options are keyword-only
         certified.deflation_subspace(op, 2, 10)
+
+
+def test_deflation_counts_two_products_per_krylov_step_and_per_direction(monkeypatch):
+    # 2 m Golub-Kahan products (a J v and a J^T u per step) plus 2 k for M v; the
+    # Golub-Kahan run itself replaced by a stand-in returning m orthonormal rows.
+    import dsb.jacobian.certified as certified
+
+    p, m, k = 10, 7, 3
+    rows = np.linalg.qr(np.random.default_rng(9).normal(size=(p, m)))[0].T
+
+    def stand_in(f, v0, m_, **kw):
+        return None, np.linspace(2.0, 1.0, m_), rows[:m_]
+
+    monkeypatch.setattr(certified, "golub_kahan", stand_in)
+    op = JacobianOperator(lambda th: 2.0 * th, jnp.zeros(p))
+    defl = certified.deflation_subspace(op, k, num_krylov=m)
+    assert (defl.products, defl.num_krylov, defl.size) == (2 * m + 2 * k, m, k)
+    np.testing.assert_allclose(defl.MVt, 4.0 * defl.Vt, atol=1e-12)  # A^T A = 4 I
+
+
+def test_kpm_counts_accepts_no_deflation_and_refuses_depths_outside_0_p(monkeypatch):
+    import dsb.jacobian.certified as certified
+
+    class Stop(Exception):
+        pass
+
+    def stand_in(op, thresholds, **kw):
+        raise Stop(kw["deflate"])
+
+    monkeypatch.setattr(certified, "_deflate", stand_in)
+    op = JacobianOperator(lambda th: th, jnp.zeros(5))
+    with pytest.raises(Stop) as e:  # deflate=0 passes the checks
+        certified.kpm_counts(op, (0.1,), deflate=0)
+    assert e.value.args == (0,)
+    for bad in (-1, 5):
+        with pytest.raises(ValueError, match=rf"deflate must be in \[0, P=5\), got {bad}"):
+            certified.kpm_counts(op, (0.1,), deflate=bad)
