@@ -91,6 +91,12 @@ TESTS = {
         "tests/stats/test_erasure.py",
     ],
     "dsb/stats/ot.py": ["tests/stats/test_ot_contracts.py", "tests/stats/test_ot.py"],
+    "dsb/train.py": [
+        "tests/test_train.py::test_nan_loss_stops_with_the_step",
+        "tests/test_train_contracts.py",
+        "tests/test_train.py::test_evaluator_when_option",
+        "tests/test_early_stopping.py::test_train_stops_early_on_a_subset_of_the_erased_split",
+    ],
     "dsb/step.py": [
         "tests/test_step_contracts.py",
         "tests/test_run_pieces.py::test_train_state_abstract_matches_create_and_is_frozen",
