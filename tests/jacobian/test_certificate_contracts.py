@@ -150,6 +150,8 @@ def test_kpm_counts_resolution_and_resolved_widths():
     assert res.resolution == pytest.approx(expected, rel=2e-3), (res, expected)
     assert all(c.resolution == res.resolution for c in res.counts.values())
     assert not res.counts[1e-3].resolved and 1e-3 < res.resolution
+    # The Jackson width constant of the cost model: delta ~ jconst / N, its value at N = 256.
+    assert res.jconst == pytest.approx(256 * jackson_delta_by_quadrature(256, 1e-3), rel=1e-3)
     resolved = 0
     for t, c in res.counts.items():
         true = int((s < t).sum())
@@ -228,6 +230,19 @@ def test_brackets_contain_the_dense_count_with_a_deflated_direction_below_thresh
             assert abs(c.estimate - true) <= c.high - c.low, (t, true, c)
             assert c.high - c.low <= 0.2 * c.estimate, (t, c)
     assert int((s < 0.1).sum()) == 64 and branches == {0, 1}
+    # The counts are those of its moments with the certificate's terms where the module
+    # docstring puts them: the count below t^2 added, rho_+ moving the upper filter to
+    # sqrt(t^2 + rho_+), rho_- the lower one to sqrt(t^2 - rho_-).
+    cert = {t: defl.certificate(5, t) for t in thresholds}
+    again = kpm_counts_from_moments(
+        res.moments, res.sigma_max, thresholds, num_params=p, eps=1e-3, z_score=3.0,
+        rel_width=0.2, extra_below={t: c[0] for t, c in cert.items()},
+        shift_above={t: c[1] for t, c in cert.items()},
+        shift_below={t: c[2] for t, c in cert.items()}, num_deflated=5,
+    )  # fmt: skip
+    for t in thresholds:
+        assert (again[t].low, again[t].high) == (res.counts[t].low, res.counts[t].high), t
+    assert any(c[1] != c[2] for c in cert.values())
     if sin2 == 2e-5:
         _, _, rho_lo = defl.certificate(5, 0.1)
         assert 0 < rho_lo < 0.1**2  # the lower filter exists and is moved, not dropped
@@ -323,3 +338,106 @@ def test_schur_shifts_at_an_eigenvalue_and_an_empty_deflation():
     assert _schur_shifts(h, np.eye(4), 0.5) == (1, math.inf, math.inf)
     empty = Deflation(np.zeros((0, 5)), np.zeros((0, 5)), np.ones(2), 0, 0)
     assert empty.certificate(0, 0.3) == (0, 0.0, 0.0)
+
+
+def test_deflation_from_given_triplets_by_value():
+    # deflation_subspace(top=...): the rows top.Vt[:k] re-orthonormalised (same prefixes),
+    # M v = A^T A v by 2k explicit products, and the Chebyshev interval bounds
+    # ritz = s + max(residual_left, residual_right) (the next Ritz value plus its residual).
+    from dsb.jacobian.certified import deflation_subspace
+
+    rng = np.random.default_rng(7)
+    p = 12
+    a = rng.normal(size=(p, p)) / 4
+    aj = jnp.asarray(a)
+    op = JacobianOperator(lambda th: aj @ th, jnp.zeros(p))
+    _, s, vt = np.linalg.svd(a)
+    vt3 = vt[:3] + 1e-3 * rng.normal(size=(3, p))  # inexact, not orthonormal
+    left, right = np.array([0.1, 0.2, 0.05]), np.array([0.3, 0.0, 0.1])
+    top = TopSingular(np.eye(p)[:, :3], s[:3], vt3, left, right, 1e-3, 17, 0, 0.0, "given")
+    defl = deflation_subspace(op, 2, top=top)
+    np.testing.assert_allclose(defl.ritz, s[:3] + np.maximum(left, right), rtol=1e-12)
+    assert (defl.products, defl.num_krylov, defl.size) == (4, 17, 2)
+    np.testing.assert_allclose(defl.Vt @ defl.Vt.T, np.eye(2), atol=1e-12)
+    q = np.linalg.qr(vt3[:2].T)[0]
+    np.testing.assert_allclose(np.abs(defl.Vt @ q), np.eye(2), atol=1e-12)  # same prefixes
+    np.testing.assert_allclose(defl.MVt, defl.Vt @ a.T @ a, atol=1e-12)
+    with pytest.raises(ValueError, match="k=4 > 3 triplets in top"):
+        deflation_subspace(op, 4, top=top)
+    with pytest.raises(ValueError, match=r"k must be in \[0, P=12\), got 12"):
+        deflation_subspace(op, 12)
+
+
+def test_deflation_krylov_start_and_depth(monkeypatch):
+    # Without top: Golub-Kahan from v0 = normal(key, (P,)) (key(0) by default) for
+    # m = min(max(num_krylov or max(2k + 10, 40), k + 1), P) steps, read off the call (a
+    # stand-in that stops there: no compile).
+    import jax
+
+    import dsb.jacobian.certified as certified
+    from dsb.jacobian.krylov import work_dtype
+
+    class Stop(Exception):
+        pass
+
+    def stand_in(f, v0, m, **kw):
+        raise Stop(np.asarray(v0), m)
+
+    monkeypatch.setattr(certified, "golub_kahan", stand_in)
+    p = 60
+    op = JacobianOperator(lambda th: th, jnp.zeros(p))
+
+    def start_and_depth(k, num_krylov=None, key=None):
+        with pytest.raises(Stop) as e:
+            certified.deflation_subspace(op, k, num_krylov=num_krylov, key=key)
+        return e.value.args
+
+    def normal(seed):
+        return np.asarray(jax.random.normal(jax.random.key(seed), (p,), work_dtype()))
+
+    v0, m = start_and_depth(2)
+    np.testing.assert_array_equal(v0, normal(0))
+    assert m == 40
+    v0, _ = start_and_depth(2, key=jax.random.key(5))
+    np.testing.assert_array_equal(v0, normal(5))
+    assert [start_and_depth(20)[1], start_and_depth(30)[1]] == [50, p]
+    assert [start_and_depth(3, 2)[1], start_and_depth(3, 7)[1]] == [4, 7]
+    with pytest.raises(TypeError):  # the options are keyword-only
+        certified.deflation_subspace(op, 2, 10)
+
+
+def test_deflation_counts_two_products_per_krylov_step_and_per_direction(monkeypatch):
+    # 2 m Golub-Kahan products (a J v and a J^T u per step) plus 2 k for M v; the
+    # Golub-Kahan run itself replaced by a stand-in returning m orthonormal rows.
+    import dsb.jacobian.certified as certified
+
+    p, m, k = 10, 7, 3
+    rows = np.linalg.qr(np.random.default_rng(9).normal(size=(p, m)))[0].T
+
+    def stand_in(f, v0, m_, **kw):
+        return None, np.linspace(2.0, 1.0, m_), rows[:m_]
+
+    monkeypatch.setattr(certified, "golub_kahan", stand_in)
+    op = JacobianOperator(lambda th: 2.0 * th, jnp.zeros(p))
+    defl = certified.deflation_subspace(op, k, num_krylov=m)
+    assert (defl.products, defl.num_krylov, defl.size) == (2 * m + 2 * k, m, k)
+    np.testing.assert_allclose(defl.MVt, 4.0 * defl.Vt, atol=1e-12)  # A^T A = 4 I
+
+
+def test_kpm_counts_accepts_no_deflation_and_refuses_depths_outside_0_p(monkeypatch):
+    import dsb.jacobian.certified as certified
+
+    class Stop(Exception):
+        pass
+
+    def stand_in(op, thresholds, **kw):
+        raise Stop(kw["deflate"])
+
+    monkeypatch.setattr(certified, "_deflate", stand_in)
+    op = JacobianOperator(lambda th: th, jnp.zeros(5))
+    with pytest.raises(Stop) as e:  # deflate=0 passes the checks
+        certified.kpm_counts(op, (0.1,), deflate=0)
+    assert e.value.args == (0,)
+    for bad in (-1, 5):
+        with pytest.raises(ValueError, match=rf"deflate must be in \[0, P=5\), got {bad}"):
+            certified.kpm_counts(op, (0.1,), deflate=bad)
