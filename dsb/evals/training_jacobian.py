@@ -47,9 +47,7 @@ certificate:
   The
   budget is ``count_max_products`` Jacobian products (default ``10 P``) and
   ``count_max_seconds``; an unresolved count or unconverged top-k is also logged as a
-  warning. ``count_krylov_float64`` (default true) keeps the counts' Krylov basis,
-  deflated directions and probe vectors in float64 while the products stay float32
-  (``kpm_counts(krylov_float64=...)``); false only on hardware without float64.
+  warning.
 """
 
 from __future__ import annotations
@@ -91,7 +89,6 @@ class TrainingJacobian:
         count_rel_width: float = 0.1,
         count_max_products: int | None = None,
         count_max_seconds: float | None = 1800.0,
-        count_krylov_float64: bool = True,
         save_spectrum: bool = True,
     ):
         self.ctx = ctx
@@ -126,7 +123,6 @@ class TrainingJacobian:
         self.count_rel_width = count_rel_width
         self.count_max_products = count_max_products
         self.count_max_seconds = count_max_seconds
-        self.count_krylov_float64 = count_krylov_float64
         self.save_spectrum = save_spectrum
         self._batches = None
 
@@ -231,7 +227,6 @@ class TrainingJacobian:
                 rel_width=self.count_rel_width,
                 max_products=self.count_max_products,
                 max_seconds=self.count_max_seconds,
-                krylov_float64=self.count_krylov_float64,
             )
         for t in self.thresholds:
             c = res.counts[t]

@@ -100,7 +100,6 @@ counts reach (``>= 1e-3``), not against thresholds near ``1e-5``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import logging
@@ -701,7 +700,6 @@ def kpm_counts(
     num_krylov: int | None = None,
     deflation_tol: float = 0.05,
     deflation_fraction: float = 0.25,
-    krylov_float64: bool = True,
 ) -> KPMCounts:
     """Counts of singular values of ``A = op`` (``op.shift`` applied: ``shift=1`` for
     ``D = J - I``) below each threshold, with brackets (see the module docstring).
@@ -735,64 +733,9 @@ def kpm_counts(
     ``_starting_degree``, ``_ChebyshevMoments`` (the probes' moments, batched and extended
     in place), ``_next_move`` (more degree, more probes, or stop) inside
     ``_resolve_counts``, and ``kpm_counts_from_moments`` (moments to counts and brackets).
-
-    ``krylov_float64`` (default): the Golub-Kahan basis, the deflated directions and the
-    probes' Chebyshev vectors are float64 (``jax.enable_x64`` inside this call only); the
-    Jacobian products stay in ``op.dtype``. A float32 basis of ~1000 Golub-Kahan steps
-    loses orthogonality: on the reference run (P = 4810) at ``m = 1280`` not even the top
-    10 float32 Ritz vectors passed the certificate, and the float32 projection
-    ``I - V V^T`` leaks ``~ 1e-7 sigma_1^2 / L`` into every Chebyshev step. The vectors
-    cost ``O(P)`` per product, nothing next to a product. ``False`` for hardware without
-    float64 (TPUs).
+    Progress (each Golub-Kahan run, the deflation, every move with its brackets) goes to
+    this module's logger at INFO.
     """
-    ctx = jax.enable_x64(True) if krylov_float64 else contextlib.nullcontext()
-    with ctx:
-        return _kpm_counts(
-            op,
-            thresholds,
-            deflate=deflate,
-            num_probes=num_probes,
-            rel_width=rel_width,
-            degree=degree,
-            max_degree=max_degree,
-            max_products=max_products,
-            max_seconds=max_seconds,
-            eps=eps,
-            z_score=z_score,
-            chunk=chunk,
-            sigma_margin=sigma_margin,
-            top=top,
-            key=key,
-            warn=warn,
-            num_krylov=num_krylov,
-            deflation_tol=deflation_tol,
-            deflation_fraction=deflation_fraction,
-        )
-
-
-def _kpm_counts(
-    op: JacobianOperator,
-    thresholds: Sequence[float],
-    *,
-    deflate,
-    num_probes,
-    rel_width,
-    degree,
-    max_degree,
-    max_products,
-    max_seconds,
-    eps,
-    z_score,
-    chunk,
-    sigma_margin,
-    top,
-    key,
-    warn,
-    num_krylov,
-    deflation_tol,
-    deflation_fraction,
-) -> KPMCounts:
-    """``kpm_counts`` in the dtype context it chose."""
     p = op.num_params
     thresholds = tuple(sorted(float(t) for t in thresholds))
     if not thresholds or thresholds[0] <= 0:
