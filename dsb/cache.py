@@ -1,12 +1,13 @@
 """Where dsb keeps derived files that any run may reuse: the user's cache directory.
 
-Probe sets (``dsb.stats.evalsets``) and decoded datasets (``dsb.data.sources``) are pure
+Probe sets (``dsb.stats.evalsets``), decoded datasets (``dsb.data.sources``) and
+concept-erased training splits (``dsb.data.transforms.cached_erase_split``) are pure
 functions of their inputs, so they are cached once per user rather than once per run
 directory. The root is ``$XDG_CACHE_HOME/dsb`` (``~/.cache/dsb`` when unset); each kind of
 file has its own subdirectory and its own environment variable that moves it elsewhere
 (a shared file system for a sweep, say) or, set to ``none``, turns that cache off.
 
-Both caches are safe under concurrent jobs the same way: a file is written to a temporary
+Every cache is safe under concurrent jobs the same way: a file is written to a temporary
 name and renamed into place (``write_atomically``: a reader never sees a partial file),
 and a process builds a missing file under an exclusive lock on ``<file>.lock``
 (``build_lock``), so jobs that start together build it once and the others load it.
@@ -26,10 +27,12 @@ T = TypeVar("T")
 
 __all__ = [
     "DATA_CACHE_ENV",
+    "ERASURE_CACHE_ENV",
     "PROBE_CACHE_ENV",
     "PROBE_CACHE_SUBDIR",
     "build_lock",
     "data_cache_dir",
+    "erasure_cache_dir",
     "load_or_build",
     "probe_cache_dir",
     "resolve_probe_cache",
@@ -39,6 +42,7 @@ __all__ = [
 
 PROBE_CACHE_ENV = "DSB_PROBE_CACHE"
 DATA_CACHE_ENV = "DSB_DATA_CACHE"
+ERASURE_CACHE_ENV = "DSB_ERASURE_CACHE"
 
 
 def user_cache(subdir: str) -> Path:
@@ -88,6 +92,12 @@ def data_cache_dir() -> Path | None:
     """The decoded-dataset cache: ``$DSB_DATA_CACHE`` if set (``none``: no cache), else
     ``user_cache("decoded")``."""
     return _from_env(DATA_CACHE_ENV, "decoded")
+
+
+def erasure_cache_dir() -> Path | None:
+    """The erased-split cache: ``$DSB_ERASURE_CACHE`` if set (``none``: no cache), else
+    ``user_cache("erased")``."""
+    return _from_env(ERASURE_CACHE_ENV, "erased")
 
 
 def write_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:

@@ -280,6 +280,10 @@ class MdlConfig:
     val_fraction: float = 0.1
     # Seed of the order of the examples; null: the run's ``seed``.
     order_seed: int | None = None
+    # Measure on a random subset of this many examples of the training split (the first
+    # ones of the shuffled order; held-out validation included): the erasure is still
+    # fitted on the whole split, as a training run's is. null: the whole split.
+    num_examples: int | None = None
 
 
 @dataclass
@@ -451,6 +455,8 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"mdl.num_chunks={cfg.mdl.num_chunks}: must be >= 2")
     if cfg.mdl.first_chunk < 1:
         raise ValueError(f"mdl.first_chunk={cfg.mdl.first_chunk}: must be >= 1")
+    if cfg.mdl.num_examples is not None and cfg.mdl.num_examples < 2:
+        raise ValueError(f"mdl.num_examples={cfg.mdl.num_examples}: must be null or >= 2")
     if not 0 < cfg.mdl.val_fraction < 1:
         raise ValueError(f"mdl.val_fraction={cfg.mdl.val_fraction}: must be in (0, 1)")
     if cfg.mdl.validation not in ("holdout", "strict"):

@@ -63,20 +63,21 @@ def _session_user_cache(tmp_path_factory):
 def _point_caches_at(d: Path, monkeypatch) -> Path:
     monkeypatch.setenv("DSB_PROBE_CACHE", str(d / "probe_sets"))
     monkeypatch.setenv("DSB_DATA_CACHE", str(d / "decoded"))
+    monkeypatch.setenv("DSB_ERASURE_CACHE", str(d / "erased"))
     return d
 
 
 @pytest.fixture(autouse=True)
 def user_cache(_session_user_cache, monkeypatch):
-    """Every test's dsb caches (``dsb.cache``: probe sets, decoded datasets) live in one
-    temporary directory per test session (per xdist worker), never the real ``~/.cache``;
-    child interpreters inherit them. Shared across tests as a user's cache is shared across
-    runs: the digits probe sets (~20 s on 2 cores) are built once per worker instead of
-    once per training test. The cache is keyed by statistics, options and sampler version
-    and safe under concurrent writers (``dsb.cache``), so sharing it cannot change a
-    result. A test that must see a cold cache asks for ``fresh_user_cache``.
-    (The variables, not ``XDG_CACHE_HOME``, which would also move matplotlib's font cache
-    and make every child interpreter rebuild it.)"""
+    """Every test's dsb caches (``dsb.cache``: probe sets, decoded datasets, erased
+    splits) live in one temporary directory per test session (per xdist worker), never the
+    real ``~/.cache``; child interpreters inherit them. Shared across tests as a user's
+    cache is shared across runs: the digits probe sets (~20 s on 2 cores) are built once
+    per worker instead of once per training test. The cache is keyed by statistics,
+    options and sampler version and safe under concurrent writers (``dsb.cache``), so
+    sharing it cannot change a result. A test that must see a cold cache asks for
+    ``fresh_user_cache``. (The variables, not ``XDG_CACHE_HOME``, which would also move
+    matplotlib's font cache and make every child interpreter rebuild it.)"""
     return _point_caches_at(_session_user_cache, monkeypatch)
 
 

@@ -96,6 +96,9 @@ def training_split(
     """The split the trainer samples from: ``data.train_split``, with LEACE / QLEACE
     applied when ``data.erasure`` is set, and the erasure's report (None without erasure;
     see ``dsb.data.transforms.erase_split_with_report``), also written to ``report_path``.
+    The erased split is cached (``dsb.data.transforms.cached_erase_split`` in
+    ``dsb.cache.erasure_cache_dir()``): runs on the same split with the same erasure
+    options, such as the prefix runs of ``dsb.mdl``, fit it once.
     With ``data.synthetic`` set, the synthetic set built from the split instead and its
     report (``dsb.data.synthetic.synthetic_split``; cached as ``data.synthetic.cache_dir`` says).
     With ``return_eraser``, a third item: the fitted transform (None without erasure)."""
@@ -114,16 +117,18 @@ def training_split(
         return (data, report, None) if return_eraser else (data, report)
     if not cfg.data.erasure:
         return (data, None, None) if return_eraser else (data, None)
-    from dsb.data.transforms import erase_split_with_report
+    from dsb.cache import erasure_cache_dir
+    from dsb.data.transforms import cached_erase_split
 
-    return erase_split_with_report(
+    data, report, eraser, _ = cached_erase_split(
         data,
         cfg.data.erasure,
         get_dataset_spec(cfg.data.name).num_classes,
         cfg.data.erasure_shrinkage,
         report_path=report_path,
-        return_eraser=return_eraser,
+        cache_dir=erasure_cache_dir(),
     )
+    return (data, report, eraser) if return_eraser else (data, report)
 
 
 def load_indices(path: str | Path, n: int, what: str) -> np.ndarray:

@@ -6,11 +6,12 @@ The data flow (``run_mdl``):
 
 1. The training split, as the trainer samples it (concept-erased when ``data.erasure`` is
    set, the erasure FITTED ONCE ON THE WHOLE SPLIT), is put in a random order
-   (``mdl.order_seed``, default the run's seed). With ``mdl.validation: holdout`` (the
-   default) its last ``val_fraction`` is the validation set of every prefix model (early
-   stopping only; never coded, so its labels are used without being paid for); with
-   ``strict`` nothing is held out. The ``n`` coded examples are cut into ``num_chunks``
-   chunks with log-spaced ends (``chunk_bounds``).
+   (``mdl.order_seed``, default the run's seed), cut to its first ``mdl.num_examples``
+   when that is set (a random subset; the erasure is still the whole split's). With
+   ``mdl.validation: holdout`` (the default) its last ``val_fraction`` is the validation
+   set of every prefix model (early stopping only; never coded, so its labels are used
+   without being paid for); with ``strict`` nothing is held out. The ``n`` coded
+   examples are cut into ``num_chunks`` chunks with log-spaced ends (``chunk_bounds``).
 2. Chunk 0 (``first_chunk`` examples) is coded with the uniform code: log2 K bits each.
 3. For each j >= 1, a fresh model (a normal dsb run in ``prefix_<j-1>/``, its own seed,
    checkpoints, metrics and resume) trains on chunks 0 .. j-1 (``data.train_indices``)
@@ -27,9 +28,10 @@ The data flow (``run_mdl``):
    log2 K): ``math.fsum(table["bits"])`` is ``total_bits`` of ``mdl.json`` exactly, so a
    published number can be audited after the prefix checkpoints are gone.
 
-Every prefix run re-reads the split and refits the same erasure (deterministic: the same
-float64 statistics of the same examples, so the same maps; ``run_mdl`` checks that the
-statistics hash recorded in every prefix's ``erasure.json`` is the same). Coded chunks and
+Every prefix run re-reads the split and takes the same erasure: the first fits it and
+caches the erased split (``dsb.data.transforms.cached_erase_split``, keyed by the split's
+bytes and every erasure option), the others load it; ``run_mdl`` checks that the
+statistics hash recorded in every prefix's ``erasure.json`` is the same. Coded chunks and
 the validation set are examples of that same erased split, erased with the same maps as
 the training examples.
 
@@ -141,14 +143,19 @@ def _seed(cfg: Config) -> int:
 
 def mdl_order(cfg: Config, n_split: int) -> tuple[np.ndarray, np.ndarray]:
     """(coded examples in coding order, held-out validation examples): indices into the
-    training split. A permutation of the split seeded by ``(seed, 0x3D1)``; ``holdout``:
-    its last ``max(1, round(val_fraction * n_split))`` are the validation set; ``strict``:
+    training split. A permutation of the split seeded by ``(seed, 0x3D1)``, cut to its
+    first ``mdl.num_examples`` = m (all n_split when null); ``holdout``: the last
+    ``max(1, round(val_fraction * m))`` of those are the validation set; ``strict``:
     nothing is held out (the validation set is empty)."""
     perm = np.random.default_rng((_seed(cfg), 0x3D1)).permutation(n_split)
+    m = n_split if cfg.mdl.num_examples is None else cfg.mdl.num_examples
+    if m > n_split:
+        raise ValueError(f"mdl.num_examples={m}: the training split has {n_split} examples")
+    perm = perm[:m]
     if cfg.mdl.validation == "strict":
         return perm, perm[:0]
-    n_val = max(1, round(cfg.mdl.val_fraction * n_split))
-    return perm[: n_split - n_val], perm[n_split - n_val :]
+    n_val = max(1, round(cfg.mdl.val_fraction * m))
+    return perm[: m - n_val], perm[m - n_val :]
 
 
 def prefix_sets(
@@ -279,6 +286,8 @@ def run_mdl(cfg: Config, out_dir: str | Path, *, after_prefix=None) -> MdlResult
         "model": cfg.model.name,
         "seed": cfg.seed,
         "validation": mode,
+        "split_size": len(labels),
+        "num_examples": len(coded) + len(holdout),
         # holdout: the one held-out set's size; strict: each prefix's validation size.
         "num_val": len(holdout) if mode == "holdout" else num_val,
         "log2_num_classes": math.log2(num_classes),

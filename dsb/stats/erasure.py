@@ -345,7 +345,9 @@ def fit_qleace(
             "QLEACE: the class covariances share no common support (every direction is in "
             "some class's null space); raise rcond or use shrinkage"
         )
-    covs_v = np.einsum("dm,kde,en->kmn", basis, covs, basis)
+    # Two matrix products, not einsum's default loop over all four indices at once
+    # (K d^2 m^2 operations: hours at d = 784, m ~ 400, against seconds).
+    covs_v = basis.T @ covs @ basis
     bar_v, bary = wasserstein_barycenter_cov(
         covs_v, pri[live], tol=tol, max_iters=max_iters, on_fail=on_fail
     )
@@ -366,7 +368,7 @@ def fit_qleace(
     mu_bar = pri @ stats.mean_KxD
     bar = lift @ bar_v @ lift.T
     tot = float(np.trace(total_covariance(stats)))
-    in_c = tot - float(np.einsum("dm,de,em->", basis, total_covariance(stats), basis))
+    in_c = tot - float(np.sum(basis * (total_covariance(stats) @ basis)))
     kept_c = float(np.trace(bar)) - float(np.trace(bar_v))
     info |= {
         "complement": complement,

@@ -183,6 +183,28 @@ def test_strict_validation_sets_come_from_the_prefix(stub_train, tmp_path):
     assert rec["num_val"] == [max(1, round(0.1 * b[j + 1])) for j in range(len(b) - 2)]
 
 
+def test_num_examples_codes_the_head_of_the_shuffled_split(stub_train, tmp_path):
+    """``mdl.num_examples=m``: the measure runs on the first m examples of the shuffled
+    split (its last ``round(0.1 m)`` held out), in the order the whole-split run uses;
+    the other examples are neither trained on, validated on nor coded."""
+    m = 400
+    cfg = tiny_config("mdl.num_chunks=4", "mdl.first_chunk=20", f"mdl.num_examples={m}")
+    run_mdl(cfg, tmp_path)
+    rec = json.loads((tmp_path / "mdl.json").read_text())
+    order = np.random.default_rng((cfg.seed, 0x3D1)).permutation(NUM_TRAIN)[:m]
+    n_val = round(0.1 * m)
+    assert (rec["num_examples"], rec["split_size"], rec["num_val"]) == (m, NUM_TRAIN, n_val)
+    assert rec["bounds"][-1] == rec["num_coded"] == m - n_val
+    table = _code_lengths(tmp_path)
+    np.testing.assert_array_equal(table["index"], order[: m - n_val])
+    for call in stub_train:
+        np.testing.assert_array_equal(call["val"], order[m - n_val :])
+        used = set(call["train"].tolist()) | set(call["coded"].tolist())
+        assert used <= set(order[: m - n_val].tolist())
+    with pytest.raises(ValueError, match="the training split has 1600"):
+        run_mdl(tiny_config(f"mdl.num_examples={NUM_TRAIN + 1}"), tmp_path / "too_many")
+
+
 def test_unfinished_prefix_with_other_index_sets_is_refused(stub_train, tmp_path):
     """A prefix left unfinished by a holdout run is not resumed by a strict run (its
     checkpoints trained on other examples)."""
