@@ -18,7 +18,8 @@ from dsb.models import build_model
 pytestmark = pytest.mark.usefixtures("float64")
 
 
-def test_evaluator_replays_and_reports(tmp_path):
+def _tiny_run(tmp_path):
+    """A 6-step run of a 3x3-input MLP (P = 55) as a checkpoint snapshot, with its replay."""
     rng = np.random.default_rng(0)
     split = {
         "image": rng.uniform(size=(32, 3, 3, 1)).astype(np.float32),
@@ -47,7 +48,11 @@ def test_evaluator_replays_and_reports(tmp_path):
     )
     params_t = run.unravel(run(theta0))
     snap = Snapshot(6, None, graphdef, params_t, rest, init_params=params)
+    return ctx, snap, run, theta0
 
+
+def test_evaluator_replays_and_reports(tmp_path):
+    ctx, snap, run, theta0 = _tiny_run(tmp_path)
     evaluator = TrainingJacobian(ctx, total_steps=20, batch_size=8, num_bulk=10)
     out = dict(evaluator.run(snap))
     assert out["replay_rel_error"] < 1e-6
@@ -88,3 +93,49 @@ def test_evaluator_replays_and_reports(tmp_path):
     assert 0 < out_mf["count_resolution"] < 0.1
     assert out_mf["num_params"] == p
     assert "slq_resolution_floor" not in out_mf  # eps * sigma_1 was rounding, not resolution
+    assert out_mf["count_float64"] == 1.0
+
+
+class _Recorded(Exception):
+    pass
+
+
+@pytest.mark.parametrize("count_float64", [True, False])
+def test_counts_replay_the_run_in_float64_in_a_float32_session(
+    tmp_path, monkeypatch, count_float64
+):
+    # A float32 run (x64 off, as in dsb.main): with count_float64 the counts' operator is
+    # a float64 replay of the same run from the same theta_0, its products made under x64;
+    # without it, the float32 replay. The spy stops the evaluator once it has seen the
+    # operator (the counts themselves are checked above); x64 is off again afterwards and
+    # whenever the caller runs.
+    import jax
+
+    from dsb import jacobian as jac
+
+    seen = {}
+
+    def spy(op, thresholds, **kw):
+        seen.update(dtype=op.dtype, x64=jax.config.jax_enable_x64, theta0=op.theta0)
+        seen["theta_t"] = np.asarray(op.theta_t, np.float64)
+        raise _Recorded
+
+    monkeypatch.setattr(jac, "kpm_counts", spy)
+    with jax.enable_x64(False):
+        ctx, snap, run, theta0 = _tiny_run(tmp_path)
+        ev = TrainingJacobian(
+            ctx, total_steps=20, batch_size=8, max_dense_params=1, count_float64=count_float64
+        )
+        with pytest.raises(_Recorded):
+            for _ in ev.run(snap):
+                assert not jax.config.jax_enable_x64  # never while the caller runs
+        assert not jax.config.jax_enable_x64
+        theta_t32 = np.asarray(run(theta0), np.float64)
+    want = np.float64 if count_float64 else np.float32
+    assert seen["dtype"] == want and seen["x64"] == count_float64, seen
+    # The same theta_0 (float32 values are exact in float64), the same run: the float64
+    # replay ends within float32 rounding of the float32 one, and is not it.
+    np.testing.assert_array_equal(np.asarray(seen["theta0"], np.float64), np.asarray(theta0))
+    np.testing.assert_allclose(seen["theta_t"], theta_t32, rtol=0, atol=1e-5)
+    if count_float64:
+        assert np.abs(seen["theta_t"] - theta_t32).max() > 0
