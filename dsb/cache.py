@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TypeVar
 
+import numpy as np
+
 T = TypeVar("T")
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "build_lock",
     "data_cache_dir",
     "erasure_cache_dir",
+    "hash_array",
     "load_or_build",
     "probe_cache_dir",
     "resolve_probe_cache",
@@ -98,6 +101,15 @@ def erasure_cache_dir() -> Path | None:
     """The erased-split cache: ``$DSB_ERASURE_CACHE`` if set (``none``: no cache), else
     ``user_cache("erased")``."""
     return _from_env(ERASURE_CACHE_ENV, "erased")
+
+
+def hash_array(h, arr: np.ndarray, label: str = "") -> None:
+    """Feed ``label``, the array's dtype and shape, then its bytes (C order) into the hash
+    ``h`` (``hashlib.sha256()``): how every cache key here hashes an array, so two arrays
+    with the same bytes but another dtype or shape never share a key."""
+    arr = np.ascontiguousarray(arr)
+    h.update(f"{label}{arr.dtype.str}{arr.shape}".encode())
+    h.update(memoryview(arr).cast("B"))
 
 
 def write_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dsb.cache import hash_array
+
 __all__ = [
     "ERASURE_TOL",
     "apply_eraser",
@@ -145,9 +147,7 @@ def erased_cache_key(
     h = hashlib.sha256(_ERASED_CACHE_VERSION.encode())
     h.update(json.dumps(options, sort_keys=True).encode())
     for name in ("image", "label"):
-        arr = np.ascontiguousarray(data[name])
-        h.update(f"{name}{arr.dtype.str}{arr.shape}".encode())
-        h.update(memoryview(arr).cast("B"))
+        hash_array(h, data[name], name)
     return h.hexdigest()
 
 

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from scipy.linalg.blas import dgemm as _dgemm
 
+from dsb.cache import hash_array
+
 __all__ = [
     "ClassStats",
     "StatsAccumulator",
@@ -106,13 +108,10 @@ class ClassStats:
         h.update(json.dumps({"shrinkage": self.shrinkage}).encode())
         for name in _ARRAYS:
             arr = getattr(self, name)
-            h.update(name.encode())
             if arr is None:
-                h.update(b"none")
-                continue
-            arr = np.ascontiguousarray(arr)
-            h.update(f"{arr.dtype.str}{arr.shape}".encode())
-            h.update(memoryview(arr).cast("B"))
+                h.update(f"{name}none".encode())
+            else:
+                hash_array(h, arr, name)
         return h.hexdigest()
 
 
@@ -292,9 +291,7 @@ def _data_key(x_NxD: np.ndarray, y_N: np.ndarray, options: dict) -> str:
     h = hashlib.sha256(f"{_CACHE_VERSION}/{_HASH_VERSION}".encode())
     h.update(json.dumps(options, sort_keys=True).encode())
     for arr in (x_NxD, y_N):
-        arr = np.ascontiguousarray(arr)
-        h.update(f"{arr.dtype.str}{arr.shape}".encode())
-        h.update(memoryview(arr).cast("B"))
+        hash_array(h, arr)
     return h.hexdigest()
 
 
