@@ -123,16 +123,24 @@ def test_next_move_stops_when_the_measured_rate_says_the_move_overruns():
     assert _next_move(c, elapsed=1000.0, max_seconds=2201.0, **kw) == "degree"
 
 
+def _random_operator(p, num_large, *, decades):
+    """A dense [p, p] map with ``num_large`` singular values 3 to ``3 * 10^decades`` over a
+    bulk between 1e-3 and 1, in random bases (seed 3); returns ``(op, singular values)``."""
+    rng = np.random.default_rng(3)
+    d = np.concatenate(
+        [3 * 10 ** rng.uniform(0, decades, num_large), 10 ** rng.uniform(-3, 0, p - num_large)]
+    )
+    qu, qv = (np.linalg.qr(rng.normal(size=(p, p)))[0] for _ in range(2))
+    aj = jnp.asarray((qu * d) @ qv.T)
+    return JacobianOperator(lambda th: aj @ th, jnp.zeros(p)), d
+
+
 def test_default_depth_on_a_small_model_is_the_cost_optimum_within_the_cap():
     # P = 300 with 30 large singular values (3 to 300) over a bulk below 1: the automatic
     # depth is the cost model's optimum over the Golub-Kahan Ritz values it got, the
     # deflation stays within a quarter of the budget and never reaches P.
-    rng = np.random.default_rng(3)
     p = 300
-    d = np.concatenate([3 * 10 ** rng.uniform(0, 2, 30), 10 ** rng.uniform(-3, 0, p - 30)])
-    qu, qv = (np.linalg.qr(rng.normal(size=(p, p)))[0] for _ in range(2))
-    aj = jnp.asarray((qu * d) @ qv.T)
-    op = JacobianOperator(lambda th: aj @ th, jnp.zeros(p))
+    op, d = _random_operator(p, 30, decades=2)
     budget = 4000
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnconvergedWarning)
@@ -189,12 +197,7 @@ def test_ghost_rows_are_dropped_and_prefixes_follow_the_rayleigh_quotients():
 def test_progress_is_logged_with_the_results_own_numbers(caplog):
     # kpm_counts logs each Golub-Kahan run, the deflation it chose and every move with
     # its brackets; the lines carry the numbers of the result it returns.
-    rng = np.random.default_rng(3)
-    p = 120
-    d = np.concatenate([3 * 10 ** rng.uniform(0, 1, 10), 10 ** rng.uniform(-3, 0, p - 10)])
-    qu, qv = (np.linalg.qr(rng.normal(size=(p, p)))[0] for _ in range(2))
-    aj = jnp.asarray((qu * d) @ qv.T)
-    op = JacobianOperator(lambda th: aj @ th, jnp.zeros(p))
+    op, _ = _random_operator(120, 10, decades=1)
     caplog.set_level("INFO", logger="dsb.jacobian.certified")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnconvergedWarning)
