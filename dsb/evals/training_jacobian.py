@@ -64,7 +64,6 @@ certificate:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import warnings
 from collections.abc import Iterable, Sequence
@@ -191,6 +190,23 @@ class TrainingJacobian:
             return None
         return jac.JacobianOperator(run64, theta64)
 
+    def _counts(self, op, p: int):
+        """``kpm_counts`` of ``D = J - I`` for the operator ``op`` of J, with this
+        evaluator's count settings."""
+        from dsb import jacobian as jac
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", jac.UnconvergedWarning)  # logged by run()
+            return jac.kpm_counts(
+                op.with_shift(1.0),
+                self.thresholds,
+                deflate=None if self.count_deflate is None else min(self.count_deflate, p - 1),
+                num_probes=self.count_probes,
+                rel_width=self.count_rel_width,
+                max_products=self.count_max_products,
+                max_seconds=self.count_max_seconds,
+            )
+
     def run(self, snapshot: Snapshot) -> Iterable[tuple[str, float]]:
         from dsb import jacobian as jac
 
@@ -265,28 +281,16 @@ class TrainingJacobian:
                 float(top.rel_residual.max()),
                 top.stop_reason,
             )
-        # Not a yield inside the x64 context: the caller runs while this generator waits.
-        use64 = False
-        with contextlib.ExitStack() as stack:
-            op_d = op
-            if self.count_float64:
-                stack.enter_context(jax.enable_x64(True))
+        res = None
+        if self.count_float64:
+            # No yield inside the x64 context: the caller runs while this generator waits.
+            with jax.enable_x64(True):
                 op64 = self._float64_operator(graphdef, rest, init_params, int(snapshot.step))
-                if op64 is None:
-                    stack.close()  # float32 products, in the float32 context
-                else:
-                    op_d, use64 = op64, True
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", jac.UnconvergedWarning)
-                res = jac.kpm_counts(
-                    op_d.with_shift(1.0),
-                    self.thresholds,
-                    deflate=None if self.count_deflate is None else min(self.count_deflate, p - 1),
-                    num_probes=self.count_probes,
-                    rel_width=self.count_rel_width,
-                    max_products=self.count_max_products,
-                    max_seconds=self.count_max_seconds,
-                )
+                if op64 is not None:
+                    res = self._counts(op64, p)
+        use64 = res is not None
+        if res is None:
+            res = self._counts(op, p)  # float32 products
         yield "count_float64", float(use64)
         for t in self.thresholds:
             c = res.counts[t]
