@@ -1185,10 +1185,11 @@ def _resolve_counts(
                 blown = True
                 break
             counts = to_counts(mom, lsq)
+            probes = sum(b["n"] for b in batches)
             log.info(
                 "kpm_counts: degree %d, %d probes, %d of %d products, %.0f s; %s",
                 deg,
-                sum(b["n"] for b in batches),
+                probes,
                 deflation_products + moments.products,
                 max_products,
                 time.perf_counter() - t_start,
@@ -1204,7 +1205,7 @@ def _resolve_counts(
             move = _next_move(
                 counts,
                 deg=deg,
-                num_probes=sum(b["n"] for b in batches),
+                num_probes=probes,
                 products=deflation_products + moments.products,
                 max_products=max_products,
                 max_degree=max_degree,
@@ -1216,7 +1217,7 @@ def _resolve_counts(
                 else functools.partial(
                     products_to_resolve,
                     degree=deg,
-                    num_probes=sum(b["n"] for b in batches),
+                    num_probes=probes,
                     sigma_max=math.sqrt(lsq),
                     rel_width=rel_width,
                     jconst=jconst,
